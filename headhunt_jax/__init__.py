@@ -1,0 +1,40 @@
+"""headhunt-jax: video anomaly detection from single attention heads of a frozen MLLM.
+
+The public API (stable names) is listed in ``_PUBLIC``. Submodules are imported on first use so
+that ``import headhunt_jax`` and the CLI's ``--help`` stay fast.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    # backbone
+    "load_backbone": "headhunt_jax.backbone",
+    "head_features": "headhunt_jax.backbone",
+    "Backbone": "headhunt_jax.backbone",
+    "build_prompt_ids": "headhunt_jax.prompt",
+    # head hunting
+    "saliency": "headhunt_jax.hunt",
+    "robust_saliency": "headhunt_jax.hunt",
+    "top_k_heads": "headhunt_jax.hunt",
+    # scorer
+    "fit_scorer": "headhunt_jax.scorer",
+    "score": "headhunt_jax.scorer",
+    # temporal locator
+    "smooth": "headhunt_jax.locator",
+    "localize": "headhunt_jax.locator",
+    "calibrate": "headhunt_jax.locator",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'headhunt_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -1,0 +1,309 @@
+"""The frozen backbone: loading (HF checkpoints or converted ones) and per-head features."""
+
+import dataclasses
+import functools
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from headhunt_jax import weights
+from headhunt_jax.models.decoder import DecoderConfig
+from headhunt_jax.models.intern_vit import VisionConfig
+from headhunt_jax.models.internvl import PRESETS, InternVL, InternVLConfig, TextModel
+from headhunt_jax.models.layers import is_head_outputs
+
+CONVERTED_CONFIG = "headhunt_backbone.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.json",
+)
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A loaded backbone: its Flax module, its parameters and where it came from.
+
+    ``path`` is the checkpoint directory (tokenizer files live there); ``name`` identifies the
+    backbone in detector bundles.
+    """
+
+    model: nn.Module
+    params: Any
+    name: str
+    path: Path | None = None
+
+    @property
+    def config(self):
+        return self.model.cfg
+
+    @property
+    def text_config(self) -> DecoderConfig:
+        cfg = self.model.cfg
+        return cfg.text if isinstance(cfg, InternVLConfig) else cfg
+
+    @property
+    def num_layers(self) -> int:
+        return self.text_config.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.text_config.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.text_config.head_dim
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+
+def _dtype(dtype) -> Any:
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        return _DTYPES[dtype]
+    return jnp.dtype(dtype).type
+
+
+def _dtype_name(dtype) -> str:
+    return jnp.dtype(dtype).name
+
+
+def model_from_hf_config(cfg: dict, dtype=jnp.float32) -> nn.Module:
+    """The Flax module for a HF ``config.json`` dict (internvl, qwen2 or llama)."""
+    model_type = cfg.get("model_type")
+    if model_type == "internvl":
+        return InternVL(InternVLConfig.from_hf(cfg), _dtype(dtype))
+    if model_type in ("qwen2", "llama"):
+        return TextModel(DecoderConfig.from_hf(cfg), _dtype(dtype))
+    raise ValueError(f"unsupported model_type {model_type!r} (supported: internvl, qwen2, llama)")
+
+
+def model_from_preset(name: str, dtype=jnp.float32) -> nn.Module:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return InternVL(PRESETS[name], _dtype(dtype))
+
+
+def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Flat {'a/b/c': shape} of the model's parameters, from an abstract init (no memory)."""
+    tree = abstract_params(model)
+    return {"/".join(k): tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(tree).items()}
+
+
+def _init_args(model: nn.Module):
+    if isinstance(model, InternVL):
+        v = model.cfg.vision
+        ids = jnp.full((1, model.cfg.tokens_per_image), model.cfg.image_token_id, jnp.int32)
+        return ids, jnp.zeros((1, v.num_channels, v.image_size, v.image_size), jnp.float32)
+    return jnp.zeros((1, 1), jnp.int32), None
+
+
+def abstract_params(model: nn.Module, boxed: bool = False):
+    """Shape/dtype tree of the parameters; ``boxed`` keeps the logical-axis metadata."""
+    ids, pixels = _init_args(model)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, pixels, logits=True))
+    params = variables["params"]
+    return params if boxed else nn.meta.unbox(params)
+
+
+def random_params(model: nn.Module, seed: int = 0):
+    """Random parameters (for tests, demos and benchmarks)."""
+    ids, pixels = _init_args(model)
+    init = jax.jit(lambda key: nn.meta.unbox(model.init(key, ids, pixels, logits=True)["params"]))
+    return init(jax.random.key(seed))
+
+
+def _read_config(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such directory")
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a directory (a backbone is a checkpoint directory)")
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise weights.CheckpointError(
+            f"{path}: no config.json (not a Hugging Face checkpoint directory)"
+        )
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise weights.CheckpointError(f"{cfg_file}: invalid JSON ({e})") from None
+
+
+def load_backbone(path, dtype="float32", name: str | None = None) -> Backbone:
+    """Loads a backbone from a HF checkpoint directory or a directory written by ``convert``.
+
+    HF: ``config.json`` + safetensors (single or sharded) of InternVLForConditionalGeneration
+    (either key layout), Qwen2ForCausalLM or LlamaForCausalLM. ``dtype``: 'float32' or 'bfloat16'
+    (the parameters and the compute).
+    """
+    path = Path(path)
+    if (path / CONVERTED_CONFIG).exists():
+        return _load_converted(path, dtype, name)
+    cfg = _read_config(path)
+    model = model_from_hf_config(cfg, dtype)
+    tied = getattr(model.cfg, "text", model.cfg).tie_word_embeddings
+    tensors = (
+        item for f in weights.safetensors_files(path) for item in weights.read_safetensors(f)
+    )
+    flat = weights.convert(tensors, param_shapes(model), jnp.dtype(_dtype(dtype)), str(path), tied)
+    params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    params = jax.tree.map(jnp.asarray, params)
+    return Backbone(model, params, name or cfg.get("_name_or_path") or path.name, path)
+
+
+def save_converted(bb: Backbone, out) -> Path:
+    """Writes the parameters with orbax plus a small JSON config; copies the tokenizer files."""
+    import orbax.checkpoint as ocp
+
+    out = Path(out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    kind = "internvl" if isinstance(bb.model, InternVL) else "text"
+    meta = {
+        "kind": kind,
+        "name": bb.name,
+        "dtype": _dtype_name(bb.dtype),
+        "config": _config_dict(bb.model.cfg),
+    }
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(out / "params", bb.params, force=True)
+    (out / CONVERTED_CONFIG).write_text(json.dumps(meta, indent=2))
+    if bb.path is not None:
+        for f in TOKENIZER_FILES:
+            if (bb.path / f).exists():
+                shutil.copy2(bb.path / f, out / f)
+    return out
+
+
+def _config_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _config_from_dict(kind: str, d: dict):
+    def text(t):
+        t = dict(t)
+        t["rope_scaling"] = tuple(tuple(x) for x in t.get("rope_scaling", ()))
+        return DecoderConfig(**t)
+
+    if kind == "internvl":
+        return InternVLConfig(
+            vision=VisionConfig(**d["vision"]),
+            text=text(d["text"]),
+            downsample_ratio=d["downsample_ratio"],
+            image_token_id=d["image_token_id"],
+        )
+    return text(d)
+
+
+def _load_converted(path: Path, dtype, name) -> Backbone:
+    import orbax.checkpoint as ocp
+
+    meta = json.loads((path / CONVERTED_CONFIG).read_text())
+    cfg = _config_from_dict(meta["kind"], meta["config"])
+    dtype = _dtype(dtype)
+    model = InternVL(cfg, dtype) if meta["kind"] == "internvl" else TextModel(cfg, dtype)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), abstract_params(model))
+    with ocp.StandardCheckpointer() as ckpt:
+        params = ckpt.restore(path.absolute() / "params", target)
+    return Backbone(model, params, name or meta["name"], path)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _layers(bb: Backbone, layers) -> tuple[int, ...]:
+    n = bb.num_layers
+    if layers is None:
+        return tuple(range(n))
+    layers = tuple(int(i) for i in np.atleast_1d(layers))
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad or not layers:
+        raise ValueError(f"layers must be non-empty indices in [0, {n}), got {list(layers)}")
+    return layers
+
+
+@functools.partial(jax.jit, static_argnames=("model", "layers"))
+def _head_features(model, params, input_ids, pixel_values, layers):
+    _, state = model.apply(
+        {"params": params},
+        input_ids,
+        pixel_values,
+        depth=max(layers) + 1,
+        capture_intermediates=is_head_outputs,
+        mutable=["intermediates"],
+    )
+    per_layer = state["intermediates"]["language_model"]
+    out = [per_layer[f"layers_{i}"]["attn"]["head_outputs"]["__call__"][0][:, -1] for i in layers]
+    return jnp.stack(out, axis=1).astype(jnp.float32)
+
+
+def check_inputs(bb: Backbone, input_ids, pixel_values) -> None:
+    """Raises a clear ValueError when input_ids and pixel_values do not fit together."""
+    if np.ndim(input_ids) != 2:
+        raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
+    cfg = bb.model.cfg
+    if not isinstance(cfg, InternVLConfig):
+        if pixel_values is not None:
+            raise ValueError(f"{bb.name} is text-only: pixel_values must be None")
+        return
+    ids = np.asarray(input_ids)
+    n_tokens = int((ids == cfg.image_token_id).sum())
+    n_images = 0 if pixel_values is None else int(np.shape(pixel_values)[0])
+    if pixel_values is not None and np.ndim(pixel_values) != 4:
+        raise ValueError(
+            f"pixel_values must be [num_images, 3, H, W], got shape {np.shape(pixel_values)}"
+        )
+    if n_images:
+        side = np.shape(pixel_values)[-1] // cfg.vision.patch_size
+        per_image = int(side * side * cfg.downsample_ratio**2)
+    else:
+        per_image = cfg.tokens_per_image
+    if n_tokens != n_images * per_image:
+        raise ValueError(
+            f"input_ids hold {n_tokens} image tokens (id {cfg.image_token_id}) but pixel_values has "
+            f"{n_images} images x {per_image} tokens = {n_images * per_image}"
+        )
+
+
+def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None):
+    """Every head's attention output before ``o_proj``, at the last position of each sequence.
+
+    input_ids [B, T] int; pixel_values [num_images, 3, H, W] (HF layout, images of all samples in
+    reading order) or None. Returns float32 [B, len(layers), heads, head_dim]; layers default to
+    all. The forward stops at the deepest layer asked for. Compiled once per shape and layer set.
+    """
+    check_inputs(bb, input_ids, pixel_values)
+    layers = _layers(bb, layers)
+    ids = jnp.asarray(input_ids, jnp.int32)
+    pixels = (
+        None
+        if pixel_values is None or np.shape(pixel_values)[0] == 0
+        else jnp.asarray(pixel_values)
+    )
+    return _head_features(bb.model, bb.params, ids, pixels, layers)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _logits(model, params, input_ids, pixel_values):
+    return model.apply({"params": params}, input_ids, pixel_values, logits=True)
+
+
+def logits(bb: Backbone, input_ids, pixel_values=None):
+    """Full-model logits [B, T, vocab] (for checking the port; detection never needs them)."""
+    check_inputs(bb, input_ids, pixel_values)
+    pixels = None if pixel_values is None else jnp.asarray(pixel_values)
+    return _logits(bb.model, bb.params, jnp.asarray(input_ids, jnp.int32), pixels)

@@ -1,0 +1,1 @@
+"""Flax linen ports of the backbones, one file per family."""

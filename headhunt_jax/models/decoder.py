@@ -1,0 +1,237 @@
+"""Decoder-only transformer: Qwen2 / Qwen2.5 (q/k/v bias) and the Llama family (no bias).
+
+Heads are an axis: q/k/v kernels are [embed, heads, head_dim], the o kernel [heads, head_dim,
+embed]. Each layer's per-head attention output (the input of ``o_proj``) passes through a
+``HeadOutputs`` submodule so ``capture_intermediates`` can return it.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from headhunt_jax.models.layers import Einsum, HeadOutputs, RMSNorm
+
+SUPPORTED_ROPE = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 1_000_000.0
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
+    rms_norm_eps: float = 1e-6
+    attention_bias: bool = True
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "DecoderConfig":
+        """Builds the config from a Qwen2/Llama ``config.json`` dict (either rope style)."""
+        model_type = cfg.get("model_type")
+        if model_type not in ("qwen2", "llama"):
+            raise ValueError(
+                f"unsupported text model_type {model_type!r} (expected qwen2 or llama)"
+            )
+        if cfg.get("use_sliding_window"):
+            raise ValueError("sliding-window attention (use_sliding_window=true) is not supported")
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", None) or cfg.get("rope_theta") or 10000.0
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in SUPPORTED_ROPE:
+            raise ValueError(f"unsupported rope_type {rope_type!r} (supported: {SUPPORTED_ROPE})")
+        scaling = () if rope_type == "default" else tuple(sorted(rope.items()))
+        heads = cfg["num_attention_heads"]
+        return cls(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            attention_bias=True
+            if model_type == "qwen2"
+            else bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
+
+
+def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
+    """Inverse RoPE frequencies [head_dim // 2], float32 arithmetic as in transformers."""
+    dim = cfg.head_dim
+    exponent = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+    inv_freq = (np.float32(1.0) / np.power(np.float32(cfg.rope_theta), exponent)).astype(np.float32)
+    scaling = dict(cfg.rope_scaling)
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "linear":
+        inv_freq = inv_freq / np.float32(scaling["factor"])
+    elif rope_type == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def apply_rope(x, positions, inv_freq):
+    """x [B, T, N, H], positions [B, T] -> x rotated (rotate-half convention)."""
+    freqs = positions[..., None].astype(jnp.float32) * inv_freq
+    angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    cfg: DecoderConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, last_query_only=False):
+        cfg = self.cfg
+        e, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        bias = ("heads", "head_dim") if cfg.attention_bias else None
+        kv_bias = ("kv_heads", "head_dim") if cfg.attention_bias else None
+
+        def proj(name, heads, axis, b):
+            return Einsum(
+                "BTE,ENH->BTNH",
+                (e, heads, h),
+                ("embed", axis, "head_dim"),
+                b,
+                self.dtype,
+                name=name,
+            )
+
+        q_in, q_pos = (x[:, -1:], positions[:, -1:]) if last_query_only else (x, positions)
+        inv_freq = rope_inv_freq(cfg)
+        q = apply_rope(proj("q_proj", n, "heads", bias)(q_in), q_pos, inv_freq)
+        key = apply_rope(proj("k_proj", k, "kv_heads", kv_bias)(x), positions, inv_freq)
+        value = proj("v_proj", k, "kv_heads", kv_bias)(x)
+
+        b, t = q.shape[:2]
+        q = q.reshape(b, t, k, n // k, h)  # query head n = kv_head * group + g, as repeat_kv
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, key) * (h**-0.5)
+        causal = q_pos[:, :, None] >= positions[:, None, :]
+        scores = jnp.where(causal[:, None, None], scores, jnp.finfo(scores.dtype).min)
+        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", weights, value).reshape(b, t, n, h)
+        out = HeadOutputs(name="head_outputs")(out)
+        o = Einsum(
+            "BTNH,NHE->BTE",
+            (n, h, e),
+            ("heads", "head_dim", "embed"),
+            None,
+            self.dtype,
+            name="o_proj",
+        )
+        return o(out)
+
+
+class MLP(nn.Module):
+    cfg: DecoderConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        e, m = self.cfg.hidden_size, self.cfg.intermediate_size
+        up_bias = ("mlp",) if self.cfg.mlp_bias else None
+        down_bias = ("embed",) if self.cfg.mlp_bias else None
+        gate = Einsum(
+            "BTE,EM->BTM", (e, m), ("embed", "mlp"), up_bias, self.dtype, name="gate_proj"
+        )(x)
+        up = Einsum("BTE,EM->BTM", (e, m), ("embed", "mlp"), up_bias, self.dtype, name="up_proj")(x)
+        down = Einsum(
+            "BTM,ME->BTE", (m, e), ("mlp", "embed"), down_bias, self.dtype, name="down_proj"
+        )
+        return down(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block. ``attention_only``: the deepest layer asked for needs no MLP."""
+
+    cfg: DecoderConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, attention_only=False):
+        eps = self.cfg.rms_norm_eps
+        h = RMSNorm(eps, dtype=self.dtype, name="input_norm")(x)
+        a = Attention(self.cfg, self.dtype, name="attn")(
+            h, positions, last_query_only=attention_only
+        )
+        if attention_only:
+            return x[:, -1:] + a
+        x = x + a
+        h = RMSNorm(eps, dtype=self.dtype, name="post_attention_norm")(x)
+        return x + MLP(self.cfg, self.dtype, name="mlp")(h)
+
+
+class Decoder(nn.Module):
+    """The language model. ``depth`` (static) runs only the first ``depth`` layers."""
+
+    cfg: DecoderConfig
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        cfg = self.cfg
+        self.embed_tokens = self.param(
+            "embed_tokens",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+            (cfg.vocab_size, cfg.hidden_size),
+            self.dtype,
+        )
+        self.layers = [DecoderLayer(cfg, self.dtype) for _ in range(cfg.num_layers)]
+        self.norm = RMSNorm(cfg.rms_norm_eps, dtype=self.dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Einsum(
+                "BTE,EV->BTV",
+                (cfg.hidden_size, cfg.vocab_size),
+                ("embed", "vocab"),
+                None,
+                self.dtype,
+            )
+
+    def embed(self, input_ids):
+        return jnp.take(self.embed_tokens, input_ids, axis=0)
+
+    def __call__(self, embeds, positions=None, depth=None, logits=False):
+        """embeds [B, T, E] -> logits [B, T, V] if ``logits`` else hidden states of layer depth-1.
+
+        Without logits, the last layer run computes its attention for the last position only and
+        skips its MLP: head features need nothing more.
+        """
+        cfg = self.cfg
+        depth = cfg.num_layers if depth is None or logits else depth
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(embeds.shape[1]), embeds.shape[:2])
+        x = embeds.astype(self.dtype)
+        for i in range(depth):
+            x = self.layers[i](x, positions, attention_only=i == depth - 1 and not logits)
+        if not logits:
+            return x
+        x = self.norm(x)
+        if cfg.tie_word_embeddings:
+            return jnp.einsum("BTE,VE->BTV", x, self.embed_tokens)
+        return self.lm_head(x)

@@ -1,0 +1,219 @@
+"""InternViT, the vision tower of InternVL, as in transformers' ``InternVLVisionModel``.
+
+Patch + absolute position embeddings (bicubic interpolation when the image size differs from the
+pretraining size), pre-norm blocks with layer scale, ``layer_norm`` or ``rms_norm``, optional
+qk-norm over the whole embedding.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from headhunt_jax.models.layers import Einsum, LayerNorm, RMSNorm
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_layers: int = 24
+    num_heads: int = 16
+    image_size: int = 448
+    patch_size: int = 14
+    num_channels: int = 3
+    norm_type: str = "layer_norm"
+    layer_norm_eps: float = 1e-6
+    attention_bias: bool = True
+    use_qk_norm: bool = False
+    use_mean_pooling: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "VisionConfig":
+        def square(v, what):
+            v = list(v) if isinstance(v, list | tuple) else [v, v]
+            if v[0] != v[1]:
+                raise ValueError(f"non-square vision {what} {v} is not supported")
+            return int(v[0])
+
+        if cfg.get("norm_type", "layer_norm") not in ("layer_norm", "rms_norm"):
+            raise ValueError(f"unsupported vision norm_type {cfg['norm_type']!r}")
+        if cfg.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"unsupported vision hidden_act {cfg['hidden_act']!r}")
+        if not cfg.get("use_absolute_position_embeddings", True):
+            raise ValueError(
+                "vision configs without absolute position embeddings are not supported"
+            )
+        return cls(
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=cfg["num_attention_heads"],
+            image_size=square(cfg.get("image_size", 448), "image_size"),
+            patch_size=square(cfg.get("patch_size", 14), "patch_size"),
+            num_channels=cfg.get("num_channels", 3),
+            norm_type=cfg.get("norm_type", "layer_norm"),
+            layer_norm_eps=cfg.get("layer_norm_eps", 1e-6),
+            attention_bias=bool(cfg.get("attention_bias", False)),
+            use_qk_norm=bool(cfg.get("use_qk_norm", False)),
+            use_mean_pooling=bool(cfg.get("use_mean_pooling", True)),
+        )
+
+
+def _cubic_weights(in_size: int, out_size: int) -> np.ndarray:
+    """[out, in] matrix of torch's bicubic resize (align_corners=False, A = -0.75, edge clamp)."""
+    a = -0.75
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    w = np.zeros((out_size, in_size), np.float64)
+    scale = in_size / out_size
+    for i in range(out_size):
+        src = scale * (i + 0.5) - 0.5
+        base = math.floor(src)
+        t = src - base
+        taps = (far(t + 1), near(t), near(1 - t), far(2 - t))
+        for offset, tap in zip(range(-1, 3), taps, strict=True):
+            w[i, min(max(base + offset, 0), in_size - 1)] += tap
+    return w
+
+
+def interpolate_positions(pos, grid: int):
+    """Patch position embeddings [s*s, E] -> [grid*grid, E] by torch-equivalent bicubic resize."""
+    side = math.isqrt(pos.shape[0])
+    w = jnp.asarray(_cubic_weights(side, grid), jnp.float32)
+    table = pos.reshape(side, side, -1).astype(jnp.float32)
+    out = jnp.einsum("oy,yxd,px->opd", w, table, w, precision=jax.lax.Precision.HIGHEST)
+    return out.reshape(grid * grid, -1).astype(pos.dtype)
+
+
+def _norm(cfg: VisionConfig, dtype, name):
+    if cfg.norm_type == "rms_norm":
+        return RMSNorm(cfg.layer_norm_eps, dtype=dtype, name=name)
+    return LayerNorm(cfg.layer_norm_eps, dtype=dtype, name=name)
+
+
+class VisionAttention(nn.Module):
+    cfg: VisionConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        e, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+        bias = ("heads", "head_dim") if cfg.attention_bias else None
+
+        def proj(name):
+            return Einsum(
+                "BTE,ENH->BTNH",
+                (e, n, h),
+                ("embed", "heads", "head_dim"),
+                bias,
+                self.dtype,
+                name=name,
+            )
+
+        q, k, v = proj("q_proj")(x), proj("k_proj")(x), proj("v_proj")(x)
+        if cfg.use_qk_norm:  # the norm spans all heads together
+            b, t = x.shape[:2]
+            q = RMSNorm(1e-6, dtype=self.dtype, name="q_norm")(q.reshape(b, t, e)).reshape(
+                b, t, n, h
+            )
+            k = RMSNorm(1e-6, dtype=self.dtype, name="k_norm")(k.reshape(b, t, e)).reshape(
+                b, t, n, h
+            )
+        scores = jnp.einsum("BTNH,BSNH->BNTS", q, k) * (h**-0.5)
+        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum("BNTS,BSNH->BTNH", weights, v)
+        o = Einsum(
+            "BTNH,NHE->BTE",
+            (n, h, e),
+            ("heads", "head_dim", "embed"),
+            ("embed",),
+            self.dtype,
+            name="o_proj",
+        )
+        return o(out)
+
+
+class VisionLayer(nn.Module):
+    cfg: VisionConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        e, m = cfg.hidden_size, cfg.intermediate_size
+
+        def scale(name):
+            init = nn.with_logical_partitioning(nn.initializers.constant(0.1), ("embed",))
+            return self.param(name, init, (e,), self.dtype)
+
+        x = x + scale("lambda_1") * VisionAttention(cfg, self.dtype, name="attn")(
+            _norm(cfg, self.dtype, "norm1")(x)
+        )
+        h = _norm(cfg, self.dtype, "norm2")(x)
+        h = Einsum("BTE,EM->BTM", (e, m), ("embed", "mlp"), ("mlp",), self.dtype, name="fc1")(h)
+        h = nn.gelu(h, approximate=False)
+        h = Einsum("BTM,ME->BTE", (m, e), ("mlp", "embed"), ("embed",), self.dtype, name="fc2")(h)
+        return x + scale("lambda_2") * h
+
+
+class InternViT(nn.Module):
+    """pixel_values [N, C, H, W] (HF layout) -> last hidden states [N, 1 + (H/p)*(W/p), E]."""
+
+    cfg: VisionConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values):
+        cfg = self.cfg
+        e, p, c = cfg.hidden_size, cfg.patch_size, cfg.num_channels
+        n, ch, height, width = pixel_values.shape
+        if ch != c or height != width or height % p:
+            raise ValueError(
+                f"pixel_values {pixel_values.shape}: expected [N, {c}, S, S] with S a multiple of {p}"
+            )
+        grid = height // p
+        patches = pixel_values.astype(self.dtype).reshape(n, c, grid, p, grid, p)
+        patch_embed = Einsum(
+            "NCYPXQ,CPQE->NYXE",
+            (c, p, p, e),
+            ("channels", "patch", "patch", "embed"),
+            ("embed",),
+            self.dtype,
+            name="patch_embed",
+        )
+        x = patch_embed(patches).reshape(n, grid * grid, e)
+
+        def embedding(name, shape, axes):
+            return self.param(
+                name,
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
+                shape,
+                self.dtype,
+            )
+
+        cls_token = embedding("cls_token", (e,), ("embed",))
+        num_pos = (cfg.image_size // p) ** 2
+        pos = embedding("position_embeddings", (num_pos + 1, e), ("positions", "embed"))
+        patch_pos = pos[1:] if grid * grid == num_pos else interpolate_positions(pos[1:], grid)
+        x = jnp.concatenate([jnp.broadcast_to(cls_token, (n, 1, e)), x], axis=1)
+        x = x + jnp.concatenate([pos[:1], patch_pos], axis=0)[None]
+        for i in range(cfg.num_layers):
+            x = VisionLayer(cfg, self.dtype, name=f"layers_{i}")(x)
+        if not cfg.use_mean_pooling:
+            x = LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="final_norm")(x)
+        return x

@@ -1,0 +1,122 @@
+"""Tiny random Hugging Face models, saved with ``save_pretrained``, and their reference outputs.
+
+The PyTorch models are the reference: per-head features come from forward pre-hooks on
+``o_proj`` (the original's way), in float32 with eager attention.
+"""
+
+import numpy as np
+import torch
+import transformers
+
+IMAGE_TOKEN = 299
+
+
+def tiny_text_config(family="qwen2", **kw):
+    base = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    )
+    base.update(kw)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**base)
+    return transformers.LlamaConfig(**base)
+
+
+def tiny_internvl_config(norm_type="layer_norm", use_qk_norm=False, text=None, image_size=56, **kw):
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=14,
+        norm_type=norm_type,
+        use_qk_norm=use_qk_norm,
+        attention_bias=True,
+        layer_scale_init_value=0.1,
+    )
+    vision.update(kw.pop("vision", {}))
+    text = text or tiny_text_config().to_dict()
+    return transformers.InternVLConfig(
+        vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, **kw
+    )
+
+
+def build(config, seed=0):
+    """A model from config with all parameters random (incl. norms and layer scales)."""
+    torch.manual_seed(seed)
+    config._attn_implementation = "eager"
+    if isinstance(config, transformers.InternVLConfig):
+        model = transformers.InternVLForConditionalGeneration(config)
+    elif isinstance(config, transformers.LlamaConfig):
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        model = transformers.Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight") or "lambda" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def save(model, path, dtype=None, **kw):
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(path, **kw)
+    return path
+
+
+def decoder_layers(model):
+    inner = model.model
+    return inner.language_model.layers if hasattr(inner, "language_model") else inner.layers
+
+
+def reference_head_features(model, input_ids, pixel_values=None):
+    """[B, L, heads, head_dim] o_proj inputs at the last position, and the logits."""
+    captured = {}
+    layers = decoder_layers(model)
+    hooks = []
+    for i, layer in enumerate(layers):
+
+        def hook(module, args, i=i):
+            captured[i] = args[0][:, -1].detach().float().clone()
+
+        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            kwargs = {"input_ids": torch.as_tensor(np.asarray(input_ids), dtype=torch.long)}
+            if pixel_values is not None:
+                kwargs["pixel_values"] = torch.as_tensor(np.asarray(pixel_values))
+            logits = model(**kwargs).logits.float().numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    cfg = model.config.get_text_config()
+    heads = cfg.num_attention_heads
+    feats = torch.stack([captured[i] for i in range(len(layers))], 1)
+    return feats.reshape(feats.shape[0], len(layers), heads, -1).numpy(), logits
+
+
+def random_ids(rng, batch, length, vocab=IMAGE_TOKEN):
+    return rng.integers(0, vocab, size=(batch, length))
+
+
+def multimodal_ids(rng, batch, images_per_sample, tokens_per_image, text_between=3):
+    """input_ids with runs of image tokens between random text, and the image count."""
+    rows = []
+    for _ in range(batch):
+        row = list(rng.integers(0, IMAGE_TOKEN - 1, size=2))
+        for _ in range(images_per_sample):
+            row += [IMAGE_TOKEN] * tokens_per_image
+            row += list(rng.integers(0, IMAGE_TOKEN - 1, size=text_between))
+        rows.append(row)
+    return np.asarray(rows), batch * images_per_sample

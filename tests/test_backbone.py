@@ -1,0 +1,239 @@
+"""Parity of the Flax backbone with transformers' PyTorch models, through the real loading path.
+
+Each model is random, saved with ``save_pretrained`` and loaded by ``hh.load_backbone``. Error
+measure: max |jax - torch| / max |torch| over the whole output (float32, eager attention).
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import headhunt_jax as hh
+from headhunt_jax import backbone, weights
+
+hf = pytest.importorskip("hf_reference")
+
+TOL = 1e-4
+
+
+def rel_err(got, want):
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(0)
+
+
+def check_parity(tmp_path, model, ids, pixels=None, **load_kw):
+    path = hf.save(model, tmp_path / "ckpt")
+    bb = hh.load_backbone(path, **load_kw)
+    want, want_logits = hf.reference_head_features(model, ids, pixels)
+    got = hh.head_features(bb, ids, pixels)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert rel_err(got, want) <= TOL
+    assert rel_err(backbone.logits(bb, ids, pixels), want_logits) <= TOL
+    return bb
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_text_only_parity(tmp_path, rng, family):
+    if family == "llama":  # no attention bias, tied embeddings, explicit head_dim, llama3 rope
+        cfg = hf.tiny_text_config(
+            "llama",
+            head_dim=24,
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        )
+    else:
+        cfg = hf.tiny_text_config("qwen2", num_key_value_heads=1)  # GQA ratio 4
+    check_parity(tmp_path, hf.build(cfg), hf.random_ids(rng, 3, 13))
+
+
+@pytest.mark.parametrize(
+    "norm_type, qk_norm, image_size, pixels_size",
+    [
+        ("layer_norm", False, 56, 56),
+        ("rms_norm", True, 56, 56),
+        ("layer_norm", False, 56, 84),  # position-embedding interpolation 4x4 -> 6x6
+        ("rms_norm", False, 84, 56),  # and down 6x6 -> 4x4
+    ],
+)
+def test_internvl_parity(tmp_path, rng, norm_type, qk_norm, image_size, pixels_size):
+    model = hf.build(hf.tiny_internvl_config(norm_type, qk_norm, image_size=image_size))
+    tokens = (pixels_size // 14) ** 2 // 4
+    ids, n_images = hf.multimodal_ids(rng, batch=2, images_per_sample=3, tokens_per_image=tokens)
+    pixels = rng.standard_normal((n_images, 3, pixels_size, pixels_size)).astype(np.float32)
+    check_parity(tmp_path, model, ids, pixels)
+
+
+def test_internvl_untied_head_and_vision_layernorm(tmp_path, rng):
+    cfg = hf.tiny_internvl_config(tie_word_embeddings=False, vision={"use_mean_pooling": False})
+    ids, n = hf.multimodal_ids(rng, batch=1, images_per_sample=2, tokens_per_image=4)
+    pixels = rng.standard_normal((n, 3, 56, 56)).astype(np.float32)
+    check_parity(tmp_path, hf.build(cfg), ids, pixels)
+
+
+@pytest.fixture(scope="module")
+def internvl(tmp_path_factory):
+    model = hf.build(hf.tiny_internvl_config(), seed=1)
+    path = hf.save(model, tmp_path_factory.mktemp("internvl") / "ckpt")
+    return model, path
+
+
+def multimodal_batch(rng, batch=2):
+    ids, n = hf.multimodal_ids(rng, batch=batch, images_per_sample=2, tokens_per_image=4)
+    return ids, rng.standard_normal((n, 3, 56, 56)).astype(np.float32)
+
+
+def test_layers_subset_and_no_retrace(internvl, rng):
+    model, path = internvl
+    bb = hh.load_backbone(path)
+    ids, pixels = multimodal_batch(rng)
+    want, _ = hf.reference_head_features(model, ids, pixels)
+    got = hh.head_features(bb, ids, pixels, layers=[1, 0])
+    assert rel_err(got, want[:, [1, 0]]) <= TOL
+    before = backbone._head_features._cache_size()
+    hh.head_features(bb, ids + 0, pixels * 1.0, layers=[1, 0])
+    assert backbone._head_features._cache_size() == before
+    with pytest.raises(ValueError, match="layers"):
+        hh.head_features(bb, ids, pixels, layers=[5])
+
+
+def test_both_key_layouts_and_sharded_files(tmp_path, internvl, rng):
+    """transformers writes ``language_model.model.*``; rewrite it as ``model.language_model.*``
+    in two shards with an index, as the v5 layout and large checkpoints have it."""
+    from safetensors.torch import load_file, save_file
+
+    model, path = internvl
+    tensors = load_file(path / "model.safetensors")
+    renamed = {}
+    for k, v in tensors.items():
+        for old, new in [
+            ("language_model.model.", "model.language_model."),
+            ("vision_tower.", "model.vision_tower."),
+            ("multi_modal_projector.", "model.multi_modal_projector."),
+        ]:
+            if k.startswith(old):
+                k = new + k[len(old) :]
+        renamed[k] = v.contiguous()
+    assert any(k.startswith("model.language_model.") for k in renamed)
+    out = tmp_path / "v5"
+    out.mkdir()
+    keys = sorted(renamed)
+    shards = {"a.safetensors": keys[::2], "b.safetensors": keys[1::2]}
+    for name, ks in shards.items():
+        save_file({k: renamed[k] for k in ks}, out / name)
+    weight_map = {k: name for name, ks in shards.items() for k in ks}
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (out / "config.json").write_text((path / "config.json").read_text())
+    ids, pixels = multimodal_batch(rng)
+    want, _ = hf.reference_head_features(model, ids, pixels)
+    assert rel_err(hh.head_features(hh.load_backbone(out), ids, pixels), want) <= TOL
+
+
+def test_rope_theta_config_style(tmp_path, rng):
+    """Older configs carry ``rope_theta`` at the top level instead of ``rope_parameters``."""
+    model = hf.build(
+        hf.tiny_text_config(rope_parameters={"rope_type": "default", "rope_theta": 5000.0})
+    )
+    path = hf.save(model, tmp_path / "ckpt")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.pop("rope_parameters", None)
+    cfg["rope_theta"] = 5000.0
+    (path / "config.json").write_text(json.dumps(cfg))
+    ids = hf.random_ids(rng, 2, 9)
+    want, _ = hf.reference_head_features(model, ids)
+    assert rel_err(hh.head_features(hh.load_backbone(path), ids), want) <= TOL
+
+
+def test_bfloat16_checkpoint_drift(tmp_path, internvl, rng):
+    """bf16 weights and compute, against the float32 torch reference: the drift stays within
+    twice torch's own bf16 drift on the same inputs (README states the measured figures)."""
+    model, _ = internvl
+    torch_bf16 = hf.build(hf.tiny_internvl_config(), seed=1).to(torch.bfloat16)
+    bb = hh.load_backbone(hf.save(torch_bf16, tmp_path / "bf16"), dtype="bfloat16")
+    assert jax.tree.leaves(bb.params)[0].dtype == np.dtype("bfloat16")
+    ids, pixels = multimodal_batch(rng)
+    want, _ = hf.reference_head_features(model, ids, pixels)
+    torch_drift = rel_err(hf.reference_head_features(torch_bf16, ids, pixels)[0], want)
+    assert rel_err(hh.head_features(bb, ids, pixels), want) <= 2 * torch_drift
+
+
+def test_converted_checkpoint_round_trip(tmp_path, internvl, rng):
+    model, path = internvl
+    bb = hh.load_backbone(path)
+    out = backbone.save_converted(bb, tmp_path / "converted")
+    restored = hh.load_backbone(out)
+    assert restored.name == bb.name and restored.model == bb.model
+    ids, pixels = multimodal_batch(rng, batch=1)
+    np.testing.assert_array_equal(
+        hh.head_features(restored, ids, pixels), hh.head_features(bb, ids, pixels)
+    )
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_error_no_config(tmp_path):
+    with pytest.raises(weights.CheckpointError, match="config.json"):
+        hh.load_backbone(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        hh.load_backbone(tmp_path / "missing")
+
+
+def test_error_unsupported_model_type(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'gpt2'"):
+        hh.load_backbone(tmp_path)
+
+
+def test_error_truncated_safetensors(tmp_path, internvl):
+    _, path = internvl
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    data = (path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(weights.CheckpointError, match=r"model\.safetensors: truncated"):
+        hh.load_backbone(tmp_path)
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected", "shape"])
+def test_error_bad_tensors(tmp_path, internvl, change):
+    from safetensors.torch import load_file, save_file
+
+    _, path = internvl
+    tensors = load_file(path / "model.safetensors")
+    key = "language_model.model.layers.1.self_attn.k_proj.weight"
+    if change == "missing":
+        del tensors[key]
+        match = "missing tensors.*layers_1/attn/k_proj/kernel"
+    elif change == "unexpected":
+        tensors["language_model.model.layers.1.self_attn.extra.weight"] = torch.zeros(2)
+        match = "unexpected tensors: language_model.model.layers.1.self_attn.extra.weight"
+    else:
+        tensors[key] = torch.zeros(3, 64)
+        match = rf"{key} has shape \(3, 64\), expected \(32, 64\)"
+    save_file(tensors, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    with pytest.raises(weights.CheckpointError, match=match):
+        hh.load_backbone(tmp_path)
+
+
+def test_error_image_token_count(internvl, rng):
+    _, path = internvl
+    bb = hh.load_backbone(path)
+    ids, pixels = multimodal_batch(rng)
+    with pytest.raises(ValueError, match="16 image tokens .* 3 images x 4 tokens = 12"):
+        hh.head_features(bb, ids, pixels[:3])
+    with pytest.raises(ValueError, match="image tokens"):
+        hh.head_features(bb, ids, None)

@@ -1,0 +1,366 @@
+"""Video decoding and InternVL3 frame preprocessing, streamed one segment at a time.
+
+The segmentation is the original HeadHunt-VAD pipeline's (``scripts/inference.py`` cutting a
+video into windows and ``data/video_loader.py`` sampling each one):
+
+- windows of ``segment_length`` (48) frames, back to back from frame 0; the trailing partial
+  window is dropped (the original's ``max(1, total // 48)`` segments), except that a video
+  shorter than one window is a single segment of all its frames;
+- ``frames_per_segment`` (16) frames per window, at the centres of equal parts of the window
+  (:func:`segment_frame_indices` gives the exact arithmetic);
+- every sampled frame becomes one ``image_size`` (448) square tile: a bicubic Pillow resize of the
+  whole RGB frame (InternVL3's dynamic tiling with ``max_num=1``: one tile, aspect ratio not
+  kept), scaled to [0, 1] and normalised with the ImageNet mean and std.
+
+Unlike the original, which reopens the video and seeks for every segment, a video is decoded once,
+front to back (:class:`VideoReader`); only the frames that a segment samples are converted to RGB
+and resized, and memory is bounded by one window of decoded frames, not by the video's length.
+Where the original returns zero pixels or a 0.5 score for a video it cannot read, this module
+raises :class:`VideoError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SIZE = 448
+FRAMES_PER_SEGMENT = 16
+SEGMENT_LENGTH = 48
+FALLBACK_FPS = 30.0
+
+# A container's declared duration may exceed the decoded frames by a frame's length, a B-frame
+# delay or rounding; half a second is well above those and below one 48-frame segment at 96 fps.
+TRUNCATION_TOLERANCE_S = 0.5
+
+
+class VideoError(Exception):
+    """A video that cannot be read in full: ``path`` and ``problem`` say which and why."""
+
+    def __init__(self, path: str | Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+def segment_count(total_frames: int, segment_length: int = SEGMENT_LENGTH) -> int:
+    """Number of segments in a video of ``total_frames`` frames (0 for none).
+
+    ``total_frames // segment_length`` windows; the frames after the last whole window belong to
+    no segment. A video shorter than one window is one segment of all its frames.
+    """
+    if total_frames <= 0:
+        return 0
+    return max(1, total_frames // segment_length)
+
+
+def segment_frame_indices(
+    segment: int,
+    total_frames: int,
+    segment_length: int = SEGMENT_LENGTH,
+    frames_per_segment: int = FRAMES_PER_SEGMENT,
+) -> np.ndarray:
+    """Indices of the frames sampled from one segment: int64 [frames_per_segment], ascending.
+
+    With ``start = segment * segment_length`` and ``last = min(start + segment_length,
+    total_frames - 1)``, the span [start, last] is cut into ``frames_per_segment`` equal parts and
+    the centre of each is truncated to an integer, in the original's float64 operations and order
+    (``int(start + step / 2 + i * step)``). Every index lies in [start, last).
+
+    Inside a video ``last`` is the next window's first frame, so with the defaults the samples
+    are frames start + 1, 4, ..., 46, three apart. For the last window of a video whose length is a
+    multiple of ``segment_length``, and for a video shorter than one window, ``last`` is the
+    video's final frame, which narrows the spacing (47 / 16 for a whole last window). A window
+    holding a single frame samples it ``frames_per_segment`` times.
+
+    One deliberate difference: the original hands the bounds over as seconds (``frame / fps``)
+    and turns them back into frames with ``int(seconds * fps)``; float rounding puts some bounds
+    one frame low (at 30 fps, first the segment starting at frame 1968; at 25 fps, at frame 912),
+    which moves that segment's samples. Here the bounds stay integers, so every segment is sampled
+    as the original intends.
+    """
+    if not 0 <= segment < segment_count(total_frames, segment_length):
+        raise ValueError(f"segment {segment} is not in a video of {total_frames} frames")
+    start = segment * segment_length
+    last = min(start + segment_length, total_frames - 1)
+    if start >= last:
+        return np.full(frames_per_segment, start, dtype=np.int64)
+    step = (last - start) / frames_per_segment
+    return (start + step / 2 + np.arange(frames_per_segment) * step).astype(np.int64)
+
+
+def _normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """float32 [3, 256]: ``(level / 255 - mean[c]) / std[c]`` for every 8-bit level.
+
+    Computed with the float32 operations of torchvision's ToTensor and Normalize, so a table
+    look-up gives the same bits as the original's transform, at a fraction of the cost.
+    """
+    levels = np.arange(256, dtype=np.float32) / np.float32(255)
+    mean32 = np.asarray(mean, dtype=np.float32)[:, None]
+    std32 = np.asarray(std, dtype=np.float32)[:, None]
+    return (levels[None, :] - mean32) / std32
+
+
+_NORMALIZED_LEVELS = _normalization_table(IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _resized(image: Image.Image, image_size: int) -> np.ndarray:
+    """The whole frame resized (bicubic, Pillow) to a square: uint8 [image_size, image_size, 3]."""
+    return np.asarray(
+        image.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC)
+    )
+
+
+def _normalized(tiles: np.ndarray) -> np.ndarray:
+    """uint8 [..., S, S, 3] -> float32 [..., 3, S, S], scaled to [0, 1] and ImageNet-normalised."""
+    out = np.empty((*tiles.shape[:-3], 3, *tiles.shape[-3:-1]), dtype=np.float32)
+    for c in range(3):
+        out[..., c, :, :] = _NORMALIZED_LEVELS[c][tiles[..., c]]
+    return out
+
+
+def preprocess_frame(image: Image.Image, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """One frame as InternVL3's single tile: float32 [3, image_size, image_size].
+
+    The whole frame is resized (bicubic, Pillow) to a square, then scaled and normalised with the
+    ImageNet statistics.
+    """
+    return _normalized(_resized(image, image_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One segment of a video, ready for the backbone.
+
+    ``frame_indices``: int64 [frames_per_segment], the sampled frames (0-based, in the video);
+    ``pixels``: float32 [frames_per_segment, 3, image_size, image_size], the HF layout.
+    The segment covers frames [start_frame, end_frame).
+    """
+
+    index: int
+    start_frame: int
+    end_frame: int
+    frame_indices: np.ndarray
+    pixels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoMetadata:
+    """What a complete pass over a video found.
+
+    ``frame_count`` was counted while decoding; ``stated_frames`` is what the container claims
+    (None when it does not say), kept for comparison only. ``short``: the video has fewer frames
+    than one segment and was processed as one segment of all its frames, as the original does.
+    ``tail_frames``: frames after the last segment, in none.
+    """
+
+    path: str
+    fps: float
+    fps_source: Literal["stream", "fallback"]
+    frame_count: int
+    segment_count: int
+    short: bool
+    tail_frames: int
+    stated_frames: int | None
+
+
+class VideoReader:
+    """A video opened for one sequential pass that yields its :class:`Segment` s.
+
+    Opening checks the file and reads the stream's header; decoding happens while the reader is
+    iterated, once. The reader holds at most ``segment_length`` decoded frames (for the first
+    window, until the video proves longer than one segment) and then at most two segments' worth
+    of candidate frames, plus the segment being built.
+
+    ``fps`` is the stream's average frame rate, or ``FALLBACK_FPS`` when the stream has none
+    (``fps_source`` says which); it does not affect which frames are sampled.
+    ``expected_segments`` is the segment count implied by the container's stated frame count, or
+    None when it states none: a progress total (``tqdm(reader, total=reader.expected_segments)``),
+    not a promise. ``metadata`` is set once the video has been read to its end.
+
+    Raises :class:`VideoError` on opening for a missing, empty or non-video file or an unknown
+    codec, and while iterating when decoding fails or the decoded frames fall short of the
+    duration the container declares (a truncated file). Segments yielded before such an error
+    are correct; the video as a whole is not complete. A damaged stretch that the demuxer skips
+    without a report, in a container that declares no duration, cannot be noticed.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        image_size: int = IMAGE_SIZE,
+        frames_per_segment: int = FRAMES_PER_SEGMENT,
+        segment_length: int = SEGMENT_LENGTH,
+    ):
+        for name, value in [
+            ("image_size", image_size),
+            ("frames_per_segment", frames_per_segment),
+            ("segment_length", segment_length),
+        ]:
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.path = Path(path)
+        self.image_size = image_size
+        self.frames_per_segment = frames_per_segment
+        self.segment_length = segment_length
+        self.metadata: VideoMetadata | None = None
+        self._started = False
+
+        if not self.path.exists():
+            raise VideoError(self.path, "no such file")
+        if not self.path.is_file():
+            raise VideoError(self.path, "not a regular file")
+        if self.path.stat().st_size == 0:
+            raise VideoError(self.path, "empty file")
+        try:
+            self._container = av.open(str(self.path))
+        except av.FFmpegError as err:
+            raise VideoError(self.path, f"not a readable video file ({err})") from err
+        stream = self._container.streams.best("video")
+        if stream is None or stream.codec_context is None:
+            self._container.close()
+            problem = "no video stream" if stream is None else "no decoder for its video codec"
+            raise VideoError(self.path, problem)
+        # FFmpeg conceals damaged pictures and carries on by default; a detector must not score
+        # concealment artefacts, so decoding errors are made to surface as exceptions.
+        stream.codec_context.options = {"err_detect": "explode"}
+        self._stream = stream
+
+        rate = stream.average_rate
+        if rate is not None and rate > 0:
+            self.fps, self.fps_source = float(rate), "stream"
+        else:
+            self.fps, self.fps_source = FALLBACK_FPS, "fallback"
+        self.stated_frames = stream.frames or None
+        self.expected_segments = (
+            segment_count(self.stated_frames, segment_length) if self.stated_frames else None
+        )
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file; idempotent."""
+        self._container.close()
+
+    def __iter__(self) -> Iterator[Segment]:
+        if self._started:
+            raise RuntimeError("a VideoReader streams its video once; open a new one")
+        self._started = True
+        try:
+            yield from self._segments()
+        finally:
+            self.close()
+
+    def _candidates(self, window: int) -> set[int]:
+        """Frames of a window that its segment may sample, whatever the video's length turns out.
+
+        The window is only emitted if the video has at least (window + 1) * segment_length frames
+        (or, for window 0, any); every length beyond that samples like the length just past it.
+        """
+        end = (window + 1) * self.segment_length
+        lengths = range(1 if window == 0 else end, end + 2)
+        return set().union(
+            *(
+                segment_frame_indices(window, n, self.segment_length, self.frames_per_segment)
+                for n in lengths
+            )
+        )
+
+    def _segment(self, window: int, total_frames: int, held: dict[int, av.VideoFrame]) -> Segment:
+        indices = segment_frame_indices(
+            window, total_frames, self.segment_length, self.frames_per_segment
+        )
+        sampled = indices.tolist()
+        tiles = {i: _resized(held[i].to_image(), self.image_size) for i in set(sampled)}
+        start = window * self.segment_length
+        return Segment(
+            index=window,
+            start_frame=start,
+            end_frame=min(start + self.segment_length, total_frames),
+            frame_indices=indices,
+            pixels=_normalized(np.stack([tiles[i] for i in sampled])),
+        )
+
+    def _segments(self) -> Iterator[Segment]:
+        window_end = self.segment_length
+        window, held, wanted = 0, {}, self._candidates(0)
+        total = 0
+        first_time = last_time = None
+        try:
+            for frame in self._container.decode(self._stream):
+                if total == window_end:
+                    # A frame past the window exists, so the window is not the video's last.
+                    yield self._segment(window, total + 1, held)
+                    window += 1
+                    window_end += self.segment_length
+                    held, wanted = {}, self._candidates(window)
+                if total in wanted:
+                    held[total] = frame
+                if frame.time is not None:
+                    first_time = frame.time if first_time is None else min(first_time, frame.time)
+                    last_time = frame.time if last_time is None else max(last_time, frame.time)
+                total += 1
+        except av.FFmpegError as err:
+            raise VideoError(self.path, f"decoding failed after {total} frames ({err})") from err
+
+        if total == 0:
+            raise VideoError(self.path, "no decodable video frames")
+        self._check_complete(first_time, last_time)
+        count = segment_count(total, self.segment_length)
+        if window < count:
+            yield self._segment(window, total, held)
+        self.metadata = VideoMetadata(
+            path=str(self.path),
+            fps=self.fps,
+            fps_source=self.fps_source,
+            frame_count=total,
+            segment_count=count,
+            short=total < self.segment_length,
+            tail_frames=total - count * self.segment_length if total >= self.segment_length else 0,
+            stated_frames=self.stated_frames,
+        )
+
+    def _declared_duration(self) -> float | None:
+        """Seconds of video the container declares, or None when it does not say.
+
+        A container-wide duration only counts when the video is the container's only stream: an
+        audio track may run longer.
+        """
+        stream = self._stream
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if self._container.duration is not None and len(self._container.streams) == 1:
+            return self._container.duration / av.time_base
+        return None
+
+    def _check_complete(self, first_time: float | None, last_time: float | None) -> None:
+        # Demuxers such as Matroska's stop at a cut-off file as if at its end; the declared
+        # duration is the only trace of the missing frames.
+        declared = self._declared_duration()
+        if declared is None or last_time is None:
+            return
+        stream = self._stream
+        if stream.start_time is not None and stream.time_base is not None:
+            start = float(stream.start_time * stream.time_base)
+        else:
+            start = first_time
+        covered = last_time - start + 1 / self.fps
+        if covered < declared - TRUNCATION_TOLERANCE_S:
+            raise VideoError(
+                self.path,
+                f"truncated: the decoded frames cover {covered:.2f} s of the {declared:.2f} s "
+                "the container declares",
+            )

@@ -83,20 +83,38 @@ def _dtype_name(dtype) -> str:
     return jnp.dtype(dtype).name
 
 
-def model_from_hf_config(cfg: dict, dtype=jnp.float32) -> nn.Module:
-    """The Flax module for a HF ``config.json`` dict (internvl, qwen2 or llama)."""
+def attention_impl(attention: str, dtype) -> str | None:
+    """'auto': cuDNN flash attention on NVIDIA GPUs in bf16/fp16, XLA elsewhere."""
+    if attention not in ("auto", "xla", "cudnn"):
+        raise ValueError(f"attention must be 'auto', 'xla' or 'cudnn', got {attention!r}")
+    if attention == "auto":
+        half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+    return attention
+
+
+def make_model(cfg, dtype=jnp.float32, attention: str = "auto") -> nn.Module:
+    """The Flax module for an ``InternVLConfig`` or a ``DecoderConfig`` (text-only)."""
+    dtype = _dtype(dtype)
+    module = InternVL if isinstance(cfg, InternVLConfig) else TextModel
+    return module(cfg, dtype, attention_impl(attention, dtype))
+
+
+def config_from_hf(cfg: dict):
+    """Our config for a HF ``config.json`` dict (internvl, qwen2 or llama)."""
     model_type = cfg.get("model_type")
     if model_type == "internvl":
-        return InternVL(InternVLConfig.from_hf(cfg), _dtype(dtype))
+        return InternVLConfig.from_hf(cfg)
     if model_type in ("qwen2", "llama"):
-        return TextModel(DecoderConfig.from_hf(cfg), _dtype(dtype))
+        return DecoderConfig.from_hf(cfg)
     raise ValueError(f"unsupported model_type {model_type!r} (supported: internvl, qwen2, llama)")
 
 
-def model_from_preset(name: str, dtype=jnp.float32) -> nn.Module:
+def preset(name: str) -> InternVLConfig:
+    """The config of a released InternVL3 size ('InternVL3-8B', ...), for benchmarks."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    return InternVL(PRESETS[name], _dtype(dtype))
+    return PRESETS[name]
 
 
 def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -144,18 +162,19 @@ def _read_config(path: Path) -> dict:
         raise weights.CheckpointError(f"{cfg_file}: invalid JSON ({e})") from None
 
 
-def load_backbone(path, dtype="float32", name: str | None = None) -> Backbone:
+def load_backbone(path, dtype="float32", name: str | None = None, attention: str = "auto") -> Backbone:
     """Loads a backbone from a HF checkpoint directory or a directory written by ``convert``.
 
     HF: ``config.json`` + safetensors (single or sharded) of InternVLForConditionalGeneration
     (either key layout), Qwen2ForCausalLM or LlamaForCausalLM. ``dtype``: 'float32' or 'bfloat16'
-    (the parameters and the compute).
+    (the parameters and the compute). ``attention``: 'auto', 'xla' or 'cudnn' (see
+    ``attention_impl``).
     """
     path = Path(path)
     if (path / CONVERTED_CONFIG).exists():
-        return _load_converted(path, dtype, name)
+        return _load_converted(path, dtype, name, attention)
     cfg = _read_config(path)
-    model = model_from_hf_config(cfg, dtype)
+    model = make_model(config_from_hf(cfg), dtype, attention)
     tied = getattr(model.cfg, "text", model.cfg).tie_word_embeddings
     tensors = (
         item for f in weights.safetensors_files(path) for item in weights.read_safetensors(f)
@@ -209,14 +228,12 @@ def _config_from_dict(kind: str, d: dict):
     return text(d)
 
 
-def _load_converted(path: Path, dtype, name) -> Backbone:
+def _load_converted(path: Path, dtype, name, attention) -> Backbone:
     import orbax.checkpoint as ocp
 
     meta = json.loads((path / CONVERTED_CONFIG).read_text())
-    cfg = _config_from_dict(meta["kind"], meta["config"])
-    dtype = _dtype(dtype)
-    model = InternVL(cfg, dtype) if meta["kind"] == "internvl" else TextModel(cfg, dtype)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), abstract_params(model))
+    model = make_model(_config_from_dict(meta["kind"], meta["config"]), dtype, attention)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, model.dtype), abstract_params(model))
     with ocp.StandardCheckpointer() as ckpt:
         params = ckpt.restore(path.absolute() / "params", target)
     return Backbone(model, params, name or meta["name"], path)

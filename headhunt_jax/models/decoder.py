@@ -106,6 +106,7 @@ def apply_rope(x, positions, inv_freq):
 class Attention(nn.Module):
     cfg: DecoderConfig
     dtype: Any = jnp.float32
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, x, positions, last_query_only=False):
@@ -130,13 +131,16 @@ class Attention(nn.Module):
         key = apply_rope(proj("k_proj", k, "kv_heads", kv_bias)(x), positions, inv_freq)
         value = proj("v_proj", k, "kv_heads", kv_bias)(x)
 
-        b, t = q.shape[:2]
-        q = q.reshape(b, t, k, n // k, h)  # query head n = kv_head * group + g, as repeat_kv
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, key) * (h**-0.5)
-        causal = q_pos[:, :, None] >= positions[:, None, :]
-        scores = jnp.where(causal[:, None, None], scores, jnp.finfo(scores.dtype).min)
-        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", weights, value).reshape(b, t, n, h)
+        # GQA as repeat_kv: query head n reads kv head n // (heads / kv_heads). The last-query
+        # pass sees every key, so it needs no causal mask.
+        out = jax.nn.dot_product_attention(
+            q,
+            key,
+            value,
+            scale=h**-0.5,
+            is_causal=not last_query_only,
+            implementation=self.attention_impl,
+        )
         out = HeadOutputs(name="head_outputs")(out)
         o = Einsum(
             "BTNH,NHE->BTE",
@@ -173,6 +177,7 @@ class DecoderLayer(nn.Module):
 
     cfg: DecoderConfig
     dtype: Any = jnp.float32
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, x, positions, attention_only=False):
@@ -189,10 +194,15 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The language model. ``depth`` (static) runs only the first ``depth`` layers."""
+    """The language model. ``depth`` (static) runs only the first ``depth`` layers.
+
+    ``attention_impl``: None or 'xla' (XLA, any backend), 'cudnn' (fused flash attention on
+    NVIDIA GPUs, bf16/fp16), as ``jax.nn.dot_product_attention`` takes it.
+    """
 
     cfg: DecoderConfig
     dtype: Any = jnp.float32
+    attention_impl: str | None = None
 
     def setup(self):
         cfg = self.cfg
@@ -202,7 +212,9 @@ class Decoder(nn.Module):
             (cfg.vocab_size, cfg.hidden_size),
             self.dtype,
         )
-        self.layers = [DecoderLayer(cfg, self.dtype) for _ in range(cfg.num_layers)]
+        self.layers = [
+            DecoderLayer(cfg, self.dtype, self.attention_impl) for _ in range(cfg.num_layers)
+        ]
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype=self.dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = Einsum(

@@ -108,6 +108,7 @@ def _norm(cfg: VisionConfig, dtype, name):
 class VisionAttention(nn.Module):
     cfg: VisionConfig
     dtype: Any = jnp.float32
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -134,9 +135,9 @@ class VisionAttention(nn.Module):
             k = RMSNorm(1e-6, dtype=self.dtype, name="k_norm")(k.reshape(b, t, e)).reshape(
                 b, t, n, h
             )
-        scores = jnp.einsum("BTNH,BSNH->BNTS", q, k) * (h**-0.5)
-        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("BNTS,BSNH->BTNH", weights, v)
+        out = jax.nn.dot_product_attention(
+            q, k, v, scale=h**-0.5, implementation=self.attention_impl
+        )
         o = Einsum(
             "BTNH,NHE->BTE",
             (n, h, e),
@@ -151,6 +152,7 @@ class VisionAttention(nn.Module):
 class VisionLayer(nn.Module):
     cfg: VisionConfig
     dtype: Any = jnp.float32
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -161,9 +163,9 @@ class VisionLayer(nn.Module):
             init = nn.with_logical_partitioning(nn.initializers.constant(0.1), ("embed",))
             return self.param(name, init, (e,), self.dtype)
 
-        x = x + scale("lambda_1") * VisionAttention(cfg, self.dtype, name="attn")(
-            _norm(cfg, self.dtype, "norm1")(x)
-        )
+        x = x + scale("lambda_1") * VisionAttention(
+            cfg, self.dtype, self.attention_impl, name="attn"
+        )(_norm(cfg, self.dtype, "norm1")(x))
         h = _norm(cfg, self.dtype, "norm2")(x)
         h = Einsum("BTE,EM->BTM", (e, m), ("embed", "mlp"), ("mlp",), self.dtype, name="fc1")(h)
         h = nn.gelu(h, approximate=False)
@@ -176,6 +178,7 @@ class InternViT(nn.Module):
 
     cfg: VisionConfig
     dtype: Any = jnp.float32
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, pixel_values):
@@ -213,7 +216,7 @@ class InternViT(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls_token, (n, 1, e)), x], axis=1)
         x = x + jnp.concatenate([pos[:1], patch_pos], axis=0)[None]
         for i in range(cfg.num_layers):
-            x = VisionLayer(cfg, self.dtype, name=f"layers_{i}")(x)
+            x = VisionLayer(cfg, self.dtype, self.attention_impl, name=f"layers_{i}")(x)
         if not cfg.use_mean_pooling:
             x = LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="final_norm")(x)
         return x

@@ -96,11 +96,12 @@ class Projector(nn.Module):
 class InternVL(nn.Module):
     cfg: InternVLConfig
     dtype: Any = jnp.float32
+    attention_impl: str | None = None
 
     def setup(self):
-        self.vision = InternViT(self.cfg.vision, self.dtype)
+        self.vision = InternViT(self.cfg.vision, self.dtype, self.attention_impl)
         self.projector = Projector(self.cfg.text.hidden_size, self.dtype)
-        self.language_model = Decoder(self.cfg.text, self.dtype)
+        self.language_model = Decoder(self.cfg.text, self.dtype, self.attention_impl)
 
     def image_embeddings(self, pixel_values):
         """[num_images, 3, S, S] -> [num_images, tokens_per_image, text hidden]."""
@@ -131,9 +132,10 @@ class TextModel(nn.Module):
 
     cfg: DecoderConfig
     dtype: Any = jnp.float32
+    attention_impl: str | None = None
 
     def setup(self):
-        self.language_model = Decoder(self.cfg, self.dtype)
+        self.language_model = Decoder(self.cfg, self.dtype, self.attention_impl)
 
     def __call__(self, input_ids, pixel_values=None, depth=None, logits=False):
         if pixel_values is not None:

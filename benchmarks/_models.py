@@ -1,0 +1,131 @@
+"""Shared pieces of the extraction benchmarks: the same InternVL-shaped model for headhunt_jax
+and transformers, synthetic segments, and the FLOP count of one extraction."""
+
+import time
+
+import numpy as np
+
+from headhunt_jax.models.decoder import DecoderConfig
+from headhunt_jax.models.intern_vit import VisionConfig
+from headhunt_jax.models.internvl import InternVLConfig
+
+# A mid-size model that a 2-core CPU runs in seconds: 224 px frames (64 image tokens each).
+MID = InternVLConfig(
+    vision=VisionConfig(
+        hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4, image_size=224
+    ),
+    text=DecoderConfig(
+        vocab_size=8192,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=64,
+    ),
+    image_token_id=8000,
+)
+
+
+def hf_config(cfg: InternVLConfig, attn: str):
+    """transformers' InternVLConfig with the same shapes."""
+    import transformers
+
+    v, t = cfg.vision, cfg.text
+    config = transformers.InternVLConfig(
+        vision_config=dict(
+            hidden_size=v.hidden_size,
+            intermediate_size=v.intermediate_size,
+            num_hidden_layers=v.num_layers,
+            num_attention_heads=v.num_heads,
+            image_size=v.image_size,
+            patch_size=v.patch_size,
+            norm_type=v.norm_type,
+            attention_bias=v.attention_bias,
+            use_qk_norm=v.use_qk_norm,
+            layer_norm_eps=v.layer_norm_eps,
+        ),
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=t.vocab_size,
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_layers,
+            num_attention_heads=t.num_heads,
+            num_key_value_heads=t.num_kv_heads,
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta},
+            rms_norm_eps=t.rms_norm_eps,
+            tie_word_embeddings=t.tie_word_embeddings,
+        ),
+        image_token_id=cfg.image_token_id,
+        downsample_ratio=cfg.downsample_ratio,
+        tie_word_embeddings=t.tie_word_embeddings,
+    )
+    config._attn_implementation = attn
+    return config
+
+
+def segment_ids(cfg: InternVLConfig, frames: int, batch: int, seed: int = 0) -> np.ndarray:
+    """[batch, T] ids shaped like the InternVL3 prompt: a system turn, frames, a prompt."""
+    rng = np.random.default_rng(seed)
+    vocab = min(cfg.text.vocab_size, cfg.image_token_id)
+    rows = []
+    for _ in range(batch):
+        row = list(rng.integers(0, vocab, 40))
+        for _ in range(frames):
+            row += (
+                list(rng.integers(0, vocab, 5)) + [cfg.image_token_id] * cfg.tokens_per_image + [1]
+            )
+        rows.append(row + list(rng.integers(0, vocab, 30)))
+    return np.asarray(rows, np.int32)
+
+
+def extraction_flops(cfg: InternVLConfig, seq_len: int, frames: int) -> float:
+    """Matmul FLOPs of one segment's extraction as headhunt_jax runs it (all layers' heads;
+    the last layer's MLP and all but its last query are skipped; causal attention counted half)."""
+    v, t = cfg.vision, cfg.text
+    n_vis = (v.image_size // v.patch_size) ** 2 + 1
+    e = v.hidden_size
+    vis_layer = 2 * n_vis * (4 * e * e + 2 * e * v.intermediate_size) + 4 * n_vis * n_vis * e
+    patch = 2 * n_vis * e * v.num_channels * v.patch_size**2
+    d = e * int(1 / cfg.downsample_ratio) ** 2
+    proj = 2 * cfg.tokens_per_image * (d * t.hidden_size + t.hidden_size**2)
+    vision = frames * (v.num_layers * vis_layer + patch + proj)
+    h, q, kv = t.hidden_size, t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim
+    qkvo = 2 * seq_len * h * (2 * q + 2 * kv)
+    mlp = 2 * seq_len * 3 * h * t.intermediate_size
+    attn = 2 * seq_len * seq_len * q  # QK^T and PV, causal half of 4*T^2*q
+    last = 2 * seq_len * h * 2 * kv + 2 * h * 2 * q + 4 * seq_len * q
+    return float(vision + (t.num_layers - 1) * (qkvo + mlp + attn) + last)
+
+
+def timed(fn, sync):
+    start = time.perf_counter()
+    out = fn()
+    sync(out)
+    return time.perf_counter() - start, out
+
+
+class TorchHooks:
+    """o_proj forward pre-hooks keeping the last position of every layer (the original's way)."""
+
+    def __init__(self, model):
+        self.captured = {}
+        layers = model.model.language_model.layers
+        self.handles = [
+            layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i))
+            for i, layer in enumerate(layers)
+        ]
+
+    def _hook(self, i):
+        def hook(module, args):
+            self.captured[i] = args[0][:, -1].detach()
+
+        return hook
+
+    def features(self, heads):
+        import torch
+
+        stacked = torch.stack([self.captured[i] for i in sorted(self.captured)], 1)
+        return stacked.reshape(*stacked.shape[:2], heads, -1)

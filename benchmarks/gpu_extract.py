@@ -1,0 +1,200 @@
+"""Extraction throughput on one GPU: headhunt_jax against transformers' PyTorch InternVL.
+
+InternVL3-8B shapes, random bf16 weights shared by both (the torch model's weights are converted
+into the Flax tree by the same table ``load_backbone`` uses), 16 frames of 448 px a segment,
+batch swept. For each: segments/s, model FLOPs utilisation, peak memory; transformers runs with
+sdpa attention and o_proj pre-hooks (the original's way) on the same GPU in the same process.
+The features of the two are compared too (bf16 vs bf16).
+
+    python benchmarks/gpu_extract.py [--preset InternVL3-8B] [--batches 2,8] [--out results.json]
+
+On a CPU it runs the same code on a small config: ``--preset mid --batches 1``.
+"""
+
+import os
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import flax  # noqa: E402
+import jax  # noqa: E402
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _models  # noqa: E402
+
+from headhunt_jax import backbone, weights  # noqa: E402
+
+# Dense bf16 peak of the card (NVIDIA's datasheet figures, without sparsity).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def peak_flops(device_kind: str) -> float | None:
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_kind), None)
+
+
+def torch_to_numpy(t):
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).cpu().numpy().view(ml_dtypes.bfloat16)
+    return t.cpu().numpy()
+
+
+def median_time(fn, sync, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="InternVL3-8B", help="InternVL3-1B/2B/8B/14B or 'mid'")
+    ap.add_argument("--batches", default="2,8")
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+
+    cfg = _models.MID if args.preset == "mid" else backbone.preset(args.preset)
+    gpu = torch.cuda.is_available()
+    tdev = "cuda" if gpu else "cpu"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    device_kind = jax.devices()[0].device_kind
+    log(
+        f"jax {jax.__version__} on {device_kind}; torch {torch.__version__} on {tdev}; transformers {transformers.__version__}"
+    )
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    torch.set_default_dtype(dtype)
+    with torch.device(tdev):
+        tmodel = transformers.InternVLForConditionalGeneration(
+            _models.hf_config(cfg, "sdpa")
+        ).eval()
+    torch.set_default_dtype(torch.float32)
+    log(f"torch model built in {time.perf_counter() - start:.1f} s")
+
+    start = time.perf_counter()
+    model = backbone.make_model(cfg, "bfloat16" if gpu else "float32", attention="auto")
+    tensors = ((k, torch_to_numpy(v)) for k, v in tmodel.state_dict().items())
+    flat = weights.convert(
+        tensors,
+        backbone.param_shapes(model),
+        np.dtype(model.dtype),
+        "torch model",
+        cfg.text.tie_word_embeddings,
+    )
+    params = jax.device_put(
+        flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    )
+    del flat
+    gc.collect()
+    bb = backbone.Backbone(model, params, args.preset)
+    log(
+        f"weights converted to the Flax tree in {time.perf_counter() - start:.1f} s (attention: {model.attention_impl})"
+    )
+
+    hooks = _models.TorchHooks(tmodel)
+    peak = peak_flops(device_kind) if gpu else None
+    results = []
+    for batch in batches:
+        ids = _models.segment_ids(cfg, args.frames, batch)
+        size = cfg.vision.image_size
+        pixels = np.random.default_rng(batch).standard_normal(
+            (batch * args.frames, 3, size, size), np.float32
+        )
+        flops = _models.extraction_flops(cfg, ids.shape[1], args.frames) * batch
+        t_ids = torch.as_tensor(ids, dtype=torch.long, device=tdev)
+        t_pixels = torch.as_tensor(pixels, device=tdev).to(dtype)
+        j_pixels = jax.device_put(pixels.astype(np.dtype(model.dtype)))
+
+        log(f"batch {batch}: {ids.shape[1]} tokens, {flops / batch / 1e12:.1f} TFLOP a segment")
+
+        def run_torch(t_ids=t_ids, t_pixels=t_pixels):
+            with torch.inference_mode():
+                tmodel(input_ids=t_ids, pixel_values=t_pixels, logits_to_keep=1)
+            return hooks.features(cfg.text.num_heads)
+
+        def sync_torch(x):
+            if gpu:
+                torch.cuda.synchronize()
+            return x
+
+        start = time.perf_counter()
+        try:
+            got = np.asarray(backbone.head_features(bb, ids, j_pixels))
+        except Exception as e:  # cuDNN may refuse a shape: fall back to XLA attention, say so
+            if bb.model.attention_impl != "cudnn":
+                raise
+            log(f"cuDNN attention failed ({type(e).__name__}: {str(e)[:300]}); using XLA attention")
+            bb = backbone.Backbone(
+                backbone.make_model(cfg, model.dtype, attention="xla"), params, args.preset
+            )
+            got = np.asarray(backbone.head_features(bb, ids, j_pixels))
+        compile_s = time.perf_counter() - start
+        run_jax = functools.partial(backbone.head_features, bb, ids, j_pixels)
+        jax_s = median_time(run_jax, lambda x: x.block_until_ready(), args.repeats)
+        jax_mem = jax.devices()[0].memory_stats() or {}
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+        want = run_torch().float().cpu().numpy()
+        sync_torch(None)
+        torch_s = median_time(run_torch, sync_torch, args.repeats)
+        torch_mem = torch.cuda.max_memory_allocated() if gpu else 0
+        err = float(np.abs(got - want).max() / np.abs(want).max())
+        row = {
+            "batch": batch,
+            "tokens": int(ids.shape[1]),
+            "jax_compile_s": round(compile_s, 1),
+            "jax_segments_per_s": round(batch / jax_s, 3),
+            "torch_segments_per_s": round(batch / torch_s, 3),
+            "speedup": round(torch_s / jax_s, 2),
+            "jax_attention": bb.model.attention_impl,
+            "jax_tflops": round(flops / jax_s / 1e12, 1),
+            "torch_tflops": round(flops / torch_s / 1e12, 1),
+            "jax_mfu": round(flops / jax_s / peak, 3) if peak else None,
+            "torch_mfu": round(flops / torch_s / peak, 3) if peak else None,
+            "jax_peak_gib": round(jax_mem.get("peak_bytes_in_use", 0) / 2**30, 1),
+            "torch_peak_gib": round(torch_mem / 2**30, 1),
+            "features_max_rel_err": round(err, 4),
+        }
+        results.append(row)
+        log(json.dumps(row))
+    summary = {
+        "device": device_kind,
+        "preset": args.preset,
+        "frames": args.frames,
+        "results": results,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2))
+    log(
+        "batch  tokens  jax seg/s  torch seg/s  speedup  jax MFU  torch MFU  jax GiB  torch GiB  rel err"
+    )
+    for r in results:
+        log(
+            f"{r['batch']:5d}  {r['tokens']:6d}  {r['jax_segments_per_s']:9.3f}  {r['torch_segments_per_s']:11.3f}"
+            f"  {r['speedup']:7.2f}  {r['jax_mfu'] or 0:7.3f}  {r['torch_mfu'] or 0:9.3f}"
+            f"  {r['jax_peak_gib']:7.1f}  {r['torch_peak_gib']:9.1f}  {r['features_max_rel_err']:.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

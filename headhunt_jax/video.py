@@ -294,13 +294,27 @@ class VideoReader:
             pixels=_normalized(np.stack([tiles[i] for i in sampled])),
         )
 
+    def _decoded_frames(self) -> Iterator[av.VideoFrame]:
+        started = False
+        for packet in self._container.demux(self._stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                # Before the first picture, an error means a stream cut mid-GOP: the pictures
+                # whose references were cut off are dropped, as FFmpeg drops them by default.
+                if started:
+                    raise
+                continue
+            started = started or bool(frames)
+            yield from frames
+
     def _segments(self) -> Iterator[Segment]:
         window_end = self.segment_length
         window, held, wanted = 0, {}, self._candidates(0)
         total = 0
-        first_time = last_time = None
+        last_time = None
         try:
-            for frame in self._container.decode(self._stream):
+            for frame in self._decoded_frames():
                 if total == window_end:
                     # A frame past the window exists, so the window is not the video's last.
                     yield self._segment(window, total + 1, held)
@@ -309,16 +323,15 @@ class VideoReader:
                     held, wanted = {}, self._candidates(window)
                 if total in wanted:
                     held[total] = frame
-                if frame.time is not None:
-                    first_time = frame.time if first_time is None else min(first_time, frame.time)
-                    last_time = frame.time if last_time is None else max(last_time, frame.time)
+                if frame.time is not None and (last_time is None or frame.time > last_time):
+                    last_time = frame.time
                 total += 1
         except av.FFmpegError as err:
             raise VideoError(self.path, f"decoding failed after {total} frames ({err})") from err
 
         if total == 0:
             raise VideoError(self.path, "no decodable video frames")
-        self._check_complete(first_time, last_time)
+        self._check_complete(last_time)
         count = segment_count(total, self.segment_length)
         if window < count:
             yield self._segment(window, total, held)
@@ -329,7 +342,7 @@ class VideoReader:
             frame_count=total,
             segment_count=count,
             short=total < self.segment_length,
-            tail_frames=total - count * self.segment_length if total >= self.segment_length else 0,
+            tail_frames=max(0, total - count * self.segment_length),
             stated_frames=self.stated_frames,
         )
 
@@ -346,21 +359,20 @@ class VideoReader:
             return self._container.duration / av.time_base
         return None
 
-    def _check_complete(self, first_time: float | None, last_time: float | None) -> None:
+    def _check_complete(self, last_time: float | None) -> None:
         # Demuxers such as Matroska's stop at a cut-off file as if at its end; the declared
-        # duration is the only trace of the missing frames.
+        # duration is the only trace of the missing frames. Containers disagree on whether that
+        # duration counts from zero or from the first timestamp (Matroska: from zero, so a stream
+        # cut mid-GOP starts late and still ends on time); comparing the last frame's end, on the
+        # stream's own clock, with the duration counted from zero is right for the first and
+        # lenient for the second.
         declared = self._declared_duration()
         if declared is None or last_time is None:
             return
-        stream = self._stream
-        if stream.start_time is not None and stream.time_base is not None:
-            start = float(stream.start_time * stream.time_base)
-        else:
-            start = first_time
-        covered = last_time - start + 1 / self.fps
-        if covered < declared - TRUNCATION_TOLERANCE_S:
+        end = last_time + 1 / self.fps
+        if end < declared - TRUNCATION_TOLERANCE_S:
             raise VideoError(
                 self.path,
-                f"truncated: the decoded frames cover {covered:.2f} s of the {declared:.2f} s "
-                "the container declares",
+                f"truncated: the decoded frames end at {end:.2f} s, the container declares "
+                f"{declared:.2f} s",
             )

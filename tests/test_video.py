@@ -47,6 +47,7 @@ def write_clip(
     fps: int | Fraction = 30,
     width: int = 32,
     height: int = 32,
+    options: dict | None = None,
     container_options: dict | None = None,
 ) -> Path:
     with av.open(str(path), "w", options=container_options or {}) as container:
@@ -54,6 +55,7 @@ def write_clip(
         stream.width, stream.height = width, height
         # yuv444p keeps ffv1 lossless for black and white; the lossy codecs want 4:2:0.
         stream.pix_fmt = "yuv444p" if codec == "ffv1" else "yuv420p"
+        stream.options = options or {}
         for i in range(n_frames):
             picture = index_picture(i, width, height)
             container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
@@ -371,6 +373,34 @@ def test_damaged_stream_raises_instead_of_concealing(tmp_path):
         assert sum(1 for _ in container.decode(video=0)) > 0
     with pytest.raises(VideoError, match="decoding failed after"):
         read_all(damaged)
+
+
+def test_stream_cut_mid_gop_is_not_called_truncated(tmp_path):
+    # Packets copied from a non-keyframe on with their timestamps: the decoder drops the pictures
+    # whose references are gone, and Matroska counts the declared duration from zero.
+    source = write_clip(
+        tmp_path / "source.mkv",
+        200,
+        codec="libx264",
+        width=64,
+        height=64,
+        options={"g": "50", "sc_threshold": "0"},
+    )
+    cut = tmp_path / "cut.mkv"
+    with av.open(str(source)) as src, av.open(str(cut), "w") as dst:
+        packets = (p for p in src.demux(src.streams.video[0]) if p.size)
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for n, packet in enumerate(packets):
+            if n >= 60:
+                packet.stream = out
+                dst.mux(packet)
+    with av.open(str(cut)) as container:
+        decodable = sum(1 for _ in container.decode(video=0))
+    segments, reader = read_all(cut, image_size=32)
+    assert reader.metadata.frame_count == decodable < 140
+    first = segments[0]
+    offsets = {shown_index(t) - i for t, i in zip(first.pixels, first.frame_indices, strict=True)}
+    assert len(offsets) == 1 and offsets.pop() >= 60
 
 
 def test_reader_streams_once_and_checks_its_settings(tmp_path):

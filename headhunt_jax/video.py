@@ -187,10 +187,13 @@ class VideoReader:
     not a promise. ``metadata`` is set once the video has been read to its end.
 
     Raises :class:`VideoError` on opening for a missing, empty or non-video file or an unknown
-    codec, and while iterating when decoding fails or the decoded frames fall short of the
-    duration the container declares (a truncated file). Segments yielded before such an error
-    are correct; the video as a whole is not complete. A damaged stretch that the demuxer skips
-    without a report, in a container that declares no duration, cannot be noticed.
+    codec; while iterating, when no frame decodes, when a picture fails to decode after the
+    first one (FFmpeg's concealment of damaged pictures is turned off), and when the last frame
+    ends more than ``TRUNCATION_TOLERANCE_S`` before the duration the container declares (a
+    truncated file). Segments yielded before such an error are correct; the video as a whole is
+    not. Pictures before the first decodable one (a stream cut mid-GOP) are dropped, as FFmpeg
+    drops them by default. A damaged stretch that the demuxer skips without a report goes
+    unnoticed unless it shortens a video whose container declares its duration.
     """
 
     def __init__(

@@ -124,8 +124,8 @@ def test_segment_count_drops_the_tail_but_keeps_a_short_video():
 def test_indices_match_the_original_where_its_seconds_round_trip_is_exact(
     segment_length, frames_per_segment
 ):
-    # At 24 fps frame / fps * fps gives back every frame below 96000, so the original's
-    # seconds-based bounds are exact and the two must agree everywhere.
+    # At 24 fps, int(frame / fps * fps) gives back every frame number below 200000, so the
+    # original's seconds-based bounds are exact and the two must agree everywhere.
     for total in [*range(1, 300), 1000, 4801, 4848]:
         expected = original_segments(total, 24.0, segment_length, frames_per_segment)
         got = [
@@ -227,9 +227,12 @@ def test_only_sampled_frames_are_converted(tmp_path, monkeypatch):
     path = write_clip(tmp_path / "clip.mkv", 150)
     converted = []
     resized = video._resized
-    monkeypatch.setattr(
-        video, "_resized", lambda image, size: converted.append(1) or resized(image, size)
-    )
+
+    def counted(image, size):
+        converted.append(image.size)
+        return resized(image, size)
+
+    monkeypatch.setattr(video, "_resized", counted)
     segments, _ = read_all(path, image_size=32)
     assert len(converted) == sum(len(set(s.frame_indices.tolist())) for s in segments) == 48
 

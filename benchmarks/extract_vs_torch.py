@@ -7,15 +7,20 @@ first-call compile time and the warm torch/jax time ratio (> 1 means headhunt_ja
     python benchmarks/extract_vs_torch.py [--batch 2] [--frames 16] [--repeats 5]
 """
 
-import argparse
-import sys
-import tempfile
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-import torch
-import transformers
+# Idle OpenMP threads spinning after a torch call would slow the jax call that follows.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
@@ -65,7 +70,9 @@ def main():
     jax_s, torch_s = [], []
     for _ in range(args.repeats):
         jax_s.append(_models.timed(run_jax, sync)[0])
+        time.sleep(0.5)
         torch_s.append(_models.timed(run_torch, sync)[0])
+        time.sleep(0.5)
     j, t = float(np.median(jax_s)), float(np.median(torch_s))
     flops = _models.extraction_flops(cfg, ids.shape[1], args.frames) * args.batch
     print(

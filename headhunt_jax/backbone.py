@@ -17,7 +17,7 @@ from headhunt_jax import weights
 from headhunt_jax.models.decoder import DecoderConfig
 from headhunt_jax.models.intern_vit import VisionConfig
 from headhunt_jax.models.internvl import PRESETS, InternVL, InternVLConfig, TextModel
-from headhunt_jax.models.layers import is_head_outputs
+from headhunt_jax.models.layers import ATTENTION_IMPLS, is_head_outputs
 
 CONVERTED_CONFIG = "headhunt_backbone.json"
 TOKENIZER_FILES = (
@@ -83,13 +83,13 @@ def _dtype_name(dtype) -> str:
     return jnp.dtype(dtype).name
 
 
-def attention_impl(attention: str, dtype) -> str | None:
-    """'auto': cuDNN flash attention on NVIDIA GPUs in bf16/fp16, XLA elsewhere."""
-    if attention not in ("auto", "xla", "cudnn"):
-        raise ValueError(f"attention must be 'auto', 'xla' or 'cudnn', got {attention!r}")
+def attention_impl(attention: str, dtype) -> str:
+    """'auto': cuDNN flash attention on NVIDIA GPUs in bf16/fp16, chunked attention elsewhere."""
+    if attention != "auto" and attention not in ATTENTION_IMPLS:
+        raise ValueError(f"attention must be 'auto' or one of {ATTENTION_IMPLS}, got {attention!r}")
     if attention == "auto":
         half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-        return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+        return "cudnn" if half and jax.default_backend() == "gpu" else "chunked"
     return attention
 
 
@@ -162,12 +162,14 @@ def _read_config(path: Path) -> dict:
         raise weights.CheckpointError(f"{cfg_file}: invalid JSON ({e})") from None
 
 
-def load_backbone(path, dtype="float32", name: str | None = None, attention: str = "auto") -> Backbone:
+def load_backbone(
+    path, dtype="float32", name: str | None = None, attention: str = "auto"
+) -> Backbone:
     """Loads a backbone from a HF checkpoint directory or a directory written by ``convert``.
 
     HF: ``config.json`` + safetensors (single or sharded) of InternVLForConditionalGeneration
     (either key layout), Qwen2ForCausalLM or LlamaForCausalLM. ``dtype``: 'float32' or 'bfloat16'
-    (the parameters and the compute). ``attention``: 'auto', 'xla' or 'cudnn' (see
+    (the parameters and the compute). ``attention``: 'auto', 'chunked', 'xla' or 'cudnn' (see
     ``attention_impl``).
     """
     path = Path(path)
@@ -233,7 +235,9 @@ def _load_converted(path: Path, dtype, name, attention) -> Backbone:
 
     meta = json.loads((path / CONVERTED_CONFIG).read_text())
     model = make_model(_config_from_dict(meta["kind"], meta["config"]), dtype, attention)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, model.dtype), abstract_params(model))
+    target = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, model.dtype), abstract_params(model)
+    )
     with ocp.StandardCheckpointer() as ckpt:
         params = ckpt.restore(path.absolute() / "params", target)
     return Backbone(model, params, name or meta["name"], path)

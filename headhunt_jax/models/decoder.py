@@ -10,11 +10,10 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from headhunt_jax.models.layers import Einsum, HeadOutputs, RMSNorm
+from headhunt_jax.models.layers import Einsum, HeadOutputs, RMSNorm, attention
 
 SUPPORTED_ROPE = ("default", "linear", "llama3")
 
@@ -106,7 +105,7 @@ def apply_rope(x, positions, inv_freq):
 class Attention(nn.Module):
     cfg: DecoderConfig
     dtype: Any = jnp.float32
-    attention_impl: str | None = None
+    attention_impl: str = "chunked"
 
     @nn.compact
     def __call__(self, x, positions, last_query_only=False):
@@ -131,16 +130,8 @@ class Attention(nn.Module):
         key = apply_rope(proj("k_proj", k, "kv_heads", kv_bias)(x), positions, inv_freq)
         value = proj("v_proj", k, "kv_heads", kv_bias)(x)
 
-        # GQA as repeat_kv: query head n reads kv head n // (heads / kv_heads). The last-query
-        # pass sees every key, so it needs no causal mask.
-        out = jax.nn.dot_product_attention(
-            q,
-            key,
-            value,
-            scale=h**-0.5,
-            is_causal=not last_query_only,
-            implementation=self.attention_impl,
-        )
+        # The last-query pass sees every key: no mask needed.
+        out = attention(q, key, value, causal=not last_query_only, impl=self.attention_impl)
         out = HeadOutputs(name="head_outputs")(out)
         o = Einsum(
             "BTNH,NHE->BTE",
@@ -177,7 +168,7 @@ class DecoderLayer(nn.Module):
 
     cfg: DecoderConfig
     dtype: Any = jnp.float32
-    attention_impl: str | None = None
+    attention_impl: str = "chunked"
 
     @nn.compact
     def __call__(self, x, positions, attention_only=False):
@@ -196,13 +187,14 @@ class DecoderLayer(nn.Module):
 class Decoder(nn.Module):
     """The language model. ``depth`` (static) runs only the first ``depth`` layers.
 
-    ``attention_impl``: None or 'xla' (XLA, any backend), 'cudnn' (fused flash attention on
-    NVIDIA GPUs, bf16/fp16), as ``jax.nn.dot_product_attention`` takes it.
+    ``attention_impl``: 'chunked' (query blocks, causal blocks skip unseen keys), 'xla' (one
+    XLA softmax over [T, T]) or 'cudnn' (fused flash attention on NVIDIA GPUs, bf16/fp16); see
+    ``layers.attention``.
     """
 
     cfg: DecoderConfig
     dtype: Any = jnp.float32
-    attention_impl: str | None = None
+    attention_impl: str = "chunked"
 
     def setup(self):
         cfg = self.cfg

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from headhunt_jax.models.layers import Einsum, LayerNorm, RMSNorm
+from headhunt_jax.models.layers import Einsum, LayerNorm, RMSNorm, attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,7 @@ def _norm(cfg: VisionConfig, dtype, name):
 class VisionAttention(nn.Module):
     cfg: VisionConfig
     dtype: Any = jnp.float32
-    attention_impl: str | None = None
+    attention_impl: str = "chunked"
 
     @nn.compact
     def __call__(self, x):
@@ -135,9 +135,7 @@ class VisionAttention(nn.Module):
             k = RMSNorm(1e-6, dtype=self.dtype, name="k_norm")(k.reshape(b, t, e)).reshape(
                 b, t, n, h
             )
-        out = jax.nn.dot_product_attention(
-            q, k, v, scale=h**-0.5, implementation=self.attention_impl
-        )
+        out = attention(q, k, v, causal=False, impl=self.attention_impl)
         o = Einsum(
             "BTNH,NHE->BTE",
             (n, h, e),
@@ -152,7 +150,7 @@ class VisionAttention(nn.Module):
 class VisionLayer(nn.Module):
     cfg: VisionConfig
     dtype: Any = jnp.float32
-    attention_impl: str | None = None
+    attention_impl: str = "chunked"
 
     @nn.compact
     def __call__(self, x):
@@ -173,12 +171,42 @@ class VisionLayer(nn.Module):
         return x + scale("lambda_2") * h
 
 
+class PatchEmbed(nn.Module):
+    """A stride-p, size-p convolution as one matmul over flattened patches.
+
+    [N, C, S, S] -> [N, (S/p)^2, E]; kernel [C, p, p, E] (the HF conv weight, transposed).
+    """
+
+    patch: int
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n, c, s, _ = x.shape
+        p, g = self.patch, s // self.patch
+        init = nn.with_logical_partitioning(
+            nn.initializers.normal(0.02), ("channels", "patch", "patch", "embed")
+        )
+        kernel = self.param("kernel", init, (c, p, p, self.features), self.dtype)
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            (self.features,),
+            self.dtype,
+        )
+        patches = (
+            x.reshape(n, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(n, g * g, c * p * p)
+        )
+        return patches @ kernel.reshape(c * p * p, self.features) + bias
+
+
 class InternViT(nn.Module):
     """pixel_values [N, C, H, W] (HF layout) -> last hidden states [N, 1 + (H/p)*(W/p), E]."""
 
     cfg: VisionConfig
     dtype: Any = jnp.float32
-    attention_impl: str | None = None
+    attention_impl: str = "chunked"
 
     @nn.compact
     def __call__(self, pixel_values):
@@ -190,16 +218,7 @@ class InternViT(nn.Module):
                 f"pixel_values {pixel_values.shape}: expected [N, {c}, S, S] with S a multiple of {p}"
             )
         grid = height // p
-        patches = pixel_values.astype(self.dtype).reshape(n, c, grid, p, grid, p)
-        patch_embed = Einsum(
-            "NCYPXQ,CPQE->NYXE",
-            (c, p, p, e),
-            ("channels", "patch", "patch", "embed"),
-            ("embed",),
-            self.dtype,
-            name="patch_embed",
-        )
-        x = patch_embed(patches).reshape(n, grid * grid, e)
+        x = PatchEmbed(p, e, self.dtype, name="patch_embed")(pixel_values.astype(self.dtype))
 
         def embedding(name, shape, axes):
             return self.param(

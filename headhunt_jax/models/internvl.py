@@ -96,7 +96,7 @@ class Projector(nn.Module):
 class InternVL(nn.Module):
     cfg: InternVLConfig
     dtype: Any = jnp.float32
-    attention_impl: str | None = None
+    attention_impl: str = "chunked"
 
     def setup(self):
         self.vision = InternViT(self.cfg.vision, self.dtype, self.attention_impl)
@@ -132,7 +132,7 @@ class TextModel(nn.Module):
 
     cfg: DecoderConfig
     dtype: Any = jnp.float32
-    attention_impl: str | None = None
+    attention_impl: str = "chunked"
 
     def setup(self):
         self.language_model = Decoder(self.cfg, self.dtype, self.attention_impl)

@@ -1,0 +1,400 @@
+"""Robust head identification: per-head saliency, robust saliency over prompts, expert selection.
+
+Every attention head is scored by how well its feature vector separates anomalous from normal
+clips, with the four criteria of HeadHunt-VAD (Fisher/LDA, symmetric Gaussian KL, MMD^2, NMI of a
+2-means clustering). All heads are scored in one jit-compiled call: the per-head math is vmapped
+over a chunk of heads and `lax.map` walks over the chunks, so memory is bounded by the chunk, not
+by the number of heads.
+
+The linear algebra is matmuls only (`_inverse_cholesky`), not LAPACK: jaxlib's batched CPU LAPACK
+kernels deadlock when two of them run at once on a small XLA thread pool, and each spawns OpenBLAS
+threads that fight the pool's (50x slower under load on 2 cores).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CRITERIA = ("lda", "kl", "mmd", "nmi")
+
+# Constants of the original implementation.
+_LDA_RIDGE = 1e-6  # added to the within-class scatter before inversion
+_LDA_FLOOR = 1e-9  # a Fisher ratio below this counts as 0
+_KL_RIDGE = 1e-10  # added to each Ledoit-Wolf covariance
+_KL_MAX = 1e6  # the symmetric KL is clipped to [0, _KL_MAX]
+_KMEANS_MAX_ITER = 300  # sklearn's KMeans budget; Lloyd stops earlier once the labels settle
+
+# Squared distances below this fraction of |x_i|^2 + |x_j|^2 are float32 rounding of identical
+# samples (the Gram-matrix formula gives no exact zeros); the original drops exact zeros from the
+# median heuristic.
+_DUPLICATE_RTOL = 1e-5
+# Matrices up to this size are factored column by column in a loop; larger ones are split in two.
+_CHOLESKY_BLOCK = 32
+# Working memory of one head is a handful of [N, N] float32 arrays.
+_CHUNK_BYTES = 256 * 2**20
+_NN_ARRAYS_PER_HEAD = 8
+_NOT_COUNTED = np.iinfo(np.int32).max
+_FLOAT32_INF_BITS = 0x7F800000
+
+
+def _inverse_cholesky(a, floor):
+    """W = L^-1 for a = L L^T, a [n, n] symmetric positive definite; W [n, n] lower triangular.
+
+    Recursive 2x2 blocking (L21 = A21 W11^T, W22 from the Schur complement A22 - L21 L21^T,
+    W21 = -W22 L21 W11), so almost all the work is matmuls. `floor` is a known lower bound of a's
+    eigenvalues (its ridge): pivots that rounding pushes below it are raised to it.
+    """
+    n = a.shape[-1]
+    if n <= _CHOLESKY_BLOCK:
+        unit = jnp.eye(n, dtype=a.dtype)
+
+        def row(j, w):
+            l_row = a[j] @ w.T
+            pivot = jnp.sqrt(jnp.maximum(a[j, j] - l_row @ l_row, floor))
+            return w.at[j].set((unit[j] - l_row @ w) / pivot)
+
+        return jax.lax.fori_loop(0, n, row, jnp.zeros_like(a))
+    h = n // 2
+    w11 = _inverse_cholesky(a[:h, :h], floor)
+    l21 = a[h:, :h] @ w11.T
+    w22 = _inverse_cholesky(a[h:, h:] - l21 @ l21.T, floor)
+    w21 = -(w22 @ l21) @ w11
+    return jnp.block([[w11, jnp.zeros((h, n - h), a.dtype)], [w21, w22]])
+
+
+def _lda(xw, d, wa, wn, n_a, n_n):
+    """Fisher ratio d^T (S_w + ridge I)^-1 d with S_w = xw^T xw, 0 below _LDA_FLOOR.
+
+    xw [N, D]: each sample minus its class mean; d [D]: anomaly mean - normal mean; wa, wn [N]:
+    class indicators. The original's ratio (w^T d)^2 / (w^T S w) with w = S^+ d is this quadratic
+    form, S + ridge I being positive definite.
+
+    With N - 2 < D, S_w is singular and the ridge directions dominate, but float32 cannot resolve a
+    1e-6 ridge next to the rounding of S_w. The ratio then comes from the N x N dual instead:
+    d^T (X^T X + r I)^-1 d = d^T (d - X^T (X X^T + r I)^-1 X d) / r, with the two known null
+    directions of X X^T (the normalised class indicators, X d has no component along them)
+    lifted to the scale of X X^T so that the N x N system is well conditioned.
+    """
+    n, dim = xw.shape
+    if n - 2 < dim:
+        ua = wa / jnp.sqrt(n_a)
+        un = wn / jnp.sqrt(n_n)
+        gram = xw @ xw.T
+        lift = jnp.trace(gram) / n
+        system = gram + lift * (jnp.outer(ua, ua) + jnp.outer(un, un))
+        system = system + _LDA_RIDGE * jnp.eye(n, dtype=xw.dtype)
+        g = xw @ d
+        g = g - ua * (ua @ g) - un * (un @ g)
+        w = _inverse_cholesky(system, _LDA_RIDGE)
+        alpha = w.T @ (w @ g)
+        ratio = d @ (d - xw.T @ alpha) / _LDA_RIDGE
+    else:
+        scatter = xw.T @ xw + _LDA_RIDGE * jnp.eye(dim, dtype=xw.dtype)
+        z = _inverse_cholesky(scatter, _LDA_RIDGE) @ d
+        ratio = z @ z
+    return jnp.where(ratio < _LDA_FLOOR, 0.0, ratio)
+
+
+def _ledoit_wolf(xc, n):
+    """Ledoit-Wolf shrunk covariance [D, D], sklearn's estimator.
+
+    xc [N, D]: the class's samples minus their mean, the other rows zero; n: class size.
+    """
+    dim = xc.shape[1]
+    emp = xc.T @ xc / n
+    mu = jnp.trace(emp) / dim
+    eye = jnp.eye(dim, dtype=xc.dtype)
+    delta = jnp.sum((emp - mu * eye) ** 2) / dim
+    row_sq = jnp.sum(xc * xc, axis=1)
+    beta = (jnp.sum(row_sq * row_sq) / n - jnp.sum(emp * emp)) / (dim * n)
+    beta = jnp.clip(beta, 0.0, delta)
+    shrinkage = jnp.where(delta > 0, beta / jnp.where(delta > 0, delta, 1.0), 0.0)
+    return (1.0 - shrinkage) * emp + shrinkage * mu * eye
+
+
+def _symmetric_kl(xa, xn, n_a, n_n, d):
+    """0.5 (KL(a||n) + KL(n||a)) of two Gaussians with Ledoit-Wolf covariances, in [0, _KL_MAX].
+
+    xa, xn [N, D]: each class's samples minus their mean (other rows zero); d [D]: mean difference.
+    The log-determinants cancel and tr(S_n^-1 S_a) + tr(S_a^-1 S_n) - 2D = |W_a E W_n^T|_F^2 with
+    E = S_a - S_n and S^-1 = W^T W: a sum of squares, free of the cancellation of "traces - 2D".
+    """
+    dim = xa.shape[1]
+    ridge = _KL_RIDGE * jnp.eye(dim, dtype=xa.dtype)
+    cov_a = _ledoit_wolf(xa, n_a) + ridge
+    cov_n = _ledoit_wolf(xn, n_n) + ridge
+    w_a = _inverse_cholesky(cov_a, _KL_RIDGE)
+    w_n = _inverse_cholesky(cov_n, _KL_RIDGE)
+    t = w_a @ (cov_a - cov_n) @ w_n.T
+    za = w_a @ d
+    zn = w_n @ d
+    kl = 0.25 * (jnp.sum(t * t) + za @ za + zn @ zn)
+    # Only a covariance singular in float32 makes this NaN (inf - inf); the original inverts it in
+    # float64 and gets a divergence beyond the clip.
+    return jnp.clip(jnp.where(jnp.isnan(kl), _KL_MAX, kl), 0.0, _KL_MAX)
+
+
+def _pairwise_sq_dists(x):
+    """x [N, D] (centred) -> squared distances [N, N] with an exact-zero diagonal, and the pairs
+    i < j as a flat vector [N (N - 1) / 2] with duplicates (distance 0) set to 0."""
+    n = x.shape[0]
+    gram = x @ x.T
+    sq = jnp.diag(gram)
+    norms = sq[:, None] + sq[None, :]
+    d2 = jnp.maximum(norms - 2.0 * gram, 0.0)
+    rows, cols = np.triu_indices(n, 1)
+    pairs = d2[rows, cols]
+    pairs = jnp.where(pairs > _DUPLICATE_RTOL * norms[rows, cols], pairs, 0.0)
+    return jnp.where(jnp.eye(n, dtype=bool), 0.0, d2), pairs
+
+
+def _rbf_gamma(pairs):
+    """gamma = 1 / (2 * median of the positive entries of pairs [P]); 1 if none is positive.
+
+    The median is exact: an order statistic found by bisection on the float32 bit patterns (which
+    order non-negative floats like their values), 31 counting passes instead of a sort.
+    """
+    positive = pairs > 0
+    bits = jnp.where(positive, jax.lax.bitcast_convert_type(pairs, jnp.int32), _NOT_COUNTED)
+    m = jnp.sum(positive)
+    rank = (m - 1) // 2
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(bits <= mid) > rank
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    lower, _ = jax.lax.fori_loop(0, 31, halve, (jnp.int32(0), jnp.int32(_FLOAT32_INF_BITS)))
+    # For an even count the median also needs the next order statistic.
+    upper = jnp.where(
+        jnp.sum(bits <= lower) > m // 2,
+        lower,
+        jnp.min(jnp.where(bits > lower, bits, _NOT_COUNTED)),
+    )
+    as_float = functools.partial(jax.lax.bitcast_convert_type, new_dtype=jnp.float32)
+    median = 0.5 * (as_float(lower) + as_float(upper))
+    return jnp.where((m > 0) & (median > 0), 0.5 / median, 1.0)
+
+
+def _mmd(d2, gamma, w):
+    """Biased MMD^2, RBF kernel exp(-gamma d2), clipped at 0.
+
+    d2 [N, N]; w [N] = 1/n_a on anomalies, -1/n_n on normals, so that
+    w^T K w = mean K_aa + mean K_nn - 2 mean K_an.
+    """
+    return jnp.maximum(w @ jnp.exp(-gamma * d2) @ w, 0.0)
+
+
+def _two_means(x, d2):
+    """2-means cluster labels [N] of x [N, D]: Lloyd's algorithm from a deterministic seeding.
+
+    Seeding is k-means++'s greedy variant with every sample a candidate: the first centre is the
+    sample with the least total squared distance to the others (the one nearest the mean), the
+    second the sample that most lowers the potential sum_i min_c |x_i - c|^2. Lloyd then runs
+    until the labels stop changing (a fixed point) or the iteration budget is spent.
+    """
+    first = jnp.argmin(jnp.sum(d2, axis=0))
+    second = jnp.argmin(jnp.sum(jnp.minimum(d2[:, first][:, None], d2), axis=0))
+
+    def assign(centres):
+        return jnp.argmin(jnp.sum(centres * centres, axis=1) - 2.0 * x @ centres.T, axis=1)
+
+    def update(labels, centres):
+        onehot = jax.nn.one_hot(labels, 2, dtype=x.dtype)
+        counts = jnp.sum(onehot, axis=0)[:, None]
+        # For k = 2 from distinct seeds no cluster empties; the guard keeps the division finite.
+        return jnp.where(counts > 0, onehot.T @ x / jnp.maximum(counts, 1.0), centres)
+
+    def step(state):
+        labels, centres, _, it = state
+        new_labels = assign(centres)
+        return new_labels, update(new_labels, centres), jnp.any(new_labels != labels), it + 1
+
+    def running(state):
+        _, _, changed, it = state
+        return changed & (it < _KMEANS_MAX_ITER)
+
+    centres = x[jnp.stack([first, second])]
+    labels = assign(centres)
+    state = (labels, update(labels, centres), jnp.array(True), jnp.array(1))
+    _, centres, _, _ = jax.lax.while_loop(running, step, state)
+    return assign(centres)
+
+
+def _nmi(clusters, is_anomaly):
+    """NMI of two 0/1 labelings [N], arithmetic-mean normalisation (sklearn's default).
+
+    The label classes are both present (checked by the caller). A single cluster has zero mutual
+    information, hence NMI 0, as in sklearn.
+    """
+    n = clusters.shape[0]
+    joint = jnp.stack(
+        [jnp.sum((clusters == k) & (is_anomaly == c)) for k in range(2) for c in range(2)]
+    )
+    cluster_sizes = jnp.stack([joint[0] + joint[1], joint[2] + joint[3]])
+    class_sizes = jnp.stack([joint[0] + joint[2], joint[1] + joint[3]])
+    expected = jnp.repeat(cluster_sizes, 2) * jnp.tile(class_sizes, 2)
+    # log(n n_kc / (n_k n_c)) from an exact integer numerator: the four terms of the mutual
+    # information nearly cancel when the clusters are unrelated to the labels.
+    excess = (n * joint - expected) / jnp.maximum(expected, 1).astype(jnp.float32)
+    mi = jnp.sum(jnp.where(joint > 0, joint / n * jnp.log1p(excess), 0.0))
+
+    def entropy(sizes):
+        p = sizes / n
+        return -jnp.sum(jnp.where(sizes > 0, p * jnp.log(jnp.where(sizes > 0, p, 1.0)), 0.0))
+
+    normaliser = 0.5 * (entropy(cluster_sizes) + entropy(class_sizes))
+    return jnp.where(mi > 0, mi / normaliser, 0.0)
+
+
+def _chunk_criteria(x, is_anomaly):
+    """x [B, N, D] features of B heads, is_anomaly [N] bool -> [B, 4] (lda, kl, mmd, nmi)."""
+    wa = is_anomaly.astype(x.dtype)
+    wn = 1.0 - wa
+    n_a = jnp.sum(wa)
+    n_n = jnp.sum(wn)
+
+    def class_split(x):
+        mu_a = wa @ x / n_a
+        mu_n = wn @ x / n_n
+        return mu_a - mu_n, (x - mu_a) * wa[:, None], (x - mu_n) * wn[:, None]
+
+    # Every criterion is translation invariant; centring makes the float32 Gram matrix accurate.
+    x = x - jnp.mean(x, axis=1, keepdims=True)
+    d, xa, xn = jax.vmap(class_split)(x)
+    lda = jax.vmap(_lda, in_axes=(0, 0, None, None, None, None))(xa + xn, d, wa, wn, n_a, n_n)
+    kl = jax.vmap(_symmetric_kl, in_axes=(0, 0, None, None, 0))(xa, xn, n_a, n_n, d)
+    d2, pairs = jax.vmap(_pairwise_sq_dists)(x)
+    # One head at a time, so that its pairs stay in cache over the 31 passes of the bisection.
+    gamma = jax.lax.map(_rbf_gamma, pairs)
+    mmd = jax.vmap(_mmd, in_axes=(0, 0, None))(d2, gamma, wa / n_a - wn / n_n)
+    clusters = jax.vmap(_two_means)(x, d2)
+    nmi = jax.vmap(_nmi, in_axes=(0, None))(clusters, is_anomaly)
+    return jnp.stack([lda, kl, mmd, nmi], axis=1)
+
+
+def _min_max(values):
+    """Scale to [0, 1] over all heads; a constant map becomes 0 (sklearn's MinMaxScaler)."""
+    lo = jnp.min(values)
+    span = jnp.max(values) - lo
+    return (values - lo) / jnp.where(span > 0, span, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames="heads_per_chunk")
+def _saliency(features, is_anomaly, heads_per_chunk):
+    n, num_layers, num_heads, _ = features.shape
+    total = num_layers * num_heads
+    num_chunks = -(-total // heads_per_chunk)
+    # Padding with head 0 gives every chunk the same shape: one scan, no separate remainder.
+    index = jnp.arange(num_chunks * heads_per_chunk) % total
+    layer, head = jnp.divmod(index.reshape(num_chunks, heads_per_chunk), num_heads)
+
+    def chunk(indices):
+        layers, heads = indices
+        return _chunk_criteria(jnp.moveaxis(features[:, layers, heads], 1, 0), is_anomaly)
+
+    raw = jax.lax.map(chunk, (layer, head)).reshape(-1, 4)[:total]
+    raw = raw.T.reshape(4, num_layers, num_heads)
+    # The original gives 0 for every criterion when a class has fewer than 2 samples.
+    n_a = jnp.sum(is_anomaly)
+    raw = jnp.where((n_a >= 2) & (n - n_a >= 2), raw, 0.0)
+    out = dict(zip(CRITERIA, raw, strict=True))
+    out["combined"] = jnp.mean(jnp.stack([_min_max(v) for v in raw]), axis=0)
+    return out
+
+
+def _chunk_size(n, total):
+    """Heads per chunk: as many as fit the memory budget, spread evenly over the chunks."""
+    most = max(1, _CHUNK_BYTES // (_NN_ARRAYS_PER_HEAD * 4 * n * n))
+    num_chunks = -(-total // most)
+    return -(-total // num_chunks)
+
+
+def saliency(features, labels, *, heads_per_chunk=None):
+    """Saliency of every attention head for telling anomalous from normal clips.
+
+    Args:
+      features: [N, L, H, D] head features of N clips (L layers, H heads of dimension D).
+      labels: [N] 0/1 (1 = anomaly); both classes must be present.
+      heads_per_chunk: heads scored together (vmapped); by default as many as fit in about
+        256 MiB of working memory (each head needs a few [N, N] arrays).
+
+    Returns:
+      dict of [L, H] float32 arrays: the raw criteria "lda" (Fisher ratio), "kl" (symmetric KL of
+      Ledoit-Wolf Gaussians, clipped to [0, 1e6]), "mmd" (biased MMD^2, RBF kernel, median
+      heuristic), "nmi" (NMI of 2-means clusters and labels), and "combined", the mean of the
+      four criteria each min-max scaled over all heads. A class with fewer than 2 clips gives 0
+      for every criterion, as in the original.
+    """
+    features = jnp.asarray(features)
+    labels = np.asarray(labels)
+    if features.ndim != 4:
+        raise ValueError(f"features must be [N, L, H, D], got shape {features.shape}")
+    if labels.shape != features.shape[:1]:
+        raise ValueError(
+            f"labels must be [N] with N = {features.shape[0]} (features' first axis), "
+            f"got shape {labels.shape}"
+        )
+    if not jnp.issubdtype(features.dtype, jnp.floating):
+        raise ValueError(f"features must be floating point, got {features.dtype}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 (normal) or 1 (anomaly)")
+    if np.unique(labels).size < 2:
+        raise ValueError(
+            f"labels contain one class only ({int(labels[0])}); saliency needs both normal "
+            "and anomalous clips"
+        )
+    features = features.astype(jnp.float32)
+    if not bool(jnp.isfinite(features).all()):
+        raise ValueError("features contain NaN or inf")
+    total = features.shape[1] * features.shape[2]
+    if heads_per_chunk is None:
+        heads_per_chunk = _chunk_size(features.shape[0], total)
+    elif heads_per_chunk < 1:
+        raise ValueError(f"heads_per_chunk must be >= 1, got {heads_per_chunk}")
+    return _saliency(features, jnp.asarray(labels == 1), min(int(heads_per_chunk), total))
+
+
+def robust_saliency(combined, lam=0.5):
+    """Robust Saliency Score over prompts: mean - lam * std (population std, ddof 0).
+
+    Args:
+      combined: [M, L, H] combined saliency of each head under each of M >= 2 prompts.
+      lam: weight of the instability penalty (lambda).
+
+    Returns:
+      [L, H] float32.
+    """
+    combined = jnp.asarray(combined, dtype=jnp.float32)
+    if combined.ndim != 3:
+        raise ValueError(f"combined must be [M, L, H], got shape {combined.shape}")
+    if combined.shape[0] < 2:
+        raise ValueError(f"robust saliency needs at least 2 prompts, got {combined.shape[0]}")
+    return jnp.mean(combined, axis=0) - lam * jnp.std(combined, axis=0)
+
+
+def top_k_heads(rss, k=5):
+    """The k heads of highest robust saliency, best first.
+
+    Ties go to the head with the larger flat (layer-major) index, as the original's reversed
+    ascending argsort does with a stable sort.
+
+    Args:
+      rss: [L, H] robust saliency scores.
+      k: number of heads.
+
+    Returns:
+      int32 [k, 2] of (layer, head).
+    """
+    rss = jnp.asarray(rss)
+    if rss.ndim != 2:
+        raise ValueError(f"rss must be [L, H], got shape {rss.shape}")
+    if not 1 <= k <= rss.size:
+        raise ValueError(f"k must be in [1, {rss.size}], got {k}")
+    if not bool(jnp.isfinite(rss).all()):
+        raise ValueError("rss contains NaN or inf")
+    order = jnp.argsort(rss.ravel(), stable=True)[::-1][:k]
+    return jnp.stack(jnp.divmod(order, rss.shape[1]), axis=1).astype(jnp.int32)

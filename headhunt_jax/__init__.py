@@ -12,6 +12,7 @@ _PUBLIC = {
     # backbone
     "load_backbone": "headhunt_jax.backbone",
     "head_features": "headhunt_jax.backbone",
+    "head_features_prompts": "headhunt_jax.prefix",
     "Backbone": "headhunt_jax.backbone",
     "build_prompt_ids": "headhunt_jax.prompt",
     # head hunting

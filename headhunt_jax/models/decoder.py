@@ -103,45 +103,47 @@ def apply_rope(x, positions, inv_freq):
 
 
 class Attention(nn.Module):
+    """Causal GQA self-attention; returns (output, (keys, values)) with keys after RoPE.
+
+    ``prefix_kv``: keys and values [B, P, K, H] of an earlier pass over the first P positions,
+    attended to before this pass's own. ``kv_only``: return (None, (keys, values)) without
+    attending (a prefix pass's deepest layer). ``last_query_only``: attend from the last
+    position only.
+    """
+
     cfg: DecoderConfig
     dtype: Any = jnp.float32
     attention_impl: str = "chunked"
 
     @nn.compact
-    def __call__(self, x, positions, last_query_only=False):
+    def __call__(self, x, positions, last_query_only=False, prefix_kv=None, kv_only=False):
         cfg = self.cfg
         e, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         bias = ("heads", "head_dim") if cfg.attention_bias else None
         kv_bias = ("kv_heads", "head_dim") if cfg.attention_bias else None
 
         def proj(name, heads, axis, b):
-            return Einsum(
-                "BTE,ENH->BTNH",
-                (e, heads, h),
-                ("embed", axis, "head_dim"),
-                b,
-                self.dtype,
-                name=name,
-            )
+            shape, axes = (e, heads, h), ("embed", axis, "head_dim")
+            return Einsum("BTE,ENH->BTNH", shape, axes, b, self.dtype, name=name)
 
-        q_in, q_pos = (x[:, -1:], positions[:, -1:]) if last_query_only else (x, positions)
         inv_freq = rope_inv_freq(cfg)
-        q = apply_rope(proj("q_proj", n, "heads", bias)(q_in), q_pos, inv_freq)
         key = apply_rope(proj("k_proj", k, "kv_heads", kv_bias)(x), positions, inv_freq)
         value = proj("v_proj", k, "kv_heads", kv_bias)(x)
-
+        if kv_only:
+            return None, (key, value)
+        q_in, q_pos = (x[:, -1:], positions[:, -1:]) if last_query_only else (x, positions)
+        q = apply_rope(proj("q_proj", n, "heads", bias)(q_in), q_pos, inv_freq)
+        keys, values, impl = key, value, self.attention_impl
+        if prefix_kv is not None:
+            keys = jnp.concatenate([prefix_kv[0], key], axis=1)
+            values = jnp.concatenate([prefix_kv[1], value], axis=1)
+            impl = "chunked"  # queries sit after the prefix: only this path offsets the mask
         # The last-query pass sees every key: no mask needed.
-        out = attention(q, key, value, causal=not last_query_only, impl=self.attention_impl)
+        out = attention(q, keys, values, causal=not last_query_only, impl=impl)
         out = HeadOutputs(name="head_outputs")(out)
-        o = Einsum(
-            "BTNH,NHE->BTE",
-            (n, h, e),
-            ("heads", "head_dim", "embed"),
-            None,
-            self.dtype,
-            name="o_proj",
-        )
-        return o(out)
+        o_shape, o_axes = (n, h, e), ("heads", "head_dim", "embed")
+        o = Einsum("BTNH,NHE->BTE", o_shape, o_axes, None, self.dtype, name="o_proj")
+        return o(out), (key, value)
 
 
 class MLP(nn.Module):
@@ -164,24 +166,29 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block. ``attention_only``: the deepest layer asked for needs no MLP."""
+    """Pre-norm block -> (hidden states, (keys, values)).
+
+    ``attention_only``: the deepest layer asked for needs no MLP and only the last position.
+    ``kv_only``: a prefix pass's deepest layer needs its keys and values only.
+    """
 
     cfg: DecoderConfig
     dtype: Any = jnp.float32
     attention_impl: str = "chunked"
 
     @nn.compact
-    def __call__(self, x, positions, attention_only=False):
+    def __call__(self, x, positions, attention_only=False, prefix_kv=None, kv_only=False):
         eps = self.cfg.rms_norm_eps
         h = RMSNorm(eps, dtype=self.dtype, name="input_norm")(x)
-        a = Attention(self.cfg, self.dtype, name="attn")(
-            h, positions, last_query_only=attention_only
-        )
+        attn = Attention(self.cfg, self.dtype, self.attention_impl, name="attn")
+        a, kv = attn(h, positions, attention_only, prefix_kv, kv_only)
+        if kv_only:
+            return x, kv
         if attention_only:
-            return x[:, -1:] + a
+            return x[:, -1:] + a, kv
         x = x + a
         h = RMSNorm(eps, dtype=self.dtype, name="post_attention_norm")(x)
-        return x + MLP(self.cfg, self.dtype, name="mlp")(h)
+        return x + MLP(self.cfg, self.dtype, name="mlp")(h), kv
 
 
 class Decoder(nn.Module):
@@ -220,22 +227,42 @@ class Decoder(nn.Module):
     def embed(self, input_ids):
         return jnp.take(self.embed_tokens, input_ids, axis=0)
 
-    def __call__(self, embeds, positions=None, depth=None, logits=False):
-        """embeds [B, T, E] -> logits [B, T, V] if ``logits`` else hidden states of layer depth-1.
+    def __call__(
+        self, embeds, positions=None, depth=None, logits=False, prefix_kv=None, kv_only=False
+    ):
+        """embeds [B, T, E] -> logits [B, T, V] if ``logits``, else the hidden states after layer
+        depth-1 (whose attention ran for the last position only, and whose MLP was skipped: head
+        features need nothing more).
 
-        Without logits, the last layer run computes its attention for the last position only and
-        skips its MLP: head features need nothing more.
+        ``kv_only``: a prefix pass; returns the keys and values of layers < depth, a list of
+        ([B, T, K, H], [B, T, K, H]). ``prefix_kv``: that list, from a pass over the positions
+        before these (``positions`` then start after the prefix).
         """
         cfg = self.cfg
         depth = cfg.num_layers if depth is None or logits else depth
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(embeds.shape[1]), embeds.shape[:2])
+            start = 0 if prefix_kv is None else prefix_kv[0][0].shape[1]
+            positions = jnp.broadcast_to(start + jnp.arange(embeds.shape[1]), embeds.shape[:2])
         x = embeds.astype(self.dtype)
+        cache = []
         for i in range(depth):
-            x = self.layers[i](x, positions, attention_only=i == depth - 1 and not logits)
+            last = i == depth - 1 and not logits
+            layer_kv = None if prefix_kv is None else prefix_kv[i]
+            x, kv = self.layers[i](x, positions, last and not kv_only, layer_kv, last and kv_only)
+            cache.append(kv)
+        if kv_only:
+            return cache
         if not logits:
             return x
         x = self.norm(x)
         if cfg.tie_word_embeddings:
             return jnp.einsum("BTE,VE->BTV", x, self.embed_tokens)
         return self.lm_head(x)
+
+
+def last_position_heads(intermediates, layers):
+    """Captured ``HeadOutputs`` of a model with a ``language_model`` -> [B, len(layers), N, H]
+    at the last position, float32."""
+    per_layer = intermediates["language_model"]
+    out = [per_layer[f"layers_{i}"]["attn"]["head_outputs"]["__call__"][0][:, -1] for i in layers]
+    return jnp.stack(out, axis=1).astype(jnp.float32)

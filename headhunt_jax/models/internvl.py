@@ -111,11 +111,11 @@ class InternVL(nn.Module):
         x = pixel_shuffle(x.reshape(n, side, side, c), self.cfg.downsample_ratio)
         return self.projector(x.reshape(n, -1, x.shape[-1]))
 
-    def __call__(self, input_ids, pixel_values=None, depth=None, logits=False):
+    def __call__(self, input_ids, pixel_values=None, depth=None, logits=False, **kv):
         """input_ids [B, T]; image embeddings fill the image-token positions in reading order.
 
         The caller checks that the image-token count matches ``pixel_values`` (shapes are static
-        here, the count is data).
+        here, the count is data). ``kv``: ``prefix_kv`` / ``kv_only`` of ``Decoder``.
         """
         embeds = self.language_model.embed(input_ids)
         if pixel_values is not None:
@@ -124,7 +124,7 @@ class InternVL(nn.Module):
             is_image = input_ids == self.cfg.image_token_id
             slot = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, images.shape[0] - 1)
             embeds = jnp.where(is_image[..., None], images[slot].reshape(embeds.shape), embeds)
-        return self.language_model(embeds, depth=depth, logits=logits)
+        return self.language_model(embeds, depth=depth, logits=logits, **kv)
 
 
 class TextModel(nn.Module):
@@ -137,7 +137,8 @@ class TextModel(nn.Module):
     def setup(self):
         self.language_model = Decoder(self.cfg, self.dtype, self.attention_impl)
 
-    def __call__(self, input_ids, pixel_values=None, depth=None, logits=False):
+    def __call__(self, input_ids, pixel_values=None, depth=None, logits=False, **kv):
         if pixel_values is not None:
             raise ValueError("this backbone is text-only: pixel_values must be None")
-        return self.language_model(self.language_model.embed(input_ids), depth=depth, logits=logits)
+        embeds = self.language_model.embed(input_ids)
+        return self.language_model(embeds, depth=depth, logits=logits, **kv)

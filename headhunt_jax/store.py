@@ -212,7 +212,7 @@ class FeatureStore:
         meta = {
             "video_id": video.video_id,
             "store": self._digest,
-            "label": video.label,
+            "label": None if video.label is None else int(video.label),
             "metadata": dataclasses.asdict(video.metadata),
         }
         arrays = {

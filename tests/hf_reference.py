@@ -120,3 +120,45 @@ def multimodal_ids(rng, batch, images_per_sample, tokens_per_image, text_between
             row += list(rng.integers(0, IMAGE_TOKEN - 1, size=text_between))
         rows.append(row)
     return np.asarray(rows), batch * images_per_sample
+
+
+INTERNVL_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
+
+
+def tiny_internvl_tokenizer(vocab_size=IMAGE_TOKEN + 1):
+    """A byte-level BPE ``tokenizers.Tokenizer`` for InternVL prompts whose last id, the
+    ``<IMG_CONTEXT>`` token, is ``vocab_size - 1`` (the tiny configs' image token id).
+
+    A few merges learnt from the prompt texts keep sequences short; filler tokens pad the learnt
+    vocabulary so that the special tokens land on the last ids.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from headhunt_jax.prompt import DEFAULT_PROMPTS, SYSTEM_MESSAGE, chat_query
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    learnt = vocab_size - len(INTERNVL_SPECIAL_TOKENS)
+    corpus = [SYSTEM_MESSAGE, chat_query(DEFAULT_PROMPTS[1], 16, 0), *DEFAULT_PROMPTS]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=learnt, initial_alphabet=alphabet)
+    )
+    tok.add_tokens([f"<filler{i}>" for i in range(learnt - tok.get_vocab_size())])
+    tok.add_special_tokens(INTERNVL_SPECIAL_TOKENS)
+    assert tok.token_to_id("<IMG_CONTEXT>") == vocab_size - 1
+    return tok
+
+
+def save_tiny_internvl(path, seed=0, **config_kw):
+    """A complete tiny InternVL checkpoint directory (random weights, config, tokenizer.json), as
+    ``load_backbone`` and ``build_prompt_ids`` read it; ``config_kw`` go to
+    ``tiny_internvl_config``."""
+    config = tiny_internvl_config(**config_kw)
+    save(build(config, seed), path)
+    vocab = config.get_text_config().vocab_size
+    if config.image_token_id != vocab - 1:
+        raise ValueError("the tiny tokenizer puts <IMG_CONTEXT> on the last id of the vocabulary")
+    tiny_internvl_tokenizer(vocab).save(str(path / "tokenizer.json"))
+    return path

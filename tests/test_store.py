@@ -57,7 +57,7 @@ def assert_same(got: VideoFeatures, want: VideoFeatures):
 
 def test_round_trip_and_flat_arrays(tmp_path):
     store = FeatureStore.create(tmp_path / "s", SPEC)
-    videos = [video("b/x y%.mp4", 3, label=1, seed=1), video("a.mp4", 2, seed=2)]
+    videos = [video("b/x y%.mp4", 3, label=np.int64(1), seed=1), video("a.mp4", 2, seed=2)]
     for v in videos:
         store.write(v)
     # Ids with separators and odd characters map to one flat file each, and back.

@@ -1,0 +1,366 @@
+"""Extraction: videos -> per-segment head features in a :class:`~headhunt_jax.store.FeatureStore`.
+
+Segments of consecutive videos fill fixed-shape batches of ``batch_size`` segments (the last one
+padded with blank frames), so the backbone compiles once per run. A background thread decodes the
+next batch while the device computes the current one; at most one finished batch waits for the
+device, so memory stays at a few batches whatever the videos' lengths. Each video is written to
+the store once its last segment has been computed, so an interrupted run loses at most the videos
+in flight, and a rerun skips the videos already stored.
+
+A video that cannot be read in full (:class:`~headhunt_jax.video.VideoError`) is dropped, with
+whatever segments of it were computed, and listed in the report; the other videos go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path, PurePath
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from headhunt_jax.backbone import Backbone, head_features
+from headhunt_jax.models.internvl import InternVLConfig
+from headhunt_jax.prompt import build_prompt_ids, load_tokenizer
+from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures
+from headhunt_jax.video import (
+    FRAMES_PER_SEGMENT,
+    SEGMENT_LENGTH,
+    VideoError,
+    VideoMetadata,
+    VideoReader,
+)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".flv", ".wmv")
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A video left out of the store: its file and what was wrong with it."""
+
+    path: str
+    problem: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractionReport:
+    """What a run did. ``written``/``skipped``/``short``: video ids (``skipped`` were already
+    stored; ``short`` were shorter than one segment and stored as one segment of all their frames);
+    ``segments`` and ``batches``: computed in this run."""
+
+    store: Path
+    written: tuple[str, ...]
+    skipped: tuple[str, ...]
+    short: tuple[str, ...]
+    failures: tuple[Failure, ...]
+    segments: int
+    batches: int
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.store}: {len(self.written)} videos written ({self.segments} segments in "
+            f"{self.batches} batches), {len(self.skipped)} already stored, "
+            f"{len(self.failures)} failed"
+        ]
+        lines += [f"  failed: {f.path}: {f.problem}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def list_videos(root: str | Path, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:
+    """Video files under ``root`` (recursively, by extension, case-insensitive), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    wanted = {e.lower() for e in extensions}
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in wanted and p.is_file())
+
+
+def video_ids(paths: Sequence[str | Path], root: str | Path | None = None) -> list[str]:
+    """Stable, unique ids: each path relative to ``root`` ('/'-separated), or its file name.
+
+    Raises ValueError for a path outside ``root`` or two paths with the same id.
+    """
+    ids: dict[str, Path] = {}
+    for p in map(Path, paths):
+        if root is None:
+            vid = p.name
+        else:
+            try:
+                vid = PurePath(p.absolute().relative_to(Path(root).absolute())).as_posix()
+            except ValueError:
+                raise ValueError(f"{p}: not under the video root {root}") from None
+        if vid in ids:
+            hint = "" if root is not None else " (give a root to tell them apart)"
+            raise ValueError(f"{ids[vid]} and {p} have the same video id {vid!r}{hint}")
+        ids[vid] = p
+    return list(ids)
+
+
+def expert_layers(heads) -> tuple[tuple[int, ...], tuple[np.ndarray, np.ndarray]]:
+    """For expert heads int [K, 2] of (layer, head): the sorted distinct layers to compute, and
+    the (position in those layers, head) index pair that gathers the experts, in the given order,
+    from features [..., len(layers), heads, head_dim]."""
+    heads = np.asarray(heads, np.int64).reshape(-1, 2)
+    layers = tuple(sorted({int(layer) for layer in heads[:, 0]}))
+    return layers, (np.searchsorted(layers, heads[:, 0]), heads[:, 1])
+
+
+def _check_heads(bb: Backbone, heads) -> tuple[tuple[int, int], ...]:
+    pairs = np.asarray(heads)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
+        raise ValueError(f"heads must be (layer, head) pairs [K, 2], got shape {pairs.shape}")
+    pairs = tuple((int(layer), int(head)) for layer, head in pairs)
+    bad = [p for p in pairs if not (0 <= p[0] < bb.num_layers and 0 <= p[1] < bb.num_heads)]
+    if bad:
+        raise ValueError(
+            f"heads {bad} are not in the backbone ({bb.num_layers} layers x {bb.num_heads} heads)"
+        )
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"heads must be distinct, got {list(pairs)}")
+    return pairs
+
+
+def store_spec(
+    bb: Backbone, prompt: str, heads, image_size: int, frames_per_segment: int, segment_length: int
+) -> StoreSpec:
+    """The spec of a store of ``bb``'s features for ``prompt`` (all heads when ``heads`` is None)."""
+    if heads is None:
+        layers, pairs = tuple(range(bb.num_layers)), None
+        shape = (bb.num_layers, bb.num_heads, bb.head_dim)
+    else:
+        pairs = _check_heads(bb, heads)
+        layers = expert_layers(pairs)[0]
+        shape = (len(pairs), bb.head_dim)
+    return StoreSpec(
+        backbone=bb.name,
+        prompt=prompt,
+        dtype=np.dtype(bb.dtype).name,
+        image_size=image_size,
+        frames_per_segment=frames_per_segment,
+        segment_length=segment_length,
+        layers=layers,
+        heads=pairs,
+        feature_shape=shape,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    """A batch row: which video it belongs to and which frames it covers."""
+
+    video: int
+    start_frame: int
+    end_frame: int
+    frame_indices: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """``pixels`` [batch_size * frames, 3, S, S] in the backbone's dtype, of which the first
+    ``len(rows)`` segments are real; ``closed``: videos whose last segment is in this batch or an
+    earlier one, with their metadata, or the error that ended them."""
+
+    pixels: np.ndarray
+    rows: list[_Row]
+    closed: list[tuple[int, VideoMetadata | VideoError]]
+
+
+def _batches(paths: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> Iterator[_Batch]:
+    frames, size = reader_kw["frames_per_segment"], reader_kw["image_size"]
+
+    def blank():
+        return np.zeros((batch_size * frames, 3, size, size), dtype)
+
+    pixels, rows, closed = blank(), [], []
+    for n, path in enumerate(paths):
+        try:
+            with VideoReader(path, **reader_kw) as reader:
+                for seg in reader:
+                    pixels[len(rows) * frames : (len(rows) + 1) * frames] = seg.pixels
+                    rows.append(_Row(n, seg.start_frame, seg.end_frame, seg.frame_indices))
+                    if len(rows) == batch_size:
+                        yield _Batch(pixels, rows, closed)
+                        pixels, rows, closed = blank(), [], []
+                closed.append((n, reader.metadata))
+        except VideoError as err:
+            closed.append((n, err))
+    if rows or closed:
+        yield _Batch(pixels, rows, closed)
+
+
+_END = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Raised:
+    error: BaseException
+
+
+def _prefetch(make: Callable[[], Iterator], depth: int = 1) -> Iterator:
+    """Runs the iterator ``make()`` in a thread, at most ``depth`` items ahead of the consumer.
+
+    The producer's exceptions re-raise in the consumer; closing the consumer stops the producer.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                items.put(item, timeout=0.1)
+                return True
+        return False
+
+    def work():
+        try:
+            with contextlib.closing(make()) as it:
+                for item in it:
+                    if not put(item):
+                        return
+            put(_END)
+        except BaseException as err:
+            put(_Raised(err))
+
+    thread = threading.Thread(target=work, name="headhunt-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not _END:
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _expected_segments(paths: Sequence[Path], reader_kw: dict) -> int | None:
+    """Segments the containers state, or None if one does not say (unreadable files count 0).
+
+    Opening a container reads only its header, so this costs little next to decoding.
+    """
+    total = 0
+    for path in paths:
+        try:
+            with VideoReader(path, **reader_kw) as reader:
+                if reader.expected_segments is None:
+                    return None
+                total += reader.expected_segments
+        except VideoError:
+            pass
+    return total
+
+
+def extract_features(
+    bb: Backbone,
+    videos: Sequence[str | Path],
+    prompt: str,
+    out_dir: str | Path,
+    *,
+    heads=None,
+    root: str | Path | None = None,
+    labels: Mapping[str, int] | None = None,
+    batch_size: int = 8,
+    image_size: int | None = None,
+    frames_per_segment: int = FRAMES_PER_SEGMENT,
+    segment_length: int = SEGMENT_LENGTH,
+    progress: bool = True,
+) -> ExtractionReport:
+    """Head features of every segment of ``videos`` under ``prompt``, written to a feature store.
+
+    ``heads``: None for every head, features [L, H, D] per segment (for head hunting); or expert
+    heads int [K, 2] of (layer, head), features [K, D] in that order (for detection; the forward
+    stops at the deepest expert layer). Video ids come from ``root`` (see :func:`video_ids`);
+    ``labels`` maps video ids to 1 (anomaly) or 0. ``image_size`` defaults to the backbone's.
+    Videos already in the store are skipped; a store of other settings is an error. Unreadable
+    videos are reported in ``failures``, never stored.
+    """
+    cfg = bb.config
+    if not isinstance(cfg, InternVLConfig):
+        raise ValueError(f"{bb.name} is text-only: extraction needs a vision-language backbone")
+    if bb.path is None:
+        raise ValueError(f"{bb.name}: no checkpoint directory to read its tokenizer from")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if image_size is None:
+        image_size = cfg.vision.image_size
+    spec = store_spec(bb, prompt, heads, image_size, frames_per_segment, segment_length)
+    paths = [Path(p) for p in videos]
+    ids = video_ids(paths, root)
+    side = image_size // cfg.vision.patch_size
+    tokens_per_image = int(side * side * cfg.downsample_ratio**2)
+    prompt_ids = build_prompt_ids(
+        load_tokenizer(bb.path), prompt, frames_per_segment, tokens_per_image, cfg.image_token_id
+    )
+    input_ids = np.tile(prompt_ids[None], (batch_size, 1))
+    store = FeatureStore.create(out_dir, spec)
+    if heads is None:
+        layers, pick = spec.layers, None
+    else:
+        layers, pick = expert_layers(spec.heads)
+
+    stored = {v for v in ids if v in store}
+    todo = [(v, p) for v, p in zip(ids, paths, strict=True) if v not in stored]
+    reader_kw = dict(
+        image_size=image_size,
+        frames_per_segment=frames_per_segment,
+        segment_length=segment_length,
+    )
+    todo_paths = [p for _, p in todo]
+    total = _expected_segments(todo_paths, reader_kw) if progress else None
+
+    pending: dict[int, list[tuple[_Row, np.ndarray]]] = defaultdict(list)
+    written, short, failures = [], [], []
+    segments = batches = 0
+    make = lambda: _batches(todo_paths, batch_size, np.dtype(bb.dtype), reader_kw)
+    with (
+        tqdm(total=total, unit="segment", desc="extract", disable=not progress) as bar,
+        contextlib.closing(_prefetch(make)) as stream,
+    ):
+        for batch in stream:
+            if batch.rows:
+                feats = np.asarray(head_features(bb, input_ids, batch.pixels, layers=layers))
+                if pick is not None:
+                    feats = feats[:, pick[0], pick[1]]
+                for row, feat in zip(batch.rows, feats[: len(batch.rows)], strict=True):
+                    pending[row.video].append((row, feat))
+                segments += len(batch.rows)
+                batches += 1
+                bar.update(len(batch.rows))
+            for n, outcome in batch.closed:
+                done = pending.pop(n, [])
+                vid, path = todo[n]
+                if isinstance(outcome, VideoError):
+                    failures.append(Failure(str(path), outcome.problem))
+                    log.warning("skipping %s: %s", path, outcome.problem)
+                    continue
+                store.write(
+                    VideoFeatures(
+                        video_id=vid,
+                        features=np.stack([f for _, f in done]),
+                        start_frames=np.asarray([r.start_frame for r, _ in done]),
+                        end_frames=np.asarray([r.end_frame for r, _ in done]),
+                        frame_indices=np.stack([r.frame_indices for r, _ in done]),
+                        metadata=outcome,
+                        label=None if labels is None else labels.get(vid),
+                    )
+                )
+                written.append(vid)
+                if outcome.short:
+                    short.append(vid)
+    return ExtractionReport(
+        store=store.path,
+        written=tuple(written),
+        skipped=tuple(v for v in ids if v in stored),
+        short=tuple(short),
+        failures=tuple(failures),
+        segments=segments,
+        batches=batches,
+    )

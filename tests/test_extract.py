@@ -1,0 +1,252 @@
+"""Extraction into a feature store, on a tiny random InternVL checkpoint and clips made here.
+
+Segments are 8 frames with 4 sampled (tiny clips, short prompts); the reference for every stored
+feature is ``head_features`` called directly on the reader's segments, all in one batch of
+another size, so batch composition and padding must not matter. Tolerance: 1e-6 relative.
+"""
+
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from headhunt_jax import backbone, extract
+from headhunt_jax.extract import extract_features, video_ids
+from headhunt_jax.prompt import build_prompt_ids
+from headhunt_jax.store import FeatureStore, StoreError
+from headhunt_jax.video import VideoReader
+
+hf = pytest.importorskip("hf_reference")
+
+PROMPT = "Identify any abnormal events or safety hazards in this video."
+SEGMENT = dict(frames_per_segment=4, segment_length=8)
+BATCH = 4
+TOL = 1e-6
+# Segments: a 3, sub/b 2, short 1: the first batch holds all of a and b's first segment.
+CLIPS = {"a.mp4": 30, "sub/b.mp4": 20, "short.mp4": 5}
+LABELS = {"a.mp4": 1, "short.mp4": 0}
+
+
+def write_clip(path: Path, n_frames: int, codec="mpeg4", seed=0) -> Path:
+    """A 32x32 clip of smooth random pictures (distinct per frame, so segments differ)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv444p" if codec == "ffv1" else "yuv420p"
+        for _ in range(n_frames):
+            small = rng.integers(0, 256, (4, 4, 3), np.uint8)
+            picture = np.kron(small, np.ones((8, 8, 1), np.uint8))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def rel_err(got, want):
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+@pytest.fixture(scope="module")
+def bb(tmp_path_factory):
+    return backbone.load_backbone(hf.save_tiny_internvl(tmp_path_factory.mktemp("ckpt")))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    return root, [write_clip(root / name, n, seed=i) for i, (name, n) in enumerate(CLIPS.items())]
+
+
+@pytest.fixture(scope="module")
+def all_heads(bb, clips, tmp_path_factory):
+    """An uninterrupted all-heads run and its report."""
+    root, paths = clips
+    out = tmp_path_factory.mktemp("store") / "all"
+    report = extract_features(
+        bb,
+        paths,
+        PROMPT,
+        out,
+        root=root,
+        labels=LABELS,
+        batch_size=BATCH,
+        progress=False,
+        **SEGMENT,
+    )
+    return FeatureStore(out), report
+
+
+@pytest.fixture(scope="module")
+def direct(bb, clips):
+    """{video id: (segments, head_features of them all in one batch)}."""
+    root, paths = clips
+    ids = build_prompt_ids(bb.path, PROMPT, 4, bb.config.tokens_per_image, bb.config.image_token_id)
+    segments = {}
+    for vid, path in zip(video_ids(paths, root), paths, strict=True):
+        segments[vid] = list(VideoReader(path, image_size=56, **SEGMENT))
+    flat = [s for segs in segments.values() for s in segs]
+    pixels = np.concatenate([s.pixels for s in flat])
+    feats = np.asarray(backbone.head_features(bb, np.tile(ids, (len(flat), 1)), pixels))
+    out, i = {}, 0
+    for vid, segs in segments.items():
+        out[vid] = (segs, feats[i : i + len(segs)])
+        i += len(segs)
+    return out
+
+
+def test_all_heads_equal_head_features_on_the_same_segments(bb, all_heads, direct):
+    store, report = all_heads
+    assert report.written == ("a.mp4", "sub/b.mp4", "short.mp4")
+    assert report.short == ("short.mp4",) and not report.failures and not report.skipped
+    # Six segments in two batches of four: batches span videos, the last one is padded.
+    assert (report.segments, report.batches) == (6, 2)
+    assert store.spec.feature_shape == (bb.num_layers, bb.num_heads, bb.head_dim)
+    assert store.spec.heads is None and store.spec.layers == (0, 1, 2)
+    for vid, (segments, want) in direct.items():
+        got = store.read(vid)
+        assert got.features.shape == want.shape and got.features.dtype == np.float32
+        assert rel_err(got.features, want) <= TOL, vid
+        assert got.start_frames.tolist() == [s.start_frame for s in segments]
+        assert got.end_frames.tolist() == [s.end_frame for s in segments]
+        np.testing.assert_array_equal(got.frame_indices, [s.frame_indices for s in segments])
+        assert got.metadata.segment_count == len(segments)
+        assert got.label == LABELS.get(vid)
+    short = store.read("short.mp4").metadata
+    assert short.short and short.frame_count == 5 and short.fps == 25.0
+    assert store.read("a.mp4").metadata.tail_frames == 6
+    assert store.load().labels.tolist() == [1, 1, 1, 0, -1, -1]
+
+
+def test_expert_heads_equal_the_slice_of_all_heads(bb, clips, all_heads, tmp_path, capsys):
+    root, paths = clips
+    heads = [(1, 2), (0, 3), (1, 0)]  # forward stops after layer 1, of 3
+    report = extract_features(
+        bb, paths, PROMPT, tmp_path, heads=heads, root=root, batch_size=BATCH, **SEGMENT
+    )
+    assert f"{report.segments}/6" in capsys.readouterr().err  # progress total known up front
+    experts = FeatureStore(tmp_path)
+    assert experts.spec.heads == tuple(heads) and experts.spec.layers == (0, 1)
+    assert experts.spec.feature_shape == (3, bb.head_dim)
+    everything = all_heads[0].load()
+    got = experts.load()
+    assert got.video_ids.tolist() == everything.video_ids.tolist()
+    layers, head = np.asarray(heads).T
+    assert rel_err(got.features, everything.features[:, layers, head]) <= TOL
+
+
+def test_batches_never_retrace(bb, clips, all_heads, tmp_path):
+    root, paths = clips
+    compiled = backbone._head_features._cache_size()
+    for batch_size, out in [(2, "first"), (2, "second")]:
+        report = extract_features(
+            bb,
+            paths,
+            PROMPT,
+            tmp_path / out,
+            root=root,
+            batch_size=batch_size,
+            progress=False,
+            **SEGMENT,
+        )
+        assert report.batches == 3
+    # One compilation for the new batch size, none per batch or per run.
+    assert backbone._head_features._cache_size() == compiled + 1
+
+
+def test_resume_after_an_interruption_recomputes_only_the_rest(
+    bb, clips, all_heads, tmp_path, monkeypatch
+):
+    root, paths = clips
+    calls = []
+
+    def dies_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return backbone.head_features(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "head_features", dies_on_second_batch)
+    run = dict(root=root, labels=LABELS, batch_size=BATCH, progress=False, **SEGMENT)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(bb, paths, PROMPT, tmp_path, **run)
+    assert not [t for t in threading.enumerate() if t.name == "headhunt-decode"]
+    store = FeatureStore(tmp_path)
+    assert store.video_ids() == ["a.mp4"]
+    finished = tmp_path / "a.mp4.npz"
+    stamp = finished.stat().st_mtime_ns
+    # As if the run had been killed while writing b: a half-written temporary.
+    partial = tmp_path / "sub%2Fb.mp4.npz.0123abcd.tmp"
+    partial.write_bytes(finished.read_bytes()[:1000])
+    assert "sub/b.mp4" not in store
+
+    calls.clear()
+    report = extract_features(bb, paths, PROMPT, tmp_path, **run)
+    assert report.skipped == ("a.mp4",) and report.written == ("sub/b.mp4", "short.mp4")
+    assert (report.segments, report.batches, len(calls)) == (3, 1, 1)
+    assert finished.stat().st_mtime_ns == stamp and not partial.exists()
+    want, got = all_heads[0].load(), store.load()
+    assert got.video_ids.tolist() == want.video_ids.tolist()
+    assert got.labels.tolist() == want.labels.tolist()
+    assert rel_err(got.features, want.features) <= TOL
+
+
+def test_bad_videos_are_listed_and_the_others_stored(bb, clips, all_heads, tmp_path):
+    root, paths = clips
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00not a video" * 50)
+    whole = write_clip(tmp_path / "cut.mkv", 64, codec="ffv1")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut_half.mkv"
+    cut.write_bytes(data[: len(data) // 2])  # decodes a few segments, then proves truncated
+    videos = [junk, paths[0], cut, tmp_path / "missing.mp4", paths[2]]
+    report = extract_features(
+        bb, videos, PROMPT, tmp_path / "store", batch_size=BATCH, progress=False, **SEGMENT
+    )
+    assert report.written == ("a.mp4", "short.mp4")
+    # The cut video's first segments were computed, then dropped with it.
+    assert report.segments > 3 + 1
+    problems = {Path(f.path).name: f.problem for f in report.failures}
+    assert list(problems) == ["junk.mp4", "cut_half.mkv", "missing.mp4"]
+    assert problems["junk.mp4"].startswith("not a readable video file")
+    assert problems["cut_half.mkv"].startswith("truncated")
+    assert problems["missing.mp4"] == "no such file"
+    assert "failed: " + str(cut) + ": truncated" in report.summary()
+    store = FeatureStore(tmp_path / "store")
+    assert store.video_ids() == ["a.mp4", "short.mp4"]
+    assert rel_err(store.read("a.mp4").features, all_heads[0].read("a.mp4").features) <= TOL
+
+
+def test_settings_and_inputs_are_checked(bb, clips, all_heads):
+    root, paths = clips
+    with pytest.raises(StoreError, match="prompt: store has"):
+        extract_features(bb, paths, "Another prompt.", all_heads[0].path, root=root, **SEGMENT)
+    with pytest.raises(ValueError, match=r"heads \[\(3, 0\)\] are not in the backbone"):
+        extract_features(bb, paths, PROMPT, root / "x", heads=[(3, 0)], **SEGMENT)
+    with pytest.raises(ValueError, match="same video id 'a.mp4'"):
+        video_ids([root / "a.mp4", root / "sub" / "a.mp4"])
+    with pytest.raises(ValueError, match="not under the video root"):
+        video_ids([root / "a.mp4"], root / "sub")
+    assert video_ids(paths, root) == list(CLIPS)
+    assert extract.list_videos(root) == sorted(paths)
+
+
+def test_bfloat16_backbone(bb, clips, all_heads, tmp_path):
+    root, paths = clips
+    half = backbone.load_backbone(bb.path, dtype="bfloat16")
+    extract_features(
+        half, paths[2:], PROMPT, tmp_path, root=root, batch_size=1, progress=False, **SEGMENT
+    )
+    store = FeatureStore(tmp_path)
+    assert store.spec.dtype == "bfloat16"
+    got = store.read("short.mp4").features
+    assert got.dtype == np.float32
+    # Pixels reach the backbone cast to its dtype, as a direct call with bfloat16 pixels.
+    ids = build_prompt_ids(bb.path, PROMPT, 4, bb.config.tokens_per_image, bb.config.image_token_id)
+    (segment,) = VideoReader(paths[2], image_size=56, **SEGMENT)
+    pixels = segment.pixels.astype(np.dtype(half.dtype))
+    np.testing.assert_array_equal(got, backbone.head_features(half, ids[None], pixels))
+    # bfloat16 keeps 8 bits of mantissa; three random layers leave a few percent.
+    assert rel_err(got, all_heads[0].read("short.mp4").features) <= 0.1

@@ -43,6 +43,11 @@ class Scorer:
     kind: str
     params: dict
 
+    @property
+    def feature_dim(self):
+        """The input size F."""
+        return self.params["w1" if self.kind == "mlp" else "w"].shape[0]
+
 
 def _linear(params, x):
     return x @ params["w"] + params["b"]
@@ -190,14 +195,11 @@ def score(scorer, x):
     AP are the SVM's own.
     """
     x = _check_features(x)
-    expected = _feature_dim(scorer)
-    if x.shape[1] != expected:
-        raise ValueError(f"x has {x.shape[1]} features, the scorer was trained on {expected}")
+    if x.shape[1] != scorer.feature_dim:
+        raise ValueError(
+            f"x has {x.shape[1]} features, the scorer was trained on {scorer.feature_dim}"
+        )
     return _probabilities(scorer, x)
-
-
-def _feature_dim(scorer):
-    return scorer.params["w1" if scorer.kind == "mlp" else "w"].shape[0]
 
 
 def _write_checkpoint(path, arrays, meta, overwrite):

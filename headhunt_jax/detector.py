@@ -1,0 +1,123 @@
+"""A detector bundle: expert heads, scorer, locator parameters, the backbone's name and the
+prompt, saved and loaded as one orbax checkpoint."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from headhunt_jax.locator import localize
+from headhunt_jax.scorer import KINDS, Scorer, _read_checkpoint, _write_checkpoint, score
+
+PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class Detector:
+    """Everything needed to turn head features into anomaly scores and events.
+
+    expert_heads: int [K, 2] of (layer, head), in the order their features are concatenated;
+    scorer: trained on the K concatenated head features [K * head_dim];
+    sigma, tau: the temporal locator's smoothing and threshold;
+    backbone: the model the heads belong to (e.g. "OpenGVLab/InternVL3-8B"); prompt: the text
+    prompt the features are extracted with.
+    """
+
+    expert_heads: np.ndarray
+    scorer: Scorer
+    sigma: float = 1.5
+    tau: float = 0.65
+    backbone: str = ""
+    prompt: str = ""
+
+    def __post_init__(self):
+        heads = np.asarray(self.expert_heads)
+        if heads.ndim != 2 or heads.shape[1] != 2 or heads.shape[0] < 1:
+            raise ValueError(f"expert_heads must be [K, 2] (layer, head), got {heads.shape}")
+        if not np.issubdtype(heads.dtype, np.integer) or (heads < 0).any():
+            raise ValueError("expert_heads must be non-negative integers")
+        object.__setattr__(self, "expert_heads", heads.astype(np.int32))
+        if self.scorer.kind not in KINDS:
+            raise ValueError(f"unknown scorer kind {self.scorer.kind!r}")
+        if self.scorer.feature_dim % heads.shape[0]:
+            raise ValueError(
+                f"the scorer takes {self.scorer.feature_dim} features, not a multiple of "
+                f"{heads.shape[0]} expert heads"
+            )
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be positive, got {self.sigma}")
+
+    def expert_features(self, head_features):
+        """[N, L, H, D] features of all heads -> [N, K * D], the experts' concatenated."""
+        head_features = np.asarray(head_features)
+        if head_features.ndim != 4:
+            raise ValueError(f"head_features must be [N, L, H, D], got {head_features.shape}")
+        if (self.expert_heads >= head_features.shape[1:3]).any():
+            raise ValueError(
+                f"expert heads {self.expert_heads.tolist()} do not fit "
+                f"{head_features.shape[1]} layers x {head_features.shape[2]} heads"
+            )
+        if len(self.expert_heads) * head_features.shape[3] != self.scorer.feature_dim:
+            raise ValueError(
+                f"{len(self.expert_heads)} heads of dimension {head_features.shape[3]} do not "
+                f"make the scorer's {self.scorer.feature_dim} features"
+            )
+        experts = head_features[:, self.expert_heads[:, 0], self.expert_heads[:, 1]]
+        return experts.reshape(head_features.shape[0], -1)
+
+    def segment_scores(self, head_features):
+        """Anomaly probabilities [N] of N segments from their head features [N, L, H, D]."""
+        return np.asarray(score(self.scorer, self.expert_features(head_features)))
+
+    def events(self, segment_scores):
+        """Anomalous events [(start, end), ...] (segment indices, end exclusive) of one video."""
+        return localize(segment_scores, self.sigma, self.tau)
+
+    def save(self, path, *, overwrite=False):
+        """Write the bundle as one orbax checkpoint directory."""
+        arrays = {"expert_heads": self.expert_heads, "scorer": self.scorer.params}
+        meta = {
+            "scorer_kind": self.scorer.kind,
+            "sigma": float(self.sigma),
+            "tau": float(self.tau),
+            "backbone": self.backbone,
+            "prompt": self.prompt,
+        }
+        _write_checkpoint(path, arrays, meta, overwrite)
+
+    @classmethod
+    def load(cls, path):
+        """Read a bundle written by save."""
+        arrays, meta = _read_checkpoint(path)
+        return cls(
+            expert_heads=np.asarray(arrays["expert_heads"]),
+            scorer=Scorer(meta["scorer_kind"], arrays["scorer"]),
+            sigma=meta["sigma"],
+            tau=meta["tau"],
+            backbone=meta["backbone"],
+            prompt=meta["prompt"],
+        )
+
+    @classmethod
+    def from_published(cls, scorer, name="xd_violence_internvl3_8b", directory=PUBLISHED_DIR):
+        """A detector with published expert heads (and their backbone, prompt, sigma, tau) and a
+        scorer trained on those heads' features; only the heads are published, not a scorer."""
+        published = published_experts(name, directory)
+        return cls(
+            expert_heads=np.asarray(published["expert_heads"]),
+            scorer=scorer,
+            sigma=published["sigma"],
+            tau=published["tau"],
+            backbone=published["backbone"],
+            prompt=published["prompt"],
+        )
+
+
+def published_experts(name="xd_violence_internvl3_8b", directory=PUBLISHED_DIR):
+    """The published expert-head record `name` (a JSON file in checkpoints/) as a dict."""
+    path = Path(directory) / f"{name}.json"
+    if not path.is_file():
+        available = sorted(p.stem for p in Path(directory).glob("*.json"))
+        raise FileNotFoundError(f"no published experts {name!r} in {directory}; have {available}")
+    return json.loads(path.read_text())

@@ -1,0 +1,94 @@
+"""Detector bundle: expert features, scoring, events, one orbax checkpoint, published heads."""
+
+import numpy as np
+import pytest
+
+import headhunt_jax as hh
+from headhunt_jax.detector import Detector, published_experts
+from headhunt_jax.scorer import Scorer
+
+L, H, D = 4, 3, 8
+HEADS = np.array([[2, 1], [0, 2], [3, 0]])
+
+
+def head_features(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 2).astype(int)
+    features = rng.normal(size=(n, L, H, D)).astype(np.float32)
+    features[labels == 1, 2, 1] += 1.0
+    return features, labels
+
+
+def trained_detector():
+    features, labels = head_features(60, seed=0)
+    experts = np.concatenate([features[:, layer, head] for layer, head in HEADS], axis=1)
+    scorer = hh.fit_scorer(experts, labels)
+    return Detector(HEADS, scorer, sigma=1.0, tau=0.6, backbone="tiny", prompt="Anything odd?")
+
+
+def test_expert_features_concatenate_the_heads_in_order():
+    detector = trained_detector()
+    features, _ = head_features(5, seed=1)
+    expected = np.concatenate([features[:, layer, head] for layer, head in HEADS], axis=1)
+    np.testing.assert_array_equal(detector.expert_features(features), expected)
+
+
+def test_segment_scores_and_events():
+    detector = trained_detector()
+    features, _ = head_features(12, seed=2)
+    scores = detector.segment_scores(features)
+    np.testing.assert_array_equal(
+        scores, hh.score(detector.scorer, detector.expert_features(features))
+    )
+    assert detector.events(scores) == hh.localize(scores, 1.0, 0.6)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    detector = trained_detector()
+    detector.save(tmp_path / "detector")
+    loaded = Detector.load(tmp_path / "detector")
+    np.testing.assert_array_equal(loaded.expert_heads, HEADS)
+    assert (loaded.sigma, loaded.tau, loaded.backbone, loaded.prompt) == (
+        1.0,
+        0.6,
+        "tiny",
+        "Anything odd?",
+    )
+    assert loaded.scorer.kind == "logistic"
+    features, _ = head_features(7, seed=3)
+    np.testing.assert_array_equal(
+        loaded.segment_scores(features), detector.segment_scores(features)
+    )
+    with pytest.raises(ValueError, match="exists"):
+        detector.save(tmp_path / "detector")
+    with pytest.raises(FileNotFoundError):
+        Detector.load(tmp_path / "nothing")
+
+
+def test_published_heads_are_the_original_releases():
+    expected = [[18, 4], [18, 13], [20, 4], [23, 24], [23, 27]]
+    assert published_experts()["expert_heads"] == expected
+    scorer = Scorer("logistic", {"w": np.zeros(5 * 128, np.float32), "b": np.float32(0)})
+    detector = Detector.from_published(scorer)
+    np.testing.assert_array_equal(detector.expert_heads, expected)
+    assert detector.backbone == "OpenGVLab/InternVL3-8B"
+    assert (detector.sigma, detector.tau) == (1.5, 0.65)
+    with pytest.raises(FileNotFoundError, match="xd_violence_internvl3_8b"):
+        published_experts("ucf_crime_unknown")
+
+
+def test_bad_bundles_are_rejected():
+    scorer = trained_detector().scorer
+    with pytest.raises(ValueError, match=r"\[K, 2\]"):
+        Detector(np.array([1, 2, 3]), scorer)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        Detector(np.array([[0, -1], [1, 1], [2, 2]]), scorer)
+    with pytest.raises(ValueError, match="not a multiple of 5"):
+        Detector(np.zeros((5, 2), int), scorer)
+    with pytest.raises(ValueError, match="sigma"):
+        Detector(HEADS, scorer, sigma=0.0)
+    detector = Detector(HEADS, scorer)
+    with pytest.raises(ValueError, match="do not fit"):
+        detector.expert_features(np.zeros((2, 3, 3, D)))
+    with pytest.raises(ValueError, match="do not make"):
+        detector.expert_features(np.zeros((2, L, H, D + 1)))

@@ -14,6 +14,7 @@ _PUBLIC = {
     "head_features": "headhunt_jax.backbone",
     "head_features_prompts": "headhunt_jax.prefix",
     "Backbone": "headhunt_jax.backbone",
+    "make_mesh": "headhunt_jax.sharding",
     "build_prompt_ids": "headhunt_jax.prompt",
     # head hunting
     "saliency": "headhunt_jax.hunt",

@@ -12,8 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from headhunt_jax import weights
+from headhunt_jax import sharding, weights
 from headhunt_jax.models.decoder import DecoderConfig
 from headhunt_jax.models.intern_vit import VisionConfig
 from headhunt_jax.models.internvl import PRESETS, InternVL, InternVLConfig, TextModel
@@ -37,13 +38,15 @@ class Backbone:
     """A loaded backbone: its Flax module, its parameters and where it came from.
 
     ``path`` is the checkpoint directory (tokenizer files live there); ``name`` identifies the
-    backbone in detector bundles.
+    backbone in detector bundles. ``mesh``: the devices the parameters are sharded over (by
+    ``sharding.RULES``); None: one device.
     """
 
     model: nn.Module
     params: Any
     name: str
     path: Path | None = None
+    mesh: Mesh | None = None
 
     @property
     def config(self):
@@ -162,19 +165,28 @@ def _read_config(path: Path) -> dict:
         raise weights.CheckpointError(f"{cfg_file}: invalid JSON ({e})") from None
 
 
+def _param_shardings(model: nn.Module, mesh: Mesh):
+    return sharding.param_shardings(abstract_params(model, boxed=True), mesh)
+
+
 def load_backbone(
-    path, dtype="float32", name: str | None = None, attention: str = "auto"
+    path,
+    dtype="float32",
+    name: str | None = None,
+    attention: str = "auto",
+    mesh: Mesh | None = None,
 ) -> Backbone:
     """Loads a backbone from a HF checkpoint directory or a directory written by ``convert``.
 
     HF: ``config.json`` + safetensors (single or sharded) of InternVLForConditionalGeneration
     (either key layout), Qwen2ForCausalLM or LlamaForCausalLM. ``dtype``: 'float32' or 'bfloat16'
     (the parameters and the compute). ``attention``: 'auto', 'chunked', 'xla' or 'cudnn' (see
-    ``attention_impl``).
+    ``attention_impl``). ``mesh`` (``sharding.make_mesh``): each parameter goes straight to its
+    shards by ``sharding.RULES``, so no device ever holds the whole tree; None: one device.
     """
     path = Path(path)
     if (path / CONVERTED_CONFIG).exists():
-        return _load_converted(path, dtype, name, attention)
+        return _load_converted(path, dtype, name, attention, mesh)
     cfg = _read_config(path)
     model = make_model(config_from_hf(cfg), dtype, attention)
     tied = getattr(model.cfg, "text", model.cfg).tie_word_embeddings
@@ -183,8 +195,11 @@ def load_backbone(
     )
     flat = weights.convert(tensors, param_shapes(model), jnp.dtype(_dtype(dtype)), str(path), tied)
     params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
-    params = jax.tree.map(jnp.asarray, params)
-    return Backbone(model, params, name or cfg.get("_name_or_path") or path.name, path)
+    if mesh is None:
+        params = jax.tree.map(jnp.asarray, params)
+    else:
+        params = jax.tree.map(sharding.put_sharded, params, _param_shardings(model, mesh))
+    return Backbone(model, params, name or cfg.get("_name_or_path") or path.name, path, mesh)
 
 
 def save_converted(bb: Backbone, out) -> Path:
@@ -230,7 +245,7 @@ def _config_from_dict(kind: str, d: dict):
     return text(d)
 
 
-def _load_converted(path: Path, dtype, name, attention) -> Backbone:
+def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
     import orbax.checkpoint as ocp
 
     meta = json.loads((path / CONVERTED_CONFIG).read_text())
@@ -238,9 +253,15 @@ def _load_converted(path: Path, dtype, name, attention) -> Backbone:
     target = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, model.dtype), abstract_params(model)
     )
+    if mesh is not None:  # orbax reads each device's shards straight into place
+        target = jax.tree.map(
+            lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+            target,
+            _param_shardings(model, mesh),
+        )
     with ocp.StandardCheckpointer() as ckpt:
         params = ckpt.restore(path.absolute() / "params", target)
-    return Backbone(model, params, name or meta["name"], path)
+    return Backbone(model, params, name or meta["name"], path, mesh)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,16 +327,24 @@ def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None):
     input_ids [B, T] int; pixel_values [num_images, 3, H, W] (HF layout, images of all samples in
     reading order) or None. Returns float32 [B, len(layers), heads, head_dim]; layers default to
     all. The forward stops at the deepest layer asked for. Compiled once per shape and layer set.
+
+    On a sharded backbone (``bb.mesh``) the samples and the images are split over the mesh's
+    'data' axis, each padded with zeros to a multiple of its size: padding comes after every
+    real sample and image in reading order, so no real sample sees it, and its rows are dropped.
+    The mesh must be this process's devices; several processes each extract their own videos.
     """
     check_inputs(bb, input_ids, pixel_values)
     layers = _layers(bb, layers)
-    ids = jnp.asarray(input_ids, jnp.int32)
-    pixels = (
-        None
-        if pixel_values is None or np.shape(pixel_values)[0] == 0
-        else jnp.asarray(pixel_values)
-    )
-    return _head_features(bb.model, bb.params, ids, pixels, layers)
+    if bb.mesh is not None and bb.mesh.is_multi_process:
+        raise ValueError(
+            "head_features needs a mesh of this process's own devices (make_mesh() without "
+            "devices); with several processes, each extracts its own share of the videos"
+        )
+    place = jnp.asarray if bb.mesh is None else functools.partial(sharding.shard_batch, bb.mesh)
+    ids = place(np.asarray(input_ids, np.int32))
+    empty = pixel_values is None or np.shape(pixel_values)[0] == 0
+    pixels = None if empty else place(pixel_values)
+    return _head_features(bb.model, bb.params, ids, pixels, layers)[: len(input_ids)]
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -1,0 +1,130 @@
+"""Device meshes and where each parameter and input lives on them.
+
+A mesh has two axes: 'data' splits the batch (each group of devices along it runs its own
+slice of the clips) and 'model' splits the large weights (attention heads, MLP and vocabulary
+columns), so one code path runs on one CPU, a GPU host or a TPU pod slice; only the mesh
+changes.
+
+Every parameter carries logical axis names (``models/layers.py``); ``RULES`` maps them to mesh
+axes, in order of priority, as flax's ``logical_to_mesh_axes`` does, with one difference: the
+choice is made per parameter from its shape. A rule applies only if its mesh axis divides the
+dimension and is not yet used by that parameter; a dimension that no rule fits is replicated.
+E.g. InternVL3-8B has 4 kv heads: on model=8 ``kv_heads`` cannot be split, and on model=2 its
+vocabulary (151674, odd) cannot. A matrix that the rules leave replicated along 'model' then
+falls back to ``MATRIX_FALLBACK`` (its ``embed`` axis on 'model'), so no large weight is held
+whole by every device; vectors (norm scales, biases) are small and stay replicated.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+AXES = ("data", "model")
+BATCH_AXIS = "data"
+
+# (logical axis, mesh axis or None = replicated), highest priority first; every logical name
+# used by the models is listed, so a new one cannot be replicated silently.
+RULES: tuple[tuple[str, str | None], ...] = (
+    ("heads", "model"),
+    ("kv_heads", "model"),
+    ("mlp", "model"),
+    ("vision_mlp", "model"),
+    ("vocab", "model"),
+    ("embed", None),
+    ("head_dim", None),
+    ("positions", None),
+    ("channels", None),
+    ("patch", None),
+)
+MATRIX_FALLBACK: tuple[tuple[str, str], ...] = (("embed", "model"),)
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: Sequence | None = None) -> Mesh:
+    """A ('data', 'model') mesh over ``devices``; -1 for one axis takes all remaining devices.
+
+    ``devices`` defaults to this process's devices (``jax.local_devices()``): with several
+    processes each one holds its own replica and extracts its own videos
+    (``distributed.shard_videos``). Devices are ordered for the interconnect by
+    ``jax.make_mesh`` (rings on TPU).
+    """
+    devices = list(jax.local_devices() if devices is None else devices)
+    n = len(devices)
+    sizes = {"data": data, "model": model}
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1 or any(v == 0 or v < -1 for v in sizes.values()):
+        raise ValueError(f"mesh sizes must be positive, one of them may be -1; got {sizes}")
+    if free:
+        rest = math.prod(v for v in sizes.values() if v != -1)
+        if n % rest:
+            raise ValueError(f"{n} devices cannot be split into a mesh with {sizes}")
+        sizes[free[0]] = n // rest
+    if math.prod(sizes.values()) != n:
+        raise ValueError(
+            f"mesh data={sizes['data']} x model={sizes['model']} needs "
+            f"{sizes['data'] * sizes['model']} devices, got {n}"
+        )
+    # Auto axes: the compiler propagates shardings from the parameters and inputs, so the
+    # models need no sharding annotations.
+    return jax.make_mesh(
+        (sizes["data"], sizes["model"]), AXES, (AxisType.Auto, AxisType.Auto), devices=devices
+    )
+
+
+def partition_spec(
+    names: Sequence[str],
+    shape: Sequence[int],
+    axis_sizes: Mapping[str, int],
+    rules: Sequence[tuple[str, str | None]] = RULES,
+) -> PartitionSpec:
+    """The mesh axes of one array from its logical axis ``names`` and ``shape`` (see module doc).
+
+    ``axis_sizes``: {mesh axis: size}, e.g. ``mesh.shape``.
+    """
+    known = {logical for logical, _ in rules}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"logical axes {unknown} have no sharding rule (rules cover {known})")
+    spec: list[str | None] = [None] * len(names)
+    matrix_rules = tuple(MATRIX_FALLBACK) if len(names) >= 2 else ()
+    for logical, mesh_axis in (*rules, *matrix_rules):
+        if mesh_axis is None or mesh_axis in spec:
+            continue
+        for i, name in enumerate(names):
+            if name == logical and spec[i] is None and shape[i] % axis_sizes[mesh_axis] == 0:
+                spec[i] = mesh_axis
+                break
+    return PartitionSpec(*spec)
+
+
+def param_shardings(boxed_params, mesh: Mesh, rules: Sequence = RULES):
+    """NamedSharding per parameter, the tree of ``backbone.abstract_params(model, boxed=True)``
+    without its boxes (the structure of ``Backbone.params``)."""
+
+    def one(leaf):
+        if not isinstance(leaf, nn.LogicallyPartitioned):
+            raise TypeError(f"expected parameters boxed with logical axis names, got {leaf!r}")
+        return NamedSharding(mesh, partition_spec(leaf.names, leaf.value.shape, mesh.shape, rules))
+
+    return jax.tree.map(one, boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def put_sharded(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A host array -> a global array; each device receives only its own shard (also across
+    processes: every process passes the same array and fills its own devices)."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def shard_batch(mesh: Mesh, array) -> jax.Array:
+    """[N, ...] host array -> [N', ...] split over 'data', N' = N rounded up to a multiple of the
+    'data' size; the added rows are zeros, and the caller drops what they produce."""
+    array = np.asarray(array)
+    array = array.astype(jax.dtypes.canonicalize_dtype(array.dtype), copy=False)
+    size = mesh.shape[BATCH_AXIS]
+    pad = -len(array) % size
+    if pad:
+        array = np.concatenate([array, np.zeros((pad, *array.shape[1:]), array.dtype)])
+    return put_sharded(array, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)))

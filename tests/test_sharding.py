@@ -1,0 +1,243 @@
+"""Sharded backbones: the rules, meshes, and features equal to one device's.
+
+The ``test_on_mesh_*`` tests need 8 devices. ``test_on_8_simulated_devices`` reruns them in a
+subprocess with 8 simulated CPU devices, since the device count is fixed when JAX starts its
+backend; to run them directly:
+``XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu pytest tests/test_sharding.py``.
+Error measure: max |sharded - one device| / max |one device| (float32); the same inputs on one
+device already differ by ~3e-6 between a batch of 3 and one sample at a time.
+"""
+
+import os
+import subprocess
+import sys
+
+import flax
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh, AxisType, PartitionSpec
+
+import headhunt_jax as hh
+from headhunt_jax import backbone, sharding
+
+hf = pytest.importorskip("hf_reference")
+
+TOL = 1e-5
+EIGHT_DEVICES = "--xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", "")
+on_mesh = pytest.mark.skipif(
+    not EIGHT_DEVICES, reason="needs 8 devices: run by test_on_8_simulated_devices"
+)
+
+
+def rel_err(got, want):
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+@pytest.mark.skipif(EIGHT_DEVICES, reason="already on 8 devices")
+def test_on_8_simulated_devices():
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "on_mesh"]
+    run = subprocess.run(
+        [*cmd, __file__], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert run.returncode == 0 and "skipped" not in run.stdout, run.stdout[-6000:] + run.stderr
+
+
+# --- rules (no devices needed) ------------------------------------------------------------------
+
+
+def test_partition_spec_per_shape():
+    sizes = {"data": 2, "model": 8}
+    spec = sharding.partition_spec
+    assert spec(("embed", "heads", "head_dim"), (64, 16, 8), sizes) == PartitionSpec(
+        None, "model", None
+    )
+    # 4 kv heads on model=8: the matrix falls back to its embedding axis
+    assert spec(("embed", "kv_heads", "head_dim"), (64, 4, 8), sizes) == PartitionSpec(
+        "model", None, None
+    )
+    assert spec(("kv_heads", "head_dim"), (4, 8), sizes) == PartitionSpec(None, None)
+    assert spec(("vocab", "embed"), (151674, 64), sizes) == PartitionSpec(None, "model")
+    assert spec(("embed",), (64,), sizes) == PartitionSpec(None)
+    assert spec(("mlp",), (96,), sizes) == PartitionSpec("model")
+    # a mesh axis splits one dimension at most, the first rule wins
+    assert spec(("vision_mlp", "mlp"), (64, 64), sizes) == PartitionSpec(None, "model")
+    assert spec(("embed", "vocab"), (64, 300), {"model": 1}) == PartitionSpec(None, "model")
+    with pytest.raises(ValueError, match=r"logical axes \['length'\] have no sharding rule"):
+        spec(("length", "embed"), (3, 64), sizes)
+
+
+@pytest.fixture(scope="module")
+def internvl3_8b_params():
+    model = backbone.make_model(backbone.preset("InternVL3-8B"), "bfloat16")
+    return backbone.abstract_params(model, boxed=True)
+
+
+@pytest.mark.parametrize("model_size", [2, 8, 16])
+def test_internvl3_8b_nothing_large_replicated(internvl3_8b_params, model_size):
+    """28 heads, 4 kv heads and an odd vocabulary: every large weight is still split over
+    'model'; what stays whole is vectors (norm scales, biases)."""
+    mesh = AbstractMesh((1, model_size), sharding.AXES, axis_types=(AxisType.Auto,) * 2)
+    shardings = sharding.param_shardings(internvl3_8b_params, mesh)
+    shapes = flax.traverse_util.flatten_dict(flax.linen.meta.unbox(internvl3_8b_params))
+    total = per_device = 0
+    for key, where in flax.traverse_util.flatten_dict(shardings).items():
+        shape = shapes[key].shape
+        assert "model" in where.spec or np.prod(shape) <= 4096, (key, shape, where.spec)
+        total += np.prod(shape)
+        per_device += np.prod(where.shard_shape(shape))
+    assert per_device <= 1.002 * total / model_size  # within 0.2% of an even split
+
+
+def test_param_shardings_needs_boxed_params():
+    model = backbone.make_model(backbone.config_from_hf(hf.tiny_text_config().to_dict()))
+    mesh = AbstractMesh((1, 1), sharding.AXES, axis_types=(AxisType.Auto,) * 2)
+    with pytest.raises(TypeError, match="logical axis names"):
+        sharding.param_shardings(backbone.abstract_params(model), mesh)
+
+
+@pytest.mark.skipif(EIGHT_DEVICES, reason="one device")
+def test_make_mesh_one_device():
+    mesh = sharding.make_mesh()
+    assert mesh.axis_names == ("data", "model") and mesh.devices.shape == (1, 1)
+    assert sharding.make_mesh(data=1, model=-1).devices.shape == (1, 1)
+    with pytest.raises(ValueError, match="data=2 x model=1 needs 2 devices, got 1"):
+        sharding.make_mesh(data=2)
+    with pytest.raises(ValueError, match="one of them may be -1"):
+        sharding.make_mesh(data=-1, model=-1)
+    with pytest.raises(ValueError, match="must be positive"):
+        sharding.make_mesh(data=0)
+
+
+# --- on 8 devices -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(0)
+
+
+def _internvl(tmp_path_factory, name, **text):
+    model = hf.build(hf.tiny_internvl_config(text=hf.tiny_text_config(**text).to_dict()), seed=1)
+    return hf.save(model, tmp_path_factory.mktemp(name) / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def divisible(tmp_path_factory):
+    """8 heads, 4 kv heads, mlp 96, vocab 300; vision: 4 heads, mlp 64, projector 128: all
+    divide model=2 and 4."""
+    return _internvl(tmp_path_factory, "divisible", num_attention_heads=8, num_key_value_heads=4)
+
+
+@pytest.fixture(scope="module")
+def indivisible(tmp_path_factory):
+    """2 kv heads and vocab 302 on model=4: both fall back to the embedding axis."""
+    return _internvl(tmp_path_factory, "indivisible", vocab_size=302)
+
+
+@pytest.fixture(scope="module")
+def batch(rng):
+    """3 samples of 2 images each: padded to the data axis (8, 4 or 2)."""
+    ids, n = hf.multimodal_ids(rng, batch=3, images_per_sample=2, tokens_per_image=4)
+    return ids, rng.standard_normal((n, 3, 56, 56)).astype(np.float32)
+
+
+def _param(bb, path):
+    return flax.traverse_util.flatten_dict(bb.params)[tuple(path.split("/"))]
+
+
+def _shard_shape(array):
+    shapes = {s.data.shape for s in array.addressable_shards}
+    assert len(shapes) == 1 and len(array.addressable_shards) == 8
+    return shapes.pop()
+
+
+def _placed_by_rules(bb):
+    want = backbone._param_shardings(bb.model, bb.mesh)
+    return all(jax.tree.leaves(jax.tree.map(lambda p, s: p.sharding == s, bb.params, want)))
+
+
+@on_mesh
+def test_on_mesh_make_mesh():
+    assert sharding.make_mesh().devices.shape == (8, 1)
+    assert sharding.make_mesh(model=2).devices.shape == (4, 2)
+    assert sharding.make_mesh(data=2, model=-1).devices.shape == (2, 4)
+    with pytest.raises(ValueError, match="8 devices cannot be split into a mesh"):
+        sharding.make_mesh(data=3, model=-1)
+    with pytest.raises(ValueError, match="data=3 x model=1 needs 3 devices, got 8"):
+        sharding.make_mesh(data=3)
+    with pytest.raises(ValueError, match="data=4 x model=4 needs 16 devices, got 8"):
+        sharding.make_mesh(4, 4)
+
+
+@pytest.fixture(scope="module")
+def one_device_features(divisible, batch):
+    return np.asarray(hh.head_features(hh.load_backbone(divisible), *batch))
+
+
+@on_mesh
+@pytest.mark.parametrize("shape", [(8, 1), (4, 2), (2, 4)])
+def test_on_mesh_features_match_one_device(divisible, batch, one_device_features, shape):
+    ids, pixels = batch
+    want = one_device_features
+    bb = hh.load_backbone(divisible, mesh=sharding.make_mesh(*shape))
+    got = hh.head_features(bb, ids, pixels)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert rel_err(got, want) <= TOL
+
+    before = backbone._head_features._cache_size()
+    hh.head_features(bb, ids + 0, pixels * 1.0)
+    assert backbone._head_features._cache_size() == before
+
+    assert _placed_by_rules(bb)
+    m = shape[1]
+    for path, spec, shard in [
+        ("language_model/layers_0/attn/q_proj/kernel", (None, "model", None), (64, 8 // m, 8)),
+        ("language_model/layers_1/attn/k_proj/kernel", (None, "model", None), (64, 4 // m, 8)),
+        ("language_model/layers_2/mlp/gate_proj/kernel", (None, "model"), (64, 96 // m)),
+        ("language_model/layers_2/mlp/down_proj/kernel", ("model", None), (96 // m, 64)),
+        ("language_model/embed_tokens", ("model", None), (300 // m, 64)),
+        ("vision/layers_1/fc1/kernel", (None, "model"), (32, 64 // m)),
+        ("projector/linear_1/kernel", ("model", None), (128 // m, 64)),
+        ("language_model/layers_0/input_norm/scale", (None,), (64,)),
+    ]:
+        param = _param(bb, path)
+        assert param.sharding.spec == PartitionSpec(*spec), path
+        assert _shard_shape(param) == shard, path
+
+
+@on_mesh
+def test_on_mesh_kv_heads_and_vocab_not_dividing(indivisible, batch, rng):
+    ids, pixels = batch
+    text_ids = hf.random_ids(rng, 5, 7)  # no images; 5 samples padded to 6
+    one = hh.load_backbone(indivisible)
+    bb = hh.load_backbone(indivisible, mesh=sharding.make_mesh(2, 4))
+    assert rel_err(hh.head_features(bb, ids, pixels), hh.head_features(one, ids, pixels)) <= TOL
+    assert rel_err(hh.head_features(bb, text_ids), hh.head_features(one, text_ids)) <= TOL
+    assert _placed_by_rules(bb)
+    for path, spec, shard in [
+        ("language_model/layers_0/attn/q_proj/kernel", (None, "model", None), (64, 1, 16)),
+        ("language_model/layers_0/attn/k_proj/kernel", ("model", None, None), (16, 2, 16)),
+        ("language_model/layers_0/attn/k_proj/bias", (None, None), (2, 16)),
+        ("language_model/embed_tokens", (None, "model"), (302, 16)),
+    ]:
+        param = _param(bb, path)
+        assert param.sharding.spec == PartitionSpec(*spec), path
+        assert _shard_shape(param) == shard, path
+
+
+@on_mesh
+def test_on_mesh_converted_round_trip_restores_into_shards(tmp_path, divisible, batch):
+    ids, pixels = batch
+    saved = hh.load_backbone(divisible, mesh=sharding.make_mesh(4, 2))
+    out = backbone.save_converted(saved, tmp_path / "converted")
+    bb = hh.load_backbone(out, mesh=sharding.make_mesh(2, 4))
+    assert bb.mesh.devices.shape == (2, 4) and _placed_by_rules(bb)
+    assert _shard_shape(_param(bb, "language_model/layers_0/attn/q_proj/kernel")) == (64, 2, 8)
+    direct = hh.load_backbone(divisible, mesh=sharding.make_mesh(2, 4))
+    np.testing.assert_array_equal(
+        hh.head_features(bb, ids, pixels), hh.head_features(direct, ids, pixels)
+    )

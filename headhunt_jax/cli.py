@@ -1,15 +1,84 @@
 """The ``headhunt-jax`` command line: convert, extract, hunt, fit, detect, evaluate, demo.
 
 Errors are one line on stderr naming the file and the problem, with exit status 1; no traceback.
+In a run over many videos the good ones finish and the failures are listed at the end (exit 1).
 """
 
 import argparse
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
+
+
+def _errors():
+    """The exception types that are the user's input problems, not bugs."""
+    from headhunt_jax.store import StoreError
+    from headhunt_jax.video import VideoError
+
+    return (CliError, ValueError, OSError, KeyError, StoreError, VideoError)
+
+
+def _load_backbone(path, dtype):
+    from headhunt_jax.backbone import load_backbone
+
+    if dtype == "auto":
+        import jax
+
+        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return load_backbone(path, dtype=dtype)
+
+
+def _video_list(items) -> tuple[list[Path], Path | None]:
+    """Video paths from directories, list files (one path a line) or video files; the root that
+    ids are relative to when a single directory is given."""
+    from headhunt_jax.extract import VIDEO_EXTENSIONS, list_videos
+
+    videos, root = [], None
+    for item in map(Path, items):
+        if not item.exists():
+            raise CliError(f"{item}: no such file or directory")
+        if item.is_dir():
+            found = list_videos(item)
+            if not found:
+                raise CliError(f"{item}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
+            videos += found
+            root = item if len(items) == 1 else None
+        elif item.suffix.lower() in (".txt", ".lst", ".list"):
+            lines = [line.strip() for line in item.read_text().splitlines()]
+            videos += [
+                Path(line) if Path(line).is_absolute() else item.parent / line
+                for line in lines
+                if line
+            ]
+        else:
+            videos.append(item)
+    return videos, root
+
+
+def _xd_labels(videos, root):
+    """Video labels from XD-Violence names (``label_A`` normal), when every name carries one."""
+    from headhunt_jax.evaluation import xd_violence_label
+    from headhunt_jax.extract import video_ids
+
+    ids = video_ids(videos, root)
+    try:
+        return {i: xd_violence_label(i) for i in ids}
+    except ValueError:
+        return None
+
+
+def _print_failures(failures) -> int:
+    if not failures:
+        return 0
+    print(f"{len(failures)} video(s) failed:", file=sys.stderr)
+    for f in failures:
+        print(f"  {f.path}: {f.problem}", file=sys.stderr)
+    return 1
 
 
 def _convert(args):
@@ -20,6 +89,108 @@ def _convert(args):
     print(f"converted {bb.name} ({args.dtype}) -> {out}")
 
 
+def _extract(args):
+    from headhunt_jax.extract import extract_features
+    from headhunt_jax.pipeline import load_heads
+
+    videos, root = _video_list(args.videos)
+    bb = _load_backbone(args.model, args.dtype)
+    heads = load_heads(args.heads) if args.heads else None
+    report = extract_features(
+        bb,
+        videos,
+        args.prompt,
+        args.out,
+        heads=heads,
+        root=root,
+        labels=_xd_labels(videos, root),
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    print(
+        f"{report.store}: {len(report.written)} videos written, {len(report.skipped)} already there, "
+        f"{report.segments} segments in {report.batches} batches"
+        + (
+            f"; {len(report.short)} shorter than one segment (one segment of all frames)"
+            if report.short
+            else ""
+        )
+    )
+    return _print_failures(report.failures)
+
+
+def _hunt(args):
+    from headhunt_jax import pipeline, plots
+    from headhunt_jax.store import FeatureStore
+
+    events = pipeline.read_annotations(args.annotations) if args.annotations else None
+    result = pipeline.hunt([FeatureStore(s) for s in args.stores], args.k, args.lam, events)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**result.to_json(), "k": args.k, "lam": args.lam}, indent=1))
+    png = plots.rss_heatmap(result.rss, result.heads, args.plot or out.with_suffix(".png"))
+    print(
+        f"expert heads (layer, head), best first: {result.heads.tolist()} -> {out}, heatmap {png}"
+    )
+
+
+def _fit(args):
+    from headhunt_jax import pipeline
+    from headhunt_jax.store import FeatureStore
+
+    events = pipeline.read_annotations(args.annotations) if args.annotations else None
+    detector = pipeline.fit(
+        FeatureStore(args.store), pipeline.load_heads(args.heads), events, args.scorer
+    )
+    detector.save(args.out, overwrite=args.overwrite)
+    print(
+        f"detector ({args.scorer} scorer, sigma {detector.sigma}, tau {detector.tau}) -> {args.out}"
+    )
+
+
+def _detect(args):
+    from headhunt_jax import pipeline, plots
+    from headhunt_jax.detector import Detector
+
+    detector = Detector.load(args.detector)
+    if args.model is None:
+        raise CliError(
+            f"pass --model: the backbone the detector was fitted on ({detector.backbone})"
+        )
+    videos, root = _video_list(args.videos)
+    bb = _load_backbone(args.model, args.dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        results, failures = pipeline.detect(
+            bb,
+            detector,
+            videos,
+            args.work or tmp,
+            root=root,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
+    text = json.dumps({"videos": results, "failures": [f.__dict__ for f in failures]}, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+        for r in results:
+            events = ", ".join(f"{e['start_s']}-{e['end_s']} s" for e in r["events"]) or "none"
+            print(f"{r['video']}: score {r['video_score']:.3f}, events: {events}")
+    else:
+        print(text)
+    if args.plot:
+        Path(args.plot).mkdir(parents=True, exist_ok=True)
+        for r in results:
+            plots.timeline(r, Path(args.plot) / (Path(r["video"]).name + ".png"))
+    return _print_failures(failures)
+
+
+def _demo(args):
+    from headhunt_jax.demo import run_demo
+
+    report = run_demo(args.out, seed=args.seed, progress=not args.quiet)
+    print(json.dumps({k: report[k] for k in ("auc", "ap", "expert_heads", "note")}, indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="headhunt-jax",
@@ -27,25 +198,88 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="command", required=True)
 
+    def backbone_args(p, required=True):
+        p.add_argument(
+            "--model", required=required, help="backbone: HF checkpoint or converted directory"
+        )
+        p.add_argument(
+            "--dtype",
+            default="auto",
+            choices=["auto", "float32", "bfloat16"],
+            help="auto: float32 on CPU, bfloat16 on accelerators",
+        )
+        p.add_argument("--batch-size", type=int, default=8, help="segments per forward pass")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to an orbax checkpoint")
     p.add_argument("hf_dir", type=Path, help="HF checkpoint directory (config.json + safetensors)")
     p.add_argument("out", type=Path, help="output directory")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser(
+        "extract", help="head features of every 48-frame segment into a feature store"
+    )
+    backbone_args(p)
+    p.add_argument(
+        "--videos", nargs="+", required=True, help="video directories, list files or videos"
+    )
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="feature store directory (a rerun resumes it)")
+    p.add_argument("--heads", help="heads JSON: store these expert heads only (default: all heads)")
+    p.set_defaults(func=_extract)
+
+    p = sub.add_parser("hunt", help="expert heads from all-head stores under two or more prompts")
+    p.add_argument("stores", nargs="+", help="feature stores of the same videos, one per prompt")
+    p.add_argument("--k", type=int, default=5, help="number of expert heads")
+    p.add_argument("--lam", type=float, default=0.5, help="instability penalty lambda")
+    p.add_argument(
+        "--annotations",
+        help="temporal annotations (XD-Violence or UCF-Crime format) for segment labels",
+    )
+    p.add_argument("--out", required=True, help="heads JSON")
+    p.add_argument("--plot", help="RSS heatmap PNG (default: next to --out)")
+    p.set_defaults(func=_hunt)
+
+    p = sub.add_parser("fit", help="train the scorer and calibrate the temporal locator")
+    p.add_argument("--store", required=True, help="feature store (all heads or the expert heads)")
+    p.add_argument("--heads", required=True, help="heads JSON from hunt")
+    p.add_argument("--annotations", help="temporal annotations for segment labels")
+    p.add_argument("--scorer", default="logistic", choices=["logistic", "mlp", "svm"])
+    p.add_argument("--out", required=True, help="detector directory")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_fit)
+
+    p = sub.add_parser("detect", help="anomaly scores and events of videos")
+    backbone_args(p, required=False)
+    p.add_argument("--detector", required=True)
+    p.add_argument("videos", nargs="+", help="videos, directories or list files")
+    p.add_argument("--out", help="JSON results (default: stdout)")
+    p.add_argument("--plot", help="directory for a PNG timeline per video")
+    p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
+    p.set_defaults(func=_detect)
+
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on real footage with a tiny random backbone"
+    )
+    p.add_argument("--out", default="demo_out", help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_demo)
     return ap
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except KeyboardInterrupt:
         print("headhunt-jax: interrupted", file=sys.stderr)
         return 130
-    except (CliError, ValueError, OSError) as e:
-        print(f"headhunt-jax {args.command}: error: {e}", file=sys.stderr)
+    except _errors() as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"headhunt-jax {args.command}: error: {message}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def make_videos(
 
     Each video has ``segments`` x ``segment_length`` frames of footage windows (random clip,
     start, direction); an anomalous one has one event of 1-2 segments' length at a random place
-    (not aligned to the segments), of the kinds in ``ANOMALIES``, cycling through them.
+    (not aligned to the segments), of the kinds in ``ANOMALIES``, two videos in a row of each kind
+    (so that taking every other video splits each kind between two halves).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +133,7 @@ def make_videos(
         frames = np.stack(frames[:total])
         label, events = "A", ()
         if i >= num_normal:
-            label = kinds[(i - num_normal) % len(kinds)]
+            label = kinds[(i - num_normal) // 2 % len(kinds)]
             length = int(rng.integers(segment_length, 2 * segment_length + 1))
             start = int(rng.integers(0, total - length))
             frames[start : start + length] = ANOMALIES[label][1](

@@ -1,0 +1,249 @@
+"""The pipeline's stages over feature stores, shared by the CLI and the demo:
+hunt (stores under M prompts -> expert heads), fit (store + heads -> detector),
+detect (videos -> scores and events), evaluate (detections + annotations -> frame AUC / AP).
+
+Labels: a segment is anomalous when it overlaps an annotated event (frames [start, end)); without
+annotations every segment takes its video's label.
+"""
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from headhunt_jax.backbone import Backbone
+from headhunt_jax.detector import Detector
+from headhunt_jax.evaluation import (
+    evaluate_frames,
+    parse_ucf_crime_annotations,
+    parse_xd_violence_annotations,
+    video_key,
+)
+from headhunt_jax.extract import Failure, extract_features
+from headhunt_jax.hunt import robust_saliency, saliency, top_k_heads
+from headhunt_jax.locator import calibrate, localize, smooth
+from headhunt_jax.scorer import fit_scorer, score
+from headhunt_jax.store import FeatureStore, VideoFeatures
+
+Events = Mapping[str, Sequence[tuple[int, int]]]
+
+
+def read_annotations(path) -> dict[str, list[tuple[int, int]]]:
+    """An XD-Violence ``annotations.txt`` or a UCF-Crime temporal annotation file (told apart by
+    the second field: a class name in UCF-Crime's) -> {video key: [(start, end), ...]}."""
+    path = Path(path)
+    first = next((line.split() for line in path.read_text().splitlines() if line.strip()), None)
+    if first is not None and len(first) > 1 and not first[1].lstrip("-").isdigit():
+        return parse_ucf_crime_annotations(path)
+    return parse_xd_violence_annotations(path)
+
+
+def segment_labels(video: VideoFeatures, events: Events | None) -> np.ndarray:
+    """0/1 [S]: overlap with the video's annotated events, or the video label for every segment."""
+    if events is None:
+        if video.label is None:
+            raise ValueError(f"video {video.video_id!r} has no label; pass annotations")
+        return np.full(video.num_segments, video.label, np.int32)
+    spans = events.get(video_key(video.video_id), [])
+    hit = np.zeros(video.num_segments, bool)
+    for start, end in spans:
+        hit |= (video.start_frames < end) & (video.end_frames > start)
+    return hit.astype(np.int32)
+
+
+def labelled_videos(
+    store: FeatureStore, events: Events | None
+) -> list[tuple[VideoFeatures, np.ndarray]]:
+    videos = [(v, segment_labels(v, events)) for v in store]
+    if not videos:
+        raise ValueError(f"{store.path}: the store holds no videos")
+    return videos
+
+
+@dataclasses.dataclass(frozen=True)
+class HuntResult:
+    """heads: int [K, 2] (layer, head), best first; rss: [L, H]; combined: [M, L, H]."""
+
+    heads: np.ndarray
+    rss: np.ndarray
+    combined: np.ndarray
+    backbone: str
+    prompts: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "heads": self.heads.tolist(),
+            "backbone": self.backbone,
+            "prompts": list(self.prompts),
+            "rss": np.round(self.rss, 6).tolist(),
+        }
+
+
+def hunt(
+    stores: Sequence[FeatureStore], k: int = 5, lam: float = 0.5, events: Events | None = None
+) -> HuntResult:
+    """Expert heads from all-head stores of the same videos under M >= 2 prompts."""
+    if len(stores) < 2:
+        raise ValueError(f"hunting needs stores of at least 2 prompts, got {len(stores)}")
+    first = stores[0].spec
+    for s in stores:
+        if s.spec.heads is not None:
+            raise ValueError(f"{s.path}: holds expert heads only; hunting needs all heads")
+        if s.spec.backbone != first.backbone:
+            raise ValueError(
+                f"{s.path}: backbone {s.spec.backbone!r}, {stores[0].path} has {first.backbone!r}"
+            )
+    combined = []
+    reference = None
+    for s in stores:
+        videos = labelled_videos(s, events)
+        layout = [(v.video_id, v.num_segments) for v, _ in videos]
+        if reference is not None and layout != reference:
+            raise ValueError(f"{s.path}: holds other videos or segments than {stores[0].path}")
+        reference = layout
+        x = np.concatenate([v.features for v, _ in videos])
+        y = np.concatenate([y for _, y in videos])
+        combined.append(np.asarray(saliency(x, y)["combined"]))
+    combined = np.stack(combined)
+    rss = np.asarray(robust_saliency(combined, lam))
+    heads = np.asarray(top_k_heads(rss, k))
+    return HuntResult(heads, rss, combined, first.backbone, tuple(s.spec.prompt for s in stores))
+
+
+def load_heads(path) -> np.ndarray:
+    """Expert heads [K, 2] from a ``hunt`` JSON file (or any JSON with a "heads" list)."""
+    path = Path(path)
+    try:
+        heads = np.asarray(json.loads(path.read_text())["heads"], np.int32)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not a heads file ({e})") from None
+    if heads.ndim != 2 or heads.shape[1] != 2:
+        raise ValueError(f"{path}: heads must be a list of [layer, head] pairs")
+    return heads
+
+
+def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray) -> np.ndarray:
+    """[S, K * D]: the experts' features of a video, from an all-head or an expert-head store."""
+    spec = store.spec
+    if spec.heads is None:
+        layer_pos = {layer: i for i, layer in enumerate(spec.layers)}
+        missing = [int(h[0]) for h in heads if int(h[0]) not in layer_pos]
+        if missing:
+            raise ValueError(f"{store.path}: no features of layers {missing}")
+        x = video.features[:, [layer_pos[int(layer)] for layer in heads[:, 0]], heads[:, 1]]
+    elif [tuple(h) for h in spec.heads] == [tuple(map(int, h)) for h in heads]:
+        x = video.features
+    else:
+        raise ValueError(f"{store.path}: holds the heads {list(spec.heads)}, not {heads.tolist()}")
+    return x.reshape(x.shape[0], -1)
+
+
+def fit(
+    store: FeatureStore, heads, events: Events | None = None, kind: str = "logistic"
+) -> Detector:
+    """Scorer on the experts' features of every segment, then (sigma, tau) by grid search on the
+    same videos' scores."""
+    heads = np.asarray(heads, np.int32)
+    videos = labelled_videos(store, events)
+    xs = [expert_features(v, store, heads) for v, _ in videos]
+    ys = [y for _, y in videos]
+    scorer = fit_scorer(np.concatenate(xs), np.concatenate(ys), kind)
+    detector = Detector(heads, scorer, backbone=store.spec.backbone, prompt=store.spec.prompt)
+    sigma, tau = calibrate([detector_scores(detector, x) for x in xs], ys)
+    return dataclasses.replace(detector, sigma=sigma, tau=tau)
+
+
+def detector_scores(detector: Detector, x) -> np.ndarray:
+    return np.asarray(score(detector.scorer, x))
+
+
+def check_compatible(bb: Backbone, detector: Detector) -> None:
+    """A detector only reads the backbone it was fitted on."""
+    if detector.backbone and bb.name != detector.backbone:
+        raise ValueError(
+            f"the detector was fitted on backbone {detector.backbone!r}, not {bb.name!r}"
+        )
+    bad = [
+        h for h in detector.expert_heads.tolist() if h[0] >= bb.num_layers or h[1] >= bb.num_heads
+    ]
+    if bad:
+        raise ValueError(
+            f"expert heads {bad} do not exist in {bb.name} ({bb.num_layers} x {bb.num_heads})"
+        )
+
+
+def detect(
+    bb: Backbone,
+    detector: Detector,
+    videos: Sequence,
+    work_dir,
+    *,
+    root=None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> tuple[list[dict], list[Failure]]:
+    """Scores and events for every video. The experts' features go to a store in ``work_dir``
+    (a rerun reuses it). Returns one result dict per readable video, and the failures."""
+    check_compatible(bb, detector)
+    report = extract_features(
+        bb,
+        videos,
+        detector.prompt,
+        work_dir,
+        heads=detector.expert_heads,
+        root=root,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    store = FeatureStore(report.store)
+    done = set(report.written) | set(report.skipped)
+    results = [video_result(detector, store, store.read(v)) for v in store.video_ids() if v in done]
+    return results, list(report.failures)
+
+
+def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) -> dict:
+    """One video's detection: segment scores, smoothed scores, events in segments and seconds."""
+    scores = detector_scores(detector, expert_features(video, store, detector.expert_heads))
+    smoothed = np.asarray(smooth(scores, detector.sigma))
+    meta = video.metadata
+    seconds = 1.0 / meta.fps
+    events = []
+    for start, end in localize(scores, detector.sigma, detector.tau):
+        first, last = int(video.start_frames[start]), int(video.end_frames[end - 1])
+        events.append(
+            {
+                "start_segment": start,
+                "end_segment": end,
+                "start_frame": first,
+                "end_frame": last,
+                "start_s": round(first * seconds, 3),
+                "end_s": round(last * seconds, 3),
+            }
+        )
+    return {
+        "video": video.video_id,
+        "path": meta.path,
+        "fps": meta.fps,
+        "fps_source": meta.fps_source,
+        "frames": meta.frame_count,
+        "short": meta.short,
+        "segment_frames": [
+            [int(s), int(e)] for s, e in zip(video.start_frames, video.end_frames, strict=True)
+        ],
+        "segment_scores": np.round(scores, 6).tolist(),
+        "smoothed_scores": np.round(smoothed, 6).tolist(),
+        "events": events,
+        "video_score": round(float(smoothed.max()), 6),
+        "sigma": detector.sigma,
+        "tau": detector.tau,
+    }
+
+
+def evaluate(results: Sequence[dict], events: Events, sigma: float | None = None) -> dict:
+    """Frame-level ROC AUC and AP over detected videos; ``events`` cover the anomalous ones."""
+    scores = {r["video"]: np.asarray(r["segment_scores"]) for r in results}
+    frames = {r["video"]: r["frames"] for r in results}
+    spans = {r["video"]: list(events.get(video_key(r["video"]), [])) for r in results}
+    return evaluate_frames(scores, frames, spans, sigma=sigma)

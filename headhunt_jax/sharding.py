@@ -9,10 +9,12 @@ Every parameter carries logical axis names (``models/layers.py``); ``RULES`` map
 axes, in order of priority, as flax's ``logical_to_mesh_axes`` does, with one difference: the
 choice is made per parameter from its shape. A rule applies only if its mesh axis divides the
 dimension and is not yet used by that parameter; a dimension that no rule fits is replicated.
-E.g. InternVL3-8B has 4 kv heads: on model=8 ``kv_heads`` cannot be split, and on model=2 its
-vocabulary (151674, odd) cannot. A matrix that the rules leave replicated along 'model' then
-falls back to ``MATRIX_FALLBACK`` (its ``embed`` axis on 'model'), so no large weight is held
-whole by every device; vectors (norm scales, biases) are small and stay replicated.
+A matrix that the rules leave whole along 'model' falls back to ``MATRIX_FALLBACK`` (its
+``embed`` axis on 'model'), so no large weight is held whole by every device; vectors (norm
+scales, biases) are small and stay replicated. E.g. InternVL3-8B (28 heads, 4 kv heads,
+vocabulary 151674, odd): on model=4 every head axis splits and the embedding table falls back;
+on model=8 the attention matrices fall back too, which costs an all-reduce per projection, so
+a model size that divides the head counts is the faster choice.
 """
 
 import math
@@ -55,7 +57,7 @@ def make_mesh(data: int = -1, model: int = 1, devices: Sequence | None = None) -
     n = len(devices)
     sizes = {"data": data, "model": model}
     free = [k for k, v in sizes.items() if v == -1]
-    if len(free) > 1 or any(v == 0 or v < -1 for v in sizes.values()):
+    if len(free) > 1 or any(v < 1 and v != -1 for v in sizes.values()):
         raise ValueError(f"mesh sizes must be positive, one of them may be -1; got {sizes}")
     if free:
         rest = math.prod(v for v in sizes.values() if v != -1)

@@ -1,0 +1,187 @@
+"""The console script end to end on a tiny checkpoint and small real clips, and its bad inputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headhunt_jax import synthetic
+
+hf = pytest.importorskip("hf_reference")
+
+SCRIPT = str(Path(sys.executable).with_name("headhunt-jax"))
+PROMPTS = [
+    "Identify any abnormal events or safety hazards in this video.",
+    "Analyze the video for anomalies.",
+]
+
+
+def cli(*args, check=True):
+    run = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and run.returncode:
+        raise AssertionError(f"headhunt-jax {' '.join(map(str, args))} failed:\n{run.stderr}")
+    return run
+
+
+def assert_one_line_error(run, *words):
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, run.stderr
+    for w in words:
+        assert w in errors[0], run.stderr
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model = hf.save_tiny_internvl(root / "model")
+    clips = root / "clips"
+    synthetic.make_videos(clips, num_normal=4, num_anomalous=4, segments=3, size=(64, 48), seed=1)
+    return root, model, clips
+
+
+@pytest.fixture(scope="module")
+def detector(work):
+    root, model, clips = work
+    stores = []
+    for i, prompt in enumerate(PROMPTS):
+        store = root / f"store{i}"
+        run = cli(
+            "extract",
+            "--model",
+            model,
+            "--videos",
+            clips,
+            "--prompt",
+            prompt,
+            "--out",
+            store,
+            "--quiet",
+        )
+        assert "8 videos written" in run.stdout
+        stores.append(store)
+    annotations = clips / "annotations.txt"
+    cli("hunt", *stores, "--k", 3, "--annotations", annotations, "--out", root / "heads.json")
+    cli(
+        "fit",
+        "--store",
+        stores[0],
+        "--heads",
+        root / "heads.json",
+        "--annotations",
+        annotations,
+        "--out",
+        root / "detector",
+    )
+    return root / "detector"
+
+
+def test_extract_hunt_fit_detect(work, detector):
+    root, model, clips = work
+    heads = json.loads((root / "heads.json").read_text())
+    assert np.asarray(heads["heads"]).shape == (3, 2) and (root / "heads.png").stat().st_size > 0
+    videos = sorted(clips.glob("*.mp4"))[:3]
+    out = root / "detections.json"
+    cli(
+        "detect",
+        "--detector",
+        detector,
+        "--model",
+        model,
+        *videos,
+        "--out",
+        out,
+        "--plot",
+        root / "plots",
+        "--quiet",
+    )
+    results = json.loads(out.read_text())
+    assert [r["video"] for r in results["videos"]] == [v.name for v in videos]
+    for r in results["videos"]:
+        assert len(r["segment_scores"]) == 3 and 0 <= r["video_score"] <= 1
+        assert r["fps"] == 25 and r["fps_source"] == "stream"
+        assert (root / "plots" / f"{r['video']}.png").exists()
+    assert results["failures"] == []
+
+
+def test_detect_bad_inputs_finish_the_good_ones(work, detector, tmp_path):
+    root, model, clips = work
+    good = sorted(clips.glob("*.mp4"))[0]
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n" * 50)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    short = tmp_path / "short.mp4"
+    synthetic.write_mp4(short, np.full((30, 48, 64, 3), 128, np.uint8), 25)
+    out = tmp_path / "out.json"
+    run = cli(
+        "detect",
+        "--detector",
+        detector,
+        "--model",
+        model,
+        good,
+        empty,
+        text,
+        truncated,
+        short,
+        "--out",
+        out,
+        "--quiet",
+        check=False,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    results = json.loads(out.read_text())
+    done = {r["video"]: r for r in results["videos"]}
+    assert set(done) == {good.name, short.name}
+    assert done[short.name]["short"] and len(done[short.name]["segment_scores"]) == 1
+    failed = {Path(f["path"]).name for f in results["failures"]}
+    assert failed == {"empty.mp4", "notes.mp4", "truncated.mp4"}
+    for name in failed:
+        assert name in run.stderr
+
+
+def test_one_line_errors(work, detector, tmp_path):
+    root, model, clips = work
+    assert_one_line_error(
+        cli(
+            "extract",
+            "--model",
+            model,
+            "--videos",
+            tmp_path / "nope",
+            "--prompt",
+            "p",
+            "--out",
+            tmp_path / "s",
+            check=False,
+        ),
+        "nope",
+        "no such file",
+    )
+    assert_one_line_error(cli("convert", tmp_path, tmp_path / "out", check=False), "config.json")
+    assert_one_line_error(
+        cli("detect", "--detector", detector, sorted(clips.glob("*.mp4"))[0], check=False),
+        "--model",
+    )
+    other = hf.save_tiny_internvl(tmp_path / "other-model", seed=5)
+    run = cli(
+        "detect",
+        "--detector",
+        detector,
+        "--model",
+        other,
+        sorted(clips.glob("*.mp4"))[0],
+        check=False,
+    )
+    assert_one_line_error(run, "fitted on backbone")
+    assert_one_line_error(
+        cli("hunt", root / "store0", "--out", tmp_path / "h.json", check=False),
+        "at least 2 prompts",
+    )

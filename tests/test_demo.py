@@ -1,0 +1,22 @@
+"""The demo, the main job on a fresh machine: the whole pipeline, as the README runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    script = Path(sys.executable).with_name("headhunt-jax")
+    run = subprocess.run(
+        [script, "demo", "--out", tmp_path, "--quiet"], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert 0.0 <= report["auc"] <= 1.0 and 0.0 <= report["ap"] <= 1.0
+    assert report["num_videos"] == 16 and report["num_anomaly_frames"] > 0
+    assert len(report["expert_heads"]) == 5 and "random" in report["note"]
+    assert (tmp_path / "rss_heatmap.png").stat().st_size > 0
+    assert len(list((tmp_path / "timelines").glob("*.png"))) == 16
+    assert (tmp_path / "detector").is_dir() and (tmp_path / "heads.json").exists()
+    assert "frame-level ROC AUC" in run.stdout

@@ -97,7 +97,7 @@ class _VideoListBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             }
         return tfds.core.DatasetInfo(
             builder=self,
-            description=__doc__.split("\n\n")[0],
+            description=self.__doc__,
             features=tfds.features.FeaturesDict(features),
             homepage=self.HOMEPAGE,
             citation=self.CITATION,
@@ -110,7 +110,7 @@ class _VideoListBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             try:
                 listing = load_dataset(self.DATASET, root, split)
             except SplitNotFoundError as err:
-                logger.info("%s: no %s split: %s", self.name, split, err)
+                logger.warning("%s: no %s split: %s", self.name, split, err)
                 continue
             for warning in listing.warnings:
                 logger.warning("%s %s: %s", self.name, split, warning)

@@ -8,7 +8,7 @@ and split-list files are read.
 UCF-Crime (``ucf_crime``)::
 
     ROOT/Videos/<Class>/<name>.mp4    any depth, the class is the video's folder; a folder whose
-                                      name contains "normal" (Training_Normal_Videos_Anomaly,
+                                      name has the word "normal" (Training_Normal_Videos_Anomaly,
                                       Testing_Normal_Videos_Anomaly, Normal_Videos_event, ...)
                                       holds normal videos, any other an anomaly class
     ROOT/Temporal_Anomaly_Annotation_for_Testing_Videos.txt (or Temporal_Anomaly_Annotation.txt)
@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -94,6 +95,9 @@ XD_CATEGORIES = {
     "B6": "Car accident",
     "G": "Explosion",
 }
+
+# A whole word, so that Training-Normal-Videos-Part-1 is normal and an "Abnormal" folder is not.
+_NORMAL_WORD = re.compile(r"(?:^|[_\-\s])normal(?:[_\-\s]|$)", re.IGNORECASE)
 
 # Enough names to find the culprits in a message without flooding it.
 _NAMES_SHOWN = 10
@@ -218,7 +222,8 @@ def _listing(name, root, split, items, warnings) -> DatasetListing:
 
 
 def _ucf_class(folder: str) -> tuple[str, int]:
-    return (NORMAL_CLASS, 0) if "normal" in folder.lower() else (folder, 1)
+    """(class, label) of a class folder or annotated class: "normal" as a word means normal."""
+    return (NORMAL_CLASS, 0) if _NORMAL_WORD.search(folder) else (folder, 1)
 
 
 def _ucf_annotated_classes(path: Path) -> dict[str, str]:

@@ -125,6 +125,17 @@ def test_ucf_crime_without_lists_splits_by_annotation(ucf):
     assert "Normal_Videos_event/Normal_Videos_003_x264.mp4" in warning
 
 
+def test_ucf_crime_normal_is_a_word_in_the_folder_name(ucf):
+    touch(ucf / "Videos/Abnormal/Abnormal001_x264.mp4")
+    touch(ucf / "Videos/Normal-Extra/Normal_Videos900_x264.mp4")
+    write_lines(ucf / "Anomaly_Train.txt", UCF_TRAIN + ["Abnormal/Abnormal001_x264.mp4"])
+    write_lines(ucf / "Anomaly_Test.txt", UCF_TEST + ["Normal-Extra/Normal_Videos900_x264.mp4"])
+    write_ucf_annotation(ucf, dict(UCF_ANNOTATION, Normal_Videos900_x264="Normal -1 -1 -1 -1"))
+    labels = {i.key: (i.label, i.class_name) for i in ucf_crime(ucf, "all")}
+    assert labels["Abnormal001_x264"] == (1, "Abnormal")
+    assert labels["Normal_Videos900_x264"] == (0, "Normal")
+
+
 def test_ucf_crime_download_layout_resolves_list_entries_by_name(tmp_path):
     # The downloads nest classes in part folders and name the training normals' folder otherwise.
     for name in UCF_TRAIN + UCF_TEST:
@@ -136,6 +147,7 @@ def test_ucf_crime_download_layout_resolves_list_entries_by_name(tmp_path):
     write_lines(tmp_path / "Anomaly_Detection_splits/Anomaly_Test.txt", UCF_TEST)
     train = ucf_crime(tmp_path, "train")
     assert [i.class_name for i in train] == ["Abuse", "Arson", "Normal", "Normal"]
+    assert [i.label for i in train] == [1, 1, 0, 0]
     assert "Videos/Training-Normal-Videos-Part-1/Normal_Videos001_x264.mp4" in ids(train)
     assert len(ucf_crime(tmp_path, "test")) == 4
 

@@ -309,7 +309,9 @@ def _saliency(features, order, num_anomalies, heads_per_chunk):
         x = features[order[None, :], layers[:, None], heads[:, None]]
         return _chunk_criteria(x, num_anomalies)
 
-    raw = jax.lax.map(chunk, (layer, head)).reshape(-1, 4)[:total]
+    # GPUs and TPUs otherwise multiply float32 in TF32 / bfloat16 passes, far from 1e-5.
+    with jax.default_matmul_precision("highest"):
+        raw = jax.lax.map(chunk, (layer, head)).reshape(-1, 4)[:total]
     raw = raw.T.reshape(4, num_layers, num_heads)
     out = dict(zip(CRITERIA, raw, strict=True))
     out["combined"] = jnp.mean(jnp.stack([_min_max(v) for v in raw]), axis=0)

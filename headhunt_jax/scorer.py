@@ -87,7 +87,6 @@ def _fit_linear(x, signs, loss, c):
     params = {"w": jnp.zeros(x.shape[1], x.dtype), "b": jnp.zeros((), x.dtype)}
     solver = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(objective)
-    start_norm = optax.tree.norm(jax.grad(objective)(params))
 
     def step(carry):
         params, state = carry
@@ -97,13 +96,20 @@ def _fit_linear(x, signs, loss, c):
         )
         return optax.apply_updates(params, updates), state
 
-    def running(carry):
+    def running(carry, start_norm):
         _, state = carry
         count = optax.tree.get(state, "count")
         grad_norm = optax.tree.norm(optax.tree.get(state, "grad"))
         return (count == 0) | ((count < _LBFGS_MAX_ITER) & (grad_norm > _LBFGS_RTOL * start_norm))
 
-    params, _ = jax.lax.while_loop(running, step, (params, solver.init(params)))
+    # GPUs and TPUs otherwise multiply float32 in TF32 / bfloat16 passes.
+    with jax.default_matmul_precision("highest"):
+        start_norm = optax.tree.norm(jax.grad(objective)(params))
+        params, _ = jax.lax.while_loop(
+            functools.partial(running, start_norm=start_norm),
+            step,
+            (params, solver.init(params)),
+        )
     return params
 
 
@@ -185,7 +191,8 @@ def fit_scorer(x, y, kind="logistic", *, c=1.0, hidden=128, seed=0):
 
 @jax.jit
 def _probabilities(scorer, x):
-    return jax.nn.sigmoid(_logits(scorer, x))
+    with jax.default_matmul_precision("highest"):
+        return jax.nn.sigmoid(_logits(scorer, x))
 
 
 def score(scorer, x):

@@ -393,6 +393,8 @@ def robust_saliency(combined, lam=0.5):
         raise ValueError(f"combined must be [M, L, H], got shape {combined.shape}")
     if combined.shape[0] < 2:
         raise ValueError(f"robust saliency needs at least 2 prompts, got {combined.shape[0]}")
+    if not bool(jnp.isfinite(combined).all()):
+        raise ValueError("combined contains NaN or inf")
     return jnp.mean(combined, axis=0) - lam * jnp.std(combined, axis=0)
 
 

@@ -213,6 +213,8 @@ def test_saliency_rejects_bad_input(features, labels, message):
 def test_robust_saliency_and_top_k_reject_bad_input():
     with pytest.raises(ValueError, match="at least 2 prompts"):
         hh.robust_saliency(np.zeros((1, L, H)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        hh.robust_saliency(np.full((2, L, H), np.nan))
     with pytest.raises(ValueError, match=r"\[M, L, H\]"):
         hh.robust_saliency(np.zeros((L, H)))
     with pytest.raises(ValueError, match="k must be"):

@@ -26,10 +26,6 @@ _KL_RIDGE = 1e-10  # added to each Ledoit-Wolf covariance
 _KL_MAX = 1e6  # the symmetric KL is clipped to [0, _KL_MAX]
 _KMEANS_MAX_ITER = 300  # sklearn's KMeans budget; Lloyd stops earlier once the labels settle
 
-# Squared distances below this fraction of |x_i|^2 + |x_j|^2 are float32 rounding of identical
-# samples (the Gram-matrix formula gives no exact zeros); the original drops exact zeros from the
-# median heuristic.
-_DUPLICATE_RTOL = 1e-5
 # Matrices up to this size are factored column by column in a loop; larger ones are split in two.
 _CHOLESKY_BLOCK = 32
 # Working memory of one head is a handful of [N, N] float32 arrays.
@@ -147,16 +143,17 @@ def _gaussian_criteria(xa, xn):
 
 def _pairwise_sq_dists(x):
     """x [N, D] (centred) -> squared distances [N, N] with an exact-zero diagonal, and those of the
-    pairs i < j (np.triu_indices order) [N (N - 1) / 2] with duplicates set to exactly 0."""
+    pairs i < j [N (N - 1) / 2] (np.triu_indices order).
+
+    Identical samples have bitwise identical Gram entries, so their distance is exactly 0, as in
+    the original, which leaves zeros out of the median heuristic.
+    """
     n = x.shape[0]
     gram = x @ x.T
     sq = jnp.diag(gram)
-    norms = sq[:, None] + sq[None, :]
-    d2 = jnp.maximum(norms - 2.0 * gram, 0.0)
+    d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
     rows, cols = np.triu_indices(n, 1)
-    pairs = d2[rows, cols]
-    pairs = jnp.where(pairs > _DUPLICATE_RTOL * norms[rows, cols], pairs, 0.0)
-    return jnp.where(jnp.eye(n, dtype=bool), 0.0, d2), pairs
+    return jnp.where(jnp.eye(n, dtype=bool), 0.0, d2), d2[rows, cols]
 
 
 def _rbf_gamma(pairs):

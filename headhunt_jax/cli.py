@@ -17,10 +17,11 @@ class CliError(Exception):
 
 def _errors():
     """The exception types that are the user's input problems, not bugs."""
+    from headhunt_jax.datasets import DatasetError
     from headhunt_jax.store import StoreError
     from headhunt_jax.video import VideoError
 
-    return (CliError, ValueError, OSError, KeyError, StoreError, VideoError)
+    return (CliError, ValueError, OSError, KeyError, StoreError, VideoError, DatasetError)
 
 
 def _load_backbone(path, dtype):
@@ -184,6 +185,51 @@ def _detect(args):
     return _print_failures(failures)
 
 
+def _evaluate(args):
+    from headhunt_jax import pipeline
+    from headhunt_jax.datasets import load_dataset
+    from headhunt_jax.detector import Detector
+
+    detector = Detector.load(args.detector)
+    if args.model is None:
+        raise CliError(
+            f"pass --model: the backbone the detector was fitted on ({detector.backbone})"
+        )
+    listing = load_dataset(args.dataset, args.root, args.split)
+    for warning in listing.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    bb = _load_backbone(args.model, args.dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        results, failures = pipeline.detect(
+            bb,
+            detector,
+            [item.path for item in listing],
+            args.work or tmp,
+            root=listing.root,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
+    metrics = pipeline.evaluate(
+        results, {item.key: item.events for item in listing}, sigma=detector.sigma
+    )
+    report = {
+        "dataset": args.dataset,
+        "split": args.split,
+        "auc": metrics["roc_auc"],
+        "ap": metrics["average_precision"],
+        **{k: metrics[k] for k in ("num_videos", "num_frames", "num_anomaly_frames")},
+        "failed_videos": [f.__dict__ for f in failures],
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    print(
+        f"{args.dataset} {args.split}: frame-level ROC AUC {report['auc']:.4f}, AP {report['ap']:.4f} "
+        f"over {report['num_videos']} videos"
+        + (f" ({len(failures)} unreadable, left out)" if failures else "")
+    )
+    return _print_failures(failures)
+
+
 def _demo(args):
     from headhunt_jax.demo import run_demo
 
@@ -261,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="directory for a PNG timeline per video")
     p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
     p.set_defaults(func=_detect)
+
+    p = sub.add_parser("evaluate", help="frame-level ROC AUC and AP on a dataset's test split")
+    backbone_args(p, required=False)
+    p.add_argument("--detector", required=True)
+    p.add_argument("--dataset", required=True, choices=["ucf_crime", "xd_violence"])
+    p.add_argument("--root", required=True, help="the dataset's folder, as downloaded")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--out", help="JSON report")
+    p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
         "demo", help="the whole pipeline on real footage with a tiny random backbone"

@@ -185,3 +185,46 @@ def test_one_line_errors(work, detector, tmp_path):
         cli("hunt", root / "store0", "--out", tmp_path / "h.json", check=False),
         "at least 2 prompts",
     )
+
+
+def test_evaluate_on_an_xd_violence_layout(work, detector, tmp_path):
+    root, model, clips = work
+    videos = tmp_path / "xd" / "videos"
+    videos.mkdir(parents=True)
+    for clip in clips.glob("*.mp4"):
+        (videos / clip.name).symlink_to(clip)
+    (tmp_path / "xd" / "annotations.txt").symlink_to(clips / "annotations.txt")
+    out = tmp_path / "report.json"
+    run = cli(
+        "evaluate",
+        "--detector",
+        detector,
+        "--model",
+        model,
+        "--dataset",
+        "xd_violence",
+        "--root",
+        tmp_path / "xd",
+        "--out",
+        out,
+        "--quiet",
+    )
+    report = json.loads(out.read_text())
+    assert report["num_videos"] == 8 and 0 <= report["auc"] <= 1 and 0 <= report["ap"] <= 1
+    assert report["num_anomaly_frames"] > 0 and report["failed_videos"] == []
+    assert "frame-level ROC AUC" in run.stdout
+    assert_one_line_error(
+        cli(
+            "evaluate",
+            "--detector",
+            detector,
+            "--model",
+            model,
+            "--dataset",
+            "ucf_crime",
+            "--root",
+            tmp_path / "xd",
+            check=False,
+        ),
+        "outside a class folder",
+    )

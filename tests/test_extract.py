@@ -139,21 +139,16 @@ def test_expert_heads_equal_the_slice_of_all_heads(bb, clips, all_heads, tmp_pat
 
 def test_batches_never_retrace(bb, clips, all_heads, tmp_path):
     root, paths = clips
-    compiled = backbone._head_features._cache_size()
-    for batch_size, out in [(2, "first"), (2, "second")]:
+    sizes = [backbone._head_features._cache_size()]
+    for out in ("first", "second"):
         report = extract_features(
-            bb,
-            paths,
-            PROMPT,
-            tmp_path / out,
-            root=root,
-            batch_size=batch_size,
-            progress=False,
-            **SEGMENT,
+            bb, paths, PROMPT, tmp_path / out, root=root, batch_size=2, progress=False, **SEGMENT
         )
         assert report.batches == 3
-    # One compilation for the new batch size, none per batch or per run.
-    assert backbone._head_features._cache_size() == compiled + 1
+        sizes.append(backbone._head_features._cache_size())
+    # At most one compilation for the batch size (none if an earlier test compiled it), none per
+    # batch or per run.
+    assert sizes[1] - sizes[0] <= 1 and sizes[2] == sizes[1]
 
 
 def test_resume_after_an_interruption_recomputes_only_the_rest(

@@ -27,6 +27,16 @@ _PUBLIC = {
     "smooth": "headhunt_jax.locator",
     "localize": "headhunt_jax.locator",
     "calibrate": "headhunt_jax.locator",
+    # detector bundle and evaluation
+    "Detector": "headhunt_jax.detector",
+    "evaluate_frames": "headhunt_jax.evaluation",
+    "ranking_metrics": "headhunt_jax.evaluation",
+    # pipeline: videos, stores, datasets
+    "VideoReader": "headhunt_jax.video",
+    "extract_features": "headhunt_jax.extract",
+    "FeatureStore": "headhunt_jax.store",
+    "load_dataset": "headhunt_jax.datasets",
+    "calibration_subset": "headhunt_jax.datasets",
 }
 
 __all__ = sorted(_PUBLIC)

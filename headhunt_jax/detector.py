@@ -2,6 +2,7 @@
 prompt, saved and loaded as one orbax checkpoint."""
 
 import dataclasses
+import importlib.resources
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 from headhunt_jax.locator import localize
 from headhunt_jax.scorer import KINDS, Scorer, _read_checkpoint, _write_checkpoint, score
 
-PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+PUBLISHED_DIR = Path(str(importlib.resources.files("headhunt_jax.checkpoints")))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Published expert heads (JSON), installed as package data of headhunt_jax.checkpoints."""

@@ -1,0 +1,33 @@
+"""The public names of DESIGN.md's API contract resolve, and the CLI's help lists every command."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import headhunt_jax as hh
+
+CONTRACT = [
+    "load_backbone",
+    "head_features",
+    "saliency",
+    "robust_saliency",
+    "top_k_heads",
+    "fit_scorer",
+    "score",
+    "smooth",
+    "localize",
+    "calibrate",
+]
+
+
+def test_public_names_resolve():
+    assert set(CONTRACT) <= set(hh.__all__)
+    for name in hh.__all__:
+        assert callable(getattr(hh, name)), name
+
+
+def test_cli_help_lists_every_command():
+    script = Path(sys.executable).with_name("headhunt-jax")
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("convert", "extract", "hunt", "fit", "detect", "evaluate", "demo"):
+        assert command in out

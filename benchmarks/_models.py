@@ -100,6 +100,18 @@ def extraction_flops(cfg: InternVLConfig, seq_len: int, frames: int) -> float:
     return float(vision + (t.num_layers - 1) * (qkvo + mlp + attn) + last)
 
 
+def median_time(fn, sync, repeats=5, warmup=1):
+    """Median wall time of ``sync(fn())`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        sync(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def timed(fn, sync):
     start = time.perf_counter()
     out = fn()

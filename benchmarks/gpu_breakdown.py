@@ -12,23 +12,12 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
-
-
-def bench(fn, sync, repeats=5):
-    sync(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main():
@@ -79,10 +68,10 @@ def main():
         ff = jax.jit(lambda p, e: mlp.apply({"params": p["mlp"]}, e))
         at = jax.jit(lambda p, e: attn.apply({"params": p["attn"]}, e, positions))
         sync = jax.block_until_ready
-        vs = bench(lambda: vision(params, px), sync)
-        ds = bench(lambda: dec(params, em), sync)
-        fs = bench(lambda: ff(layer0, em), sync)
-        ats = bench(lambda: at(layer0, em), sync)
+        vs = _models.median_time(lambda: vision(params, px), sync)
+        ds = _models.median_time(lambda: dec(params, em), sync)
+        fs = _models.median_time(lambda: ff(layer0, em), sync)
+        ats = _models.median_time(lambda: at(layer0, em), sync)
         print(f"jax {os.environ.get('XLA_FLAGS', '')!r} attention={model.attention_impl}")
     else:
         import torch
@@ -106,10 +95,10 @@ def main():
         pos = torch.arange(seq, device=dev)[None].expand(args.batch, -1)
         rope = tm.model.language_model.rotary_emb(em, pos)
         with torch.inference_mode():
-            vs = bench(lambda: tm.model.get_image_features(pixel_values=px), sync)
-            ds = bench(lambda: tm.model.language_model(inputs_embeds=em), sync)
-            fs = bench(lambda: layer.mlp(em), sync)
-            ats = bench(lambda: layer.self_attn(em, rope, None), sync)
+            vs = _models.median_time(lambda: tm.model.get_image_features(pixel_values=px), sync)
+            ds = _models.median_time(lambda: tm.model.language_model(inputs_embeds=em), sync)
+            fs = _models.median_time(lambda: layer.mlp(em), sync)
+            ats = _models.median_time(lambda: layer.self_attn(em, rope, None), sync)
         print("torch sdpa")
     mlp_flops = 2 * args.batch * seq * 3 * t.hidden_size * t.intermediate_size
     print(f"  vision+projector {vs * 1e3:8.1f} ms  {vis_flops / vs / 1e12:6.1f} TFLOP/s")

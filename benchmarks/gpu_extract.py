@@ -53,15 +53,6 @@ def torch_to_numpy(t):
     return t.cpu().numpy()
 
 
-def median_time(fn, sync, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="InternVL3-8B", help="InternVL3-1B/2B/8B/14B or 'mid'")
@@ -150,13 +141,15 @@ def main():
             got = np.asarray(backbone.head_features(bb, ids, j_pixels))
         compile_s = time.perf_counter() - start
         run_jax = functools.partial(backbone.head_features, bb, ids, j_pixels)
-        jax_s = median_time(run_jax, lambda x: x.block_until_ready(), args.repeats)
+        jax_s = _models.median_time(
+            run_jax, lambda x: x.block_until_ready(), args.repeats, warmup=0
+        )
         jax_mem = jax.devices()[0].memory_stats() or {}
         if gpu:
             torch.cuda.reset_peak_memory_stats()
         want = run_torch().float().cpu().numpy()
         sync_torch(None)
-        torch_s = median_time(run_torch, sync_torch, args.repeats)
+        torch_s = _models.median_time(run_torch, sync_torch, args.repeats, warmup=0)
         torch_mem = torch.cuda.max_memory_allocated() if gpu else 0
         err = float(np.abs(got - want).max() / np.abs(want).max())
         row = {

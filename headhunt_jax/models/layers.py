@@ -128,6 +128,8 @@ def attention(q, k, v, *, causal: bool, impl: str = "chunked", chunk: int = 128)
     scale = q.shape[-1] ** -0.5
     t, s = q.shape[1], k.shape[1]
     offset = s - t
+    if impl == "cudnn" and t == 1:
+        impl = "xla"  # one query is a matrix-vector product; cuDNN's fused kernels want blocks
     if impl != "chunked":
         if causal and offset:
             raise ValueError("causal attention with fewer queries than keys needs impl='chunked'")

@@ -11,7 +11,9 @@ hf = pytest.importorskip("hf_reference")
 
 @pytest.fixture(scope="module")
 def internvl(tmp_path_factory):
-    path = hf.save(hf.build(hf.tiny_internvl_config(), seed=3), tmp_path_factory.mktemp("m") / "ckpt")
+    path = hf.save(
+        hf.build(hf.tiny_internvl_config(), seed=3), tmp_path_factory.mktemp("m") / "ckpt"
+    )
     return hh.load_backbone(path)
 
 
@@ -20,7 +22,9 @@ def prompts(rng, batch=2, frames=2, per_image=4):
     head, _ = hf.multimodal_ids(rng, batch=1, images_per_sample=frames, tokens_per_image=per_image)
     tails = [rng.integers(0, hf.IMAGE_TOKEN - 1, size=n) for n in (5, 9, 1)]
     tails[1][:2] = tails[0][:2]  # prompts sharing their first words still split correctly
-    return [np.repeat(np.concatenate([head[0], t])[None], batch, axis=0) for t in tails], batch * frames
+    return [
+        np.repeat(np.concatenate([head[0], t])[None], batch, axis=0) for t in tails
+    ], batch * frames
 
 
 @pytest.mark.parametrize("layers", [None, [0, 2]])

@@ -97,6 +97,10 @@ def _extract(args):
     videos, root = _video_list(args.videos)
     bb = _load_backbone(args.model, args.dtype)
     heads = load_heads(args.heads) if args.heads else None
+    if len(args.prompt) != len(args.out):
+        raise CliError(
+            f"{len(args.prompt)} --prompt but {len(args.out)} --out: give one store per prompt"
+        )
     report = extract_features(
         bb,
         videos,
@@ -109,7 +113,8 @@ def _extract(args):
         progress=not args.quiet,
     )
     print(
-        f"{report.store}: {len(report.written)} videos written, {len(report.skipped)} already there, "
+        f"{', '.join(map(str, report.stores))}: {len(report.written)} videos written, "
+        f"{len(report.skipped)} already there, "
         f"{report.segments} segments in {report.batches} batches"
         + (
             f"; {len(report.short)} shorter than one segment (one segment of all frames)"
@@ -273,8 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--videos", nargs="+", required=True, help="video directories, list files or videos"
     )
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True, help="feature store directory (a rerun resumes it)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="repeat for several prompts: one decoding pass, the frames' prefix computed once",
+    )
+    p.add_argument(
+        "--out",
+        action="append",
+        required=True,
+        help="feature store directory, one per --prompt (a rerun resumes it)",
+    )
     p.add_argument("--heads", help="heads JSON: store these expert heads only (default: all heads)")
     p.set_defaults(func=_extract)
 

@@ -100,19 +100,14 @@ def run_demo(out_dir, seed: int = 0, progress: bool = True, per_class: int = 16)
     say(
         f"3/7 extracting all heads' features of {len(train)} videos under {len(prompt.DEFAULT_PROMPTS)} prompts"
     )
-    stores = []
-    for i, text in enumerate(prompt.DEFAULT_PROMPTS):
-        report = extract_features(
-            bb,
-            train,
-            text,
-            out / "features" / f"prompt{i + 1}",
-            root=out / "clips",
-            progress=progress,
-        )
-        if report.failures:
-            raise RuntimeError(report.summary())
-        stores.append(FeatureStore(report.store))
+    outs = [out / "features" / f"prompt{i + 1}" for i in range(len(prompt.DEFAULT_PROMPTS))]
+    # One decoding pass for both prompts; the frames' prefix is computed once.
+    report = extract_features(
+        bb, train, prompt.DEFAULT_PROMPTS, outs, root=out / "clips", progress=progress
+    )
+    if report.failures:
+        raise RuntimeError(report.summary())
+    stores = [FeatureStore(s) for s in report.stores]
     say("4/7 hunting expert heads")
     hunted = pipeline.hunt(stores, k=5, lam=0.5, events=events)
     (out / "heads.json").write_text(json.dumps(hunted.to_json(), indent=1))

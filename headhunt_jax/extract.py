@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone, head_features
 from headhunt_jax.models.internvl import InternVLConfig
+from headhunt_jax.prefix import head_features_prompts
 from headhunt_jax.prompt import build_prompt_ids, load_tokenizer
 from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures
 from headhunt_jax.video import (
@@ -52,17 +53,22 @@ class Failure:
 
 @dataclasses.dataclass(frozen=True)
 class ExtractionReport:
-    """What a run did. ``written``/``skipped``/``short``: video ids (``skipped`` were already
-    stored; ``short`` were shorter than one segment and stored as one segment of all their frames);
-    ``segments`` and ``batches``: computed in this run."""
+    """What a run did. ``stores``: one per prompt; ``written``/``skipped``/``short``: video ids
+    (``skipped`` were already in every store; ``short`` were shorter than one segment and stored as
+    one segment of all their frames); ``segments`` and ``batches``: computed in this run."""
 
-    store: Path
+    stores: tuple[Path, ...]
     written: tuple[str, ...]
     skipped: tuple[str, ...]
     short: tuple[str, ...]
     failures: tuple[Failure, ...]
     segments: int
     batches: int
+
+    @property
+    def store(self) -> Path:
+        """The store of the first (or only) prompt."""
+        return self.stores[0]
 
     def summary(self) -> str:
         lines = [
@@ -261,8 +267,8 @@ def _expected_segments(paths: Sequence[Path], reader_kw: dict) -> int | None:
 def extract_features(
     bb: Backbone,
     videos: Sequence[str | Path],
-    prompt: str,
-    out_dir: str | Path,
+    prompt: str | Sequence[str],
+    out_dir: str | Path | Sequence[str | Path],
     *,
     heads=None,
     root: str | Path | None = None,
@@ -274,6 +280,10 @@ def extract_features(
     progress: bool = True,
 ) -> ExtractionReport:
     """Head features of every segment of ``videos`` under ``prompt``, written to a feature store.
+
+    Several prompts (a sequence, with one ``out_dir`` each) share one decoding pass and the
+    frames' prefix (``head_features_prompts``): each video is decoded once, the vision tower and
+    the decoder over the frames run once, and only each prompt's own tokens run per prompt.
 
     ``heads``: None for every head, features [L, H, D] per segment (for head hunting); or expert
     heads int [K, 2] of (layer, head), features [K, D] in that order (for detection; the forward
@@ -291,22 +301,36 @@ def extract_features(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if image_size is None:
         image_size = cfg.vision.image_size
-    spec = store_spec(bb, prompt, heads, image_size, frames_per_segment, segment_length)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    out_dirs = [out_dir] if isinstance(out_dir, str | Path) else list(out_dir)
+    if not prompts or len(prompts) != len(out_dirs):
+        raise ValueError(
+            f"{len(prompts)} prompts but {len(out_dirs)} output stores: give one per prompt"
+        )
+    specs = [
+        store_spec(bb, p, heads, image_size, frames_per_segment, segment_length) for p in prompts
+    ]
     paths = [Path(p) for p in videos]
     ids = video_ids(paths, root)
     side = image_size // cfg.vision.patch_size
     tokens_per_image = int(side * side * cfg.downsample_ratio**2)
-    prompt_ids = build_prompt_ids(
-        load_tokenizer(bb.path), prompt, frames_per_segment, tokens_per_image, cfg.image_token_id
-    )
-    input_ids = np.tile(prompt_ids[None], (batch_size, 1))
-    store = FeatureStore.create(out_dir, spec)
+    tokenizer = load_tokenizer(bb.path)
+    input_ids = [
+        np.tile(
+            build_prompt_ids(
+                tokenizer, p, frames_per_segment, tokens_per_image, cfg.image_token_id
+            )[None],
+            (batch_size, 1),
+        )
+        for p in prompts
+    ]
+    stores = [FeatureStore.create(d, spec) for d, spec in zip(out_dirs, specs, strict=True)]
     if heads is None:
-        layers, pick = spec.layers, None
+        layers, pick = specs[0].layers, None
     else:
-        layers, pick = expert_layers(spec.heads)
+        layers, pick = expert_layers(specs[0].heads)
 
-    stored = {v for v in ids if v in store}
+    stored = {v for v in ids if all(v in store for store in stores)}
     todo = [(v, p) for v, p in zip(ids, paths, strict=True) if v not in stored]
     reader_kw = dict(
         image_size=image_size,
@@ -326,11 +350,15 @@ def extract_features(
     ):
         for batch in stream:
             if batch.rows:
-                feats = np.asarray(head_features(bb, input_ids, batch.pixels, layers=layers))
+                if len(prompts) == 1:
+                    feats = head_features(bb, input_ids[0], batch.pixels, layers=layers)[None]
+                else:
+                    feats = head_features_prompts(bb, input_ids, batch.pixels, layers=layers)
+                feats = np.asarray(feats)  # [prompts, batch, layers, heads, head_dim]
                 if pick is not None:
-                    feats = feats[:, pick[0], pick[1]]
-                for row, feat in zip(batch.rows, feats[: len(batch.rows)], strict=True):
-                    pending[row.video].append((row, feat))
+                    feats = feats[:, :, pick[0], pick[1]]
+                for i, row in enumerate(batch.rows):
+                    pending[row.video].append((row, feats[:, i]))
                 segments += len(batch.rows)
                 batches += 1
                 bar.update(len(batch.rows))
@@ -341,22 +369,25 @@ def extract_features(
                     failures.append(Failure(str(path), outcome.problem))
                     log.warning("skipping %s: %s", path, outcome.problem)
                     continue
-                store.write(
-                    VideoFeatures(
-                        video_id=vid,
-                        features=np.stack([f for _, f in done]),
-                        start_frames=np.asarray([r.start_frame for r, _ in done]),
-                        end_frames=np.asarray([r.end_frame for r, _ in done]),
-                        frame_indices=np.stack([r.frame_indices for r, _ in done]),
-                        metadata=outcome,
-                        label=None if labels is None else labels.get(vid),
+                for m, store in enumerate(stores):
+                    if vid in store:
+                        continue
+                    store.write(
+                        VideoFeatures(
+                            video_id=vid,
+                            features=np.stack([f[m] for _, f in done]),
+                            start_frames=np.asarray([r.start_frame for r, _ in done]),
+                            end_frames=np.asarray([r.end_frame for r, _ in done]),
+                            frame_indices=np.stack([r.frame_indices for r, _ in done]),
+                            metadata=outcome,
+                            label=None if labels is None else labels.get(vid),
+                        )
                     )
-                )
                 written.append(vid)
                 if outcome.short:
                     short.append(vid)
     return ExtractionReport(
-        store=store.path,
+        stores=tuple(store.path for store in stores),
         written=tuple(written),
         skipped=tuple(v for v in ids if v in stored),
         short=tuple(short),

@@ -47,23 +47,24 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def detector(work):
     root, model, clips = work
-    stores = []
-    for i, prompt in enumerate(PROMPTS):
-        store = root / f"store{i}"
-        run = cli(
-            "extract",
-            "--model",
-            model,
-            "--videos",
-            clips,
-            "--prompt",
-            prompt,
-            "--out",
-            store,
-            "--quiet",
-        )
-        assert "8 videos written" in run.stdout
-        stores.append(store)
+    stores = [root / "store0", root / "store1"]
+    run = cli(
+        "extract",
+        "--model",
+        model,
+        "--videos",
+        clips,
+        "--prompt",
+        PROMPTS[0],
+        "--out",
+        stores[0],
+        "--prompt",
+        PROMPTS[1],
+        "--out",
+        stores[1],
+        "--quiet",
+    )
+    assert "8 videos written" in run.stdout
     annotations = clips / "annotations.txt"
     cli("hunt", *stores, "--k", 3, "--annotations", annotations, "--out", root / "heads.json")
     cli(

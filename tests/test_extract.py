@@ -245,3 +245,39 @@ def test_bfloat16_backbone(bb, clips, all_heads, tmp_path):
     np.testing.assert_array_equal(got, backbone.head_features(half, ids[None], pixels))
     # bfloat16 keeps 8 bits of mantissa; three random layers leave a few percent.
     assert rel_err(got, all_heads[0].read("short.mp4").features) <= 0.1
+
+
+def test_several_prompts_decode_once_and_match_separate_runs(
+    bb, clips, all_heads, tmp_path, monkeypatch
+):
+    root, paths = clips
+    opened = []
+    real_init = extract.VideoReader.__init__
+
+    def counting_init(self, path, **kw):
+        opened.append(Path(path).name)
+        real_init(self, path, **kw)
+
+    monkeypatch.setattr(extract.VideoReader, "__init__", counting_init)
+    prompts = [PROMPT, "Is anything unusual happening here?"]
+    outs = [tmp_path / "p0", tmp_path / "p1"]
+    report = extract_features(
+        bb, paths, prompts, outs, root=root, batch_size=4, progress=False, **SEGMENT
+    )
+    assert sorted(opened) == sorted(p.name for p in paths)  # each video decoded once
+    assert report.stores == tuple(outs)
+    for prompt, out in zip(prompts, outs, strict=True):
+        alone = extract_features(
+            bb,
+            paths,
+            prompt,
+            tmp_path / f"alone-{out.name}",
+            root=root,
+            batch_size=4,
+            progress=False,
+            **SEGMENT,
+        )
+        got, want = FeatureStore(out).load(), FeatureStore(alone.store).load()
+        assert FeatureStore(out).spec.prompt == prompt
+        assert got.video_ids.tolist() == want.video_ids.tolist()
+        assert rel_err(got.features, want.features) <= 1e-5

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from headhunt_jax import sharding, weights
-from headhunt_jax.models.decoder import DecoderConfig
+from headhunt_jax.models.decoder import DecoderConfig, last_position_heads
 from headhunt_jax.models.intern_vit import VisionConfig
 from headhunt_jax.models.internvl import PRESETS, InternVL, InternVLConfig, TextModel
 from headhunt_jax.models.layers import ATTENTION_IMPLS, is_head_outputs
@@ -288,9 +288,7 @@ def _head_features(model, params, input_ids, pixel_values, layers):
         capture_intermediates=is_head_outputs,
         mutable=["intermediates"],
     )
-    per_layer = state["intermediates"]["language_model"]
-    out = [per_layer[f"layers_{i}"]["attn"]["head_outputs"]["__call__"][0][:, -1] for i in layers]
-    return jnp.stack(out, axis=1).astype(jnp.float32)
+    return last_position_heads(state["intermediates"], layers)
 
 
 def check_inputs(bb: Backbone, input_ids, pixel_values) -> None:

@@ -9,6 +9,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 
 class CliError(Exception):
@@ -186,7 +187,8 @@ def _detect(args):
     if args.plot:
         Path(args.plot).mkdir(parents=True, exist_ok=True)
         for r in results:
-            plots.timeline(r, Path(args.plot) / (Path(r["video"]).name + ".png"))
+            # Percent-encoded ids keep videos of one name in different folders apart.
+            plots.timeline(r, Path(args.plot) / (quote(r["video"], safe="") + ".png"))
     return _print_failures(failures)
 
 
@@ -214,6 +216,9 @@ def _evaluate(args):
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
+    failed = _print_failures(failures)
+    if not results:
+        raise CliError(f"{listing.root}: no video of the {args.split} split could be read")
     metrics = pipeline.evaluate(
         results, {item.key: item.events for item in listing}, sigma=detector.sigma
     )
@@ -232,7 +237,7 @@ def _evaluate(args):
         f"over {report['num_videos']} videos"
         + (f" ({len(failures)} unreadable, left out)" if failures else "")
     )
-    return _print_failures(failures)
+    return failed
 
 
 def _demo(args):

@@ -106,7 +106,7 @@ def run_demo(out_dir, seed: int = 0, progress: bool = True, per_class: int = 16)
         bb, train, prompt.DEFAULT_PROMPTS, outs, root=out / "clips", progress=progress
     )
     if report.failures:
-        raise RuntimeError(report.summary())
+        raise ValueError(report.summary())
     stores = [FeatureStore(s) for s in report.stores]
     say("4/7 hunting expert heads")
     hunted = pipeline.hunt(stores, k=5, lam=0.5, events=events)
@@ -120,7 +120,7 @@ def run_demo(out_dir, seed: int = 0, progress: bool = True, per_class: int = 16)
         bb, detector, test, out / "detect_features", root=out / "clips", progress=progress
     )
     if failures:
-        raise RuntimeError("; ".join(f"{f.path}: {f.problem}" for f in failures))
+        raise ValueError("; ".join(f"{f.path}: {f.problem}" for f in failures))
     (out / "detections.json").write_text(json.dumps(results, indent=1))
     (out / "timelines").mkdir(exist_ok=True)
     for r in results:

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone, head_features
+from headhunt_jax.evaluation import VIDEO_EXTENSIONS
 from headhunt_jax.models.internvl import InternVLConfig
 from headhunt_jax.prefix import head_features_prompts
 from headhunt_jax.prompt import build_prompt_ids, load_tokenizer
@@ -37,8 +38,6 @@ from headhunt_jax.video import (
     VideoMetadata,
     VideoReader,
 )
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".flv", ".wmv")
 
 log = logging.getLogger(__name__)
 

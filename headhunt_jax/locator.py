@@ -1,5 +1,5 @@
 """Temporal locator: Gaussian smoothing of segment scores, thresholding into events, and the grid
-search of (sigma, tau) for frame-level F1.
+search of (sigma, tau) for F1 over validation segments.
 
 The smoothing kernel is the original's: odd size max(3, min(int(6 sigma) + 1, T)) (made odd by
 +1), weights exp(-k^2 / (2 sigma^2)) at integer offsets, normalised, applied as a 'same'

@@ -41,14 +41,16 @@ def read_annotations(path) -> dict[str, list[tuple[int, int]]]:
 
 
 def segment_labels(video: VideoFeatures, events: Events | None) -> np.ndarray:
-    """0/1 [S]: overlap with the video's annotated events, or the video label for every segment."""
-    if events is None:
-        if video.label is None:
+    """0/1 [S]: overlap with the video's annotated events; for a video the annotations do not list
+    (XD-Violence annotates its test videos only), its video label on every segment, or normal
+    when it has none."""
+    key = video_key(video.video_id)
+    if events is None or key not in events:
+        if video.label is None and events is None:
             raise ValueError(f"video {video.video_id!r} has no label; pass annotations")
-        return np.full(video.num_segments, video.label, np.int32)
-    spans = events.get(video_key(video.video_id), [])
+        return np.full(video.num_segments, video.label or 0, np.int32)
     hit = np.zeros(video.num_segments, bool)
-    for start, end in spans:
+    for start, end in events[key]:
         hit |= (video.start_frames < end) & (video.end_frames > start)
     return hit.astype(np.int32)
 
@@ -113,10 +115,14 @@ def hunt(
 
 
 def load_heads(path) -> np.ndarray:
-    """Expert heads [K, 2] from a ``hunt`` JSON file (or any JSON with a "heads" list)."""
+    """Expert heads [K, 2] from a ``hunt`` JSON file ("heads") or a published one
+    ("expert_heads", as in checkpoints/)."""
     path = Path(path)
     try:
-        heads = np.asarray(json.loads(path.read_text())["heads"], np.int32)
+        record = json.loads(path.read_text())
+        heads = np.asarray(
+            record["heads"] if "heads" in record else record["expert_heads"], np.int32
+        )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: not a heads file ({e})") from None
     if heads.ndim != 2 or heads.shape[1] != 2:
@@ -156,7 +162,12 @@ def fit(
 
 
 def detector_scores(detector: Detector, x) -> np.ndarray:
-    return np.asarray(score(detector.scorer, x))
+    """Scores [N] of features [N, F]; rows padded to a power of two so that videos of any length
+    share a few compilations."""
+    n = x.shape[0]
+    padded = np.zeros((1 << max(0, n - 1).bit_length(), x.shape[1]), np.float32)
+    padded[:n] = x
+    return np.asarray(score(detector.scorer, padded))[:n]
 
 
 def check_compatible(bb: Backbone, detector: Detector) -> None:
@@ -210,7 +221,7 @@ def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) 
     meta = video.metadata
     seconds = 1.0 / meta.fps
     events = []
-    for start, end in localize(scores, detector.sigma, detector.tau):
+    for start, end in localize(smoothed, None, detector.tau):
         first, last = int(video.start_frames[start]), int(video.end_frames[end - 1])
         events.append(
             {

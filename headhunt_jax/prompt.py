@@ -52,7 +52,10 @@ def load_tokenizer(path):
         raise FileNotFoundError(
             f"{file}: no tokenizer.json (the checkpoint's fast tokenizer is needed)"
         )
-    return Tokenizer.from_file(str(file))
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # the tokenizers library raises a bare Exception
+        raise ValueError(f"{file}: not a readable tokenizer ({e})") from None
 
 
 def build_prompt_ids(

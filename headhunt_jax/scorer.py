@@ -211,12 +211,12 @@ def score(scorer, x):
 
 def _write_checkpoint(path, arrays, meta, overwrite):
     """One orbax checkpoint at path: a pytree of arrays and a JSON dict."""
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    checkpointer.save(
-        Path(path).absolute(),
-        ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
-        force=overwrite,
-    )
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        checkpointer.save(
+            Path(path).absolute(),
+            ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
+            force=overwrite,
+        )
 
 
 def _read_checkpoint(path):
@@ -224,10 +224,10 @@ def _read_checkpoint(path):
     path = Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    restored = checkpointer.restore(
-        path, ocp.args.Composite(arrays=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-    )
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        restored = checkpointer.restore(
+            path, ocp.args.Composite(arrays=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        )
     return restored.arrays, restored.meta
 
 

@@ -13,7 +13,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     report = json.loads((tmp_path / "report.json").read_text())
-    assert 0.0 <= report["auc"] <= 1.0 and 0.0 <= report["ap"] <= 1.0
+    # Seed 0 gives AUC 0.809 and AP 0.609 (random weights, real footage); chance is 0.5 and the
+    # share of anomalous frames (about 0.2): a broken stage drops to those.
+    assert report["auc"] > 0.7 and report["ap"] > 0.4
     assert report["num_videos"] == 16 and report["num_anomaly_frames"] > 0
     assert len(report["expert_heads"]) == 5 and "random" in report["note"]
     assert (tmp_path / "rss_heatmap.png").stat().st_size > 0

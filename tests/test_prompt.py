@@ -69,3 +69,9 @@ def test_prompt_errors(tokenizer, tmp_path):
     plain = Tokenizer(models.BPE())
     with pytest.raises(ValueError, match="no <img> token"):
         build_prompt_ids(plain, "p", 2, 4)
+
+
+def test_corrupt_tokenizer_file(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer.json: not a readable tokenizer"):
+        load_tokenizer(tmp_path)

@@ -1,0 +1,65 @@
+"""Pipeline glue: segment labels from annotations or video labels, heads files, padded scoring."""
+
+import json
+
+import numpy as np
+import pytest
+
+from headhunt_jax import pipeline
+from headhunt_jax.detector import Detector
+from headhunt_jax.scorer import fit_scorer, score
+from headhunt_jax.store import VideoFeatures
+from headhunt_jax.video import VideoMetadata
+
+
+def video(video_id, label, segments=4):
+    meta = VideoMetadata(video_id, 25.0, "stream", 48 * segments, segments, False, 0, 48 * segments)
+    starts = np.arange(segments) * 48
+    return VideoFeatures(
+        video_id,
+        np.zeros((segments, 2)),
+        starts,
+        starts + 48,
+        np.zeros((segments, 16), int),
+        meta,
+        label,
+    )
+
+
+def test_segment_labels():
+    events = {"a_label_B1": [(50, 100)]}
+    np.testing.assert_array_equal(
+        pipeline.segment_labels(video("a_label_B1.mp4", 1), events), [0, 1, 1, 0]
+    )
+    # Not in the annotations (XD-Violence annotates its test videos only): the video's label.
+    np.testing.assert_array_equal(
+        pipeline.segment_labels(video("train_label_B2.mp4", 1), events), [1, 1, 1, 1]
+    )
+    np.testing.assert_array_equal(
+        pipeline.segment_labels(video("n_label_A.mp4", 0), events), [0, 0, 0, 0]
+    )
+    np.testing.assert_array_equal(pipeline.segment_labels(video("x.mp4", 1), None), [1, 1, 1, 1])
+    with pytest.raises(ValueError, match="no label"):
+        pipeline.segment_labels(video("x.mp4", None), None)
+
+
+def test_heads_files(tmp_path):
+    (tmp_path / "hunt.json").write_text(json.dumps({"heads": [[1, 2], [0, 3]]}))
+    (tmp_path / "published.json").write_text(json.dumps({"expert_heads": [[18, 4], [23, 27]]}))
+    (tmp_path / "bad.json").write_text("{}")
+    assert pipeline.load_heads(tmp_path / "hunt.json").tolist() == [[1, 2], [0, 3]]
+    assert pipeline.load_heads(tmp_path / "published.json").tolist() == [[18, 4], [23, 27]]
+    with pytest.raises(ValueError, match="bad.json: not a heads file"):
+        pipeline.load_heads(tmp_path / "bad.json")
+
+
+def test_padded_scoring_equals_direct_scoring():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    detector = Detector(np.array([[0, 0], [0, 1]]), fit_scorer(x, (x[:, 0] > 0).astype(int)))
+    for n in (1, 5, 17):
+        np.testing.assert_allclose(
+            pipeline.detector_scores(detector, x[:n]),
+            np.asarray(score(detector.scorer, x[:n])),
+            rtol=1e-6,
+        )

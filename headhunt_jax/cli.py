@@ -131,7 +131,8 @@ def _hunt(args):
     from headhunt_jax.store import FeatureStore
 
     events = pipeline.read_annotations(args.annotations) if args.annotations else None
-    result = pipeline.hunt([FeatureStore(s) for s in args.stores], args.k, args.lam, events)
+    stores = [FeatureStore(s) for s in args.stores]
+    result = pipeline.hunt(stores, args.k, args.lam, events, args.max_clips)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**result.to_json(), "k": args.k, "lam": args.lam}, indent=1))
@@ -302,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stores", nargs="+", help="feature stores of the same videos, one per prompt")
     p.add_argument("--k", type=int, default=5, help="number of expert heads")
     p.add_argument("--lam", type=float, default=0.5, help="instability penalty lambda")
+    p.add_argument(
+        "--max-clips",
+        type=int,
+        default=4000,
+        help="score heads on at most this many segments (seeded, classes in proportion)",
+    )
     p.add_argument(
         "--annotations",
         help="temporal annotations (XD-Violence or UCF-Crime format) for segment labels",

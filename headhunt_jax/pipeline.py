@@ -83,10 +83,31 @@ class HuntResult:
         }
 
 
+def clip_subset(labels: np.ndarray, max_clips: int | None, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``max_clips`` rows, each class drawn in proportion (at least 2 of a class
+    that has 2), seeded; all rows when there are few enough. Saliency holds [N, N] arrays a head,
+    so N stays in the thousands."""
+    n = len(labels)
+    if max_clips is None or n <= max_clips:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in (0, 1):
+        rows = np.flatnonzero(labels == c)
+        take = min(len(rows), max(2, round(max_clips * len(rows) / n)))
+        picked.append(rng.choice(rows, size=take, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
 def hunt(
-    stores: Sequence[FeatureStore], k: int = 5, lam: float = 0.5, events: Events | None = None
+    stores: Sequence[FeatureStore],
+    k: int = 5,
+    lam: float = 0.5,
+    events: Events | None = None,
+    max_clips: int | None = 4000,
 ) -> HuntResult:
-    """Expert heads from all-head stores of the same videos under M >= 2 prompts."""
+    """Expert heads from all-head stores of the same videos under M >= 2 prompts, scored on the
+    same (at most ``max_clips``, see ``clip_subset``) segments under every prompt."""
     if len(stores) < 2:
         raise ValueError(f"hunting needs stores of at least 2 prompts, got {len(stores)}")
     first = stores[0].spec
@@ -98,16 +119,19 @@ def hunt(
                 f"{s.path}: backbone {s.spec.backbone!r}, {stores[0].path} has {first.backbone!r}"
             )
     combined = []
-    reference = None
+    reference = rows = None
     for s in stores:
         videos = labelled_videos(s, events)
         layout = [(v.video_id, v.num_segments) for v, _ in videos]
         if reference is not None and layout != reference:
             raise ValueError(f"{s.path}: holds other videos or segments than {stores[0].path}")
         reference = layout
-        x = np.concatenate([v.features for v, _ in videos])
         y = np.concatenate([y for _, y in videos])
-        combined.append(np.asarray(saliency(x, y)["combined"]))
+        if len(np.unique(y)) < 2:
+            raise ValueError(f"{s.path}: all segments have one label; hunting needs both classes")
+        rows = clip_subset(y, max_clips) if rows is None else rows
+        x = np.concatenate([v.features for v, _ in videos])[rows]
+        combined.append(np.asarray(saliency(x, y[rows])["combined"]))
     combined = np.stack(combined)
     rss = np.asarray(robust_saliency(combined, lam))
     heads = np.asarray(top_k_heads(rss, k))

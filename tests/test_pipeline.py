@@ -63,3 +63,13 @@ def test_padded_scoring_equals_direct_scoring():
             np.asarray(score(detector.scorer, x[:n])),
             rtol=1e-6,
         )
+
+
+def test_clip_subset_is_seeded_and_keeps_both_classes():
+    labels = np.r_[np.zeros(900, int), np.ones(100, int)]
+    rows = pipeline.clip_subset(labels, 50)
+    assert len(rows) == 50 and labels[rows].sum() == 5
+    np.testing.assert_array_equal(rows, pipeline.clip_subset(labels, 50))
+    assert (pipeline.clip_subset(labels, None) == np.arange(1000)).all()
+    rare = np.r_[np.zeros(999, int), 1, 1]
+    assert rare[pipeline.clip_subset(rare, 10)].sum() == 2  # a rare class keeps 2 for saliency

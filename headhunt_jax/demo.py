@@ -142,7 +142,4 @@ def run_demo(out_dir, seed: int = 0, progress: bool = True, per_class: int = 16)
         "note": NOTE,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    say(
-        f"done in {report['seconds']} s: frame AUC {report['auc']:.3f}, AP {report['ap']:.3f} -> {out / 'report.json'}"
-    )
     return report

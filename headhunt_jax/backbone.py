@@ -332,17 +332,23 @@ def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None):
     The mesh must be this process's devices; several processes each extract their own videos.
     """
     check_inputs(bb, input_ids, pixel_values)
-    layers = _layers(bb, layers)
+    (ids,), pixels = place_batch(bb, [input_ids], pixel_values)
+    return _head_features(bb.model, bb.params, ids, pixels, _layers(bb, layers))[: len(input_ids)]
+
+
+def place_batch(bb: Backbone, ids_list, pixel_values):
+    """input_ids arrays and pixel_values on the backbone's devices: split over the mesh's 'data'
+    axis (each padded with zeros to a multiple of its size) when it has a mesh. Returns
+    (list of ids, pixels or None)."""
     if bb.mesh is not None and bb.mesh.is_multi_process:
         raise ValueError(
-            "head_features needs a mesh of this process's own devices (make_mesh() without "
+            "head features need a mesh of this process's own devices (make_mesh() without "
             "devices); with several processes, each extracts its own share of the videos"
         )
     place = jnp.asarray if bb.mesh is None else functools.partial(sharding.shard_batch, bb.mesh)
-    ids = place(np.asarray(input_ids, np.int32))
+    ids = [place(np.asarray(i, np.int32)) for i in ids_list]
     empty = pixel_values is None or np.shape(pixel_values)[0] == 0
-    pixels = None if empty else place(pixel_values)
-    return _head_features(bb.model, bb.params, ids, pixels, layers)[: len(input_ids)]
+    return ids, None if empty else place(pixel_values)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

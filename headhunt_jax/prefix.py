@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from headhunt_jax.backbone import Backbone, _layers, check_inputs
+from headhunt_jax.backbone import Backbone, _layers, check_inputs, place_batch
 from headhunt_jax.models.decoder import last_position_heads
 from headhunt_jax.models.layers import is_head_outputs
 
@@ -69,9 +69,7 @@ def head_features_prompts(bb: Backbone, prompt_ids: Sequence, pixel_values=None,
         check_inputs(bb, ids, pixel_values)
     image_token = getattr(bb.config, "image_token_id", None)
     prefix = shared_prefix_length(prompt_ids, image_token)
-    pixels = (
-        None
-        if pixel_values is None or np.shape(pixel_values)[0] == 0
-        else jax.numpy.asarray(pixel_values)
-    )
-    return _prompt_features(bb.model, bb.params, prompt_ids, pixels, _layers(bb, layers), prefix)
+    ids, pixels = place_batch(bb, prompt_ids, pixel_values)
+    batch = prompt_ids[0].shape[0]
+    out = _prompt_features(bb.model, bb.params, tuple(ids), pixels, _layers(bb, layers), prefix)
+    return out[:, :batch]

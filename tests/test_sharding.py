@@ -20,6 +20,7 @@ from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 import headhunt_jax as hh
 from headhunt_jax import backbone, sharding
+from headhunt_jax.prefix import head_features_prompts
 
 hf = pytest.importorskip("hf_reference")
 
@@ -207,6 +208,22 @@ def test_on_mesh_features_match_one_device(divisible, batch, one_device_features
         param = _param(bb, path)
         assert param.sharding.spec == PartitionSpec(*spec), path
         assert _shard_shape(param) == shard, path
+
+
+@on_mesh
+def test_on_mesh_prefix_reuse_splits_the_batch(divisible, batch, rng):
+    """Several prompts over the same frames on a (4, 2) mesh: the batch of 3 is padded to the
+    data axis and split, and the features equal one device's."""
+    ids, pixels = batch
+    ids = np.repeat(ids[:1], 3, axis=0)  # one prompt's tokens for every segment, as extraction has
+    tail = np.repeat(rng.integers(0, hf.IMAGE_TOKEN - 1, size=(1, 4)), 3, axis=0)
+    prompts = [ids, np.concatenate([ids, tail], axis=1)]
+    want = np.asarray(head_features_prompts(hh.load_backbone(divisible), prompts, pixels))
+    got = head_features_prompts(
+        hh.load_backbone(divisible, mesh=sharding.make_mesh(4, 2)), prompts, pixels
+    )
+    assert got.shape == want.shape == (2, 3, 3, 8, 8)
+    assert rel_err(got, want) <= TOL
 
 
 @on_mesh

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -72,6 +73,12 @@ class Backbone:
     @property
     def dtype(self):
         return self.model.dtype
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the architecture (the config): the same for a model under any name."""
+        text = json.dumps(dataclasses.asdict(self.config), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _dtype(dtype) -> Any:

@@ -22,7 +22,8 @@ class Detector:
     scorer: trained on the K concatenated head features [K * head_dim];
     sigma, tau: the temporal locator's smoothing and threshold;
     backbone: the model the heads belong to (e.g. "OpenGVLab/InternVL3-8B"); prompt: the text
-    prompt the features are extracted with.
+    prompt the features are extracted with; backbone_fingerprint: ``Backbone.fingerprint`` of
+    that model's architecture ("" when unknown, as for published heads).
     """
 
     expert_heads: np.ndarray
@@ -31,6 +32,7 @@ class Detector:
     tau: float = 0.65
     backbone: str = ""
     prompt: str = ""
+    backbone_fingerprint: str = ""
 
     def __post_init__(self):
         heads = np.asarray(self.expert_heads)
@@ -84,6 +86,7 @@ class Detector:
             "tau": float(self.tau),
             "backbone": self.backbone,
             "prompt": self.prompt,
+            "backbone_fingerprint": self.backbone_fingerprint,
         }
         _write_checkpoint(path, arrays, meta, overwrite)
 
@@ -98,6 +101,7 @@ class Detector:
             tau=meta["tau"],
             backbone=meta["backbone"],
             prompt=meta["prompt"],
+            backbone_fingerprint=meta.get("backbone_fingerprint", ""),
         )
 
     @classmethod

@@ -146,6 +146,7 @@ def store_spec(
         shape = (len(pairs), bb.head_dim)
     return StoreSpec(
         backbone=bb.name,
+        backbone_fingerprint=bb.fingerprint,
         prompt=prompt,
         dtype=np.dtype(bb.dtype).name,
         image_size=image_size,

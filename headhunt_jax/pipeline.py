@@ -8,6 +8,7 @@ annotations every segment takes its video's label.
 
 import dataclasses
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from headhunt_jax.scorer import fit_scorer, score
 from headhunt_jax.store import FeatureStore, VideoFeatures
 
 Events = Mapping[str, Sequence[tuple[int, int]]]
+log = logging.getLogger(__name__)
 
 
 def read_annotations(path) -> dict[str, list[tuple[int, int]]]:
@@ -180,7 +182,14 @@ def fit(
     xs = [expert_features(v, store, heads) for v, _ in videos]
     ys = [y for _, y in videos]
     scorer = fit_scorer(np.concatenate(xs), np.concatenate(ys), kind)
-    detector = Detector(heads, scorer, backbone=store.spec.backbone, prompt=store.spec.prompt)
+    spec = store.spec
+    detector = Detector(
+        heads,
+        scorer,
+        backbone=spec.backbone,
+        prompt=spec.prompt,
+        backbone_fingerprint=spec.backbone_fingerprint,
+    )
     sigma, tau = calibrate([detector_scores(detector, x) for x in xs], ys)
     return dataclasses.replace(detector, sigma=sigma, tau=tau)
 
@@ -195,11 +204,15 @@ def detector_scores(detector: Detector, x) -> np.ndarray:
 
 
 def check_compatible(bb: Backbone, detector: Detector) -> None:
-    """A detector only reads the backbone it was fitted on."""
-    if detector.backbone and bb.name != detector.backbone:
+    """A detector only reads the backbone it was fitted on: another architecture is an error; the
+    same architecture under another name (a renamed folder, or a fine-tune) is a warning."""
+    if detector.backbone_fingerprint and detector.backbone_fingerprint != bb.fingerprint:
         raise ValueError(
-            f"the detector was fitted on backbone {detector.backbone!r}, not {bb.name!r}"
+            f"the detector was fitted on backbone {detector.backbone!r}, not {bb.name!r} "
+            "(another architecture)"
         )
+    if detector.backbone and bb.name != detector.backbone:
+        log.warning("the detector was fitted on %r; running it on %r", detector.backbone, bb.name)
     bad = [
         h for h in detector.expert_heads.tolist() if h[0] >= bb.num_layers or h[1] >= bb.num_heads
     ]

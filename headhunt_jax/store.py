@@ -64,6 +64,7 @@ class StoreSpec:
     heads: tuple[tuple[int, int], ...] | None
     feature_shape: tuple[int, ...]
     format_version: int = FORMAT_VERSION
+    backbone_fingerprint: str = ""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -171,7 +171,9 @@ def test_one_line_errors(work, detector, tmp_path):
         cli("detect", "--detector", detector, sorted(clips.glob("*.mp4"))[0], check=False),
         "--model",
     )
-    other = hf.save_tiny_internvl(tmp_path / "other-model", seed=5)
+    other = hf.save_tiny_internvl(
+        tmp_path / "other-model", text=hf.tiny_text_config(num_hidden_layers=2).to_dict()
+    )
     run = cli(
         "detect",
         "--detector",
@@ -229,3 +231,21 @@ def test_evaluate_on_an_xd_violence_layout(work, detector, tmp_path):
         ),
         "outside a class folder",
     )
+
+
+def test_detect_with_the_same_model_under_another_name(work, detector, tmp_path):
+    """A renamed checkpoint folder holds the same architecture: detection runs, with a warning."""
+    import shutil
+
+    root, model, clips = work
+    renamed = shutil.copytree(model, tmp_path / "renamed-model")
+    run = cli(
+        "detect",
+        "--detector",
+        detector,
+        "--model",
+        renamed,
+        sorted(clips.glob("*.mp4"))[0],
+        "--quiet",
+    )
+    assert json.loads(run.stdout)["videos"] and "fitted on" in run.stderr

@@ -23,7 +23,8 @@ class Detector:
     sigma, tau: the temporal locator's smoothing and threshold;
     backbone: the model the heads belong to (e.g. "OpenGVLab/InternVL3-8B"); prompt: the text
     prompt the features are extracted with; backbone_fingerprint: ``Backbone.fingerprint`` of
-    that model's architecture ("" when unknown, as for published heads).
+    that model's architecture ("" when unknown, as for published heads); dtype: the compute dtype
+    the training features came from ("float32", "bfloat16"; "" when unknown).
     """
 
     expert_heads: np.ndarray
@@ -33,6 +34,7 @@ class Detector:
     backbone: str = ""
     prompt: str = ""
     backbone_fingerprint: str = ""
+    dtype: str = ""
 
     def __post_init__(self):
         heads = np.asarray(self.expert_heads)
@@ -87,6 +89,7 @@ class Detector:
             "backbone": self.backbone,
             "prompt": self.prompt,
             "backbone_fingerprint": self.backbone_fingerprint,
+            "dtype": self.dtype,
         }
         _write_checkpoint(path, arrays, meta, overwrite)
 
@@ -102,6 +105,7 @@ class Detector:
             backbone=meta["backbone"],
             prompt=meta["prompt"],
             backbone_fingerprint=meta.get("backbone_fingerprint", ""),
+            dtype=meta.get("dtype", ""),
         )
 
     @classmethod

@@ -189,6 +189,7 @@ def fit(
         backbone=spec.backbone,
         prompt=spec.prompt,
         backbone_fingerprint=spec.backbone_fingerprint,
+        dtype=spec.dtype,
     )
     sigma, tau = calibrate([detector_scores(detector, x) for x in xs], ys)
     return dataclasses.replace(detector, sigma=sigma, tau=tau)
@@ -213,6 +214,12 @@ def check_compatible(bb: Backbone, detector: Detector) -> None:
         )
     if detector.backbone and bb.name != detector.backbone:
         log.warning("the detector was fitted on %r; running it on %r", detector.backbone, bb.name)
+    dtype = np.dtype(bb.dtype).name
+    if detector.dtype and detector.dtype != dtype:
+        # bf16 features differ from float32 ones by a few percent (README, parity section).
+        log.warning(
+            "the detector was fitted on %s features; extracting in %s", detector.dtype, dtype
+        )
     bad = [
         h for h in detector.expert_heads.tolist() if h[0] >= bb.num_layers or h[1] >= bb.num_heads
     ]

@@ -249,3 +249,13 @@ def test_detect_with_the_same_model_under_another_name(work, detector, tmp_path)
         "--quiet",
     )
     assert json.loads(run.stdout)["videos"] and "fitted on" in run.stderr
+
+
+def test_detect_warns_on_another_compute_dtype(work, detector):
+    root, model, clips = work
+    video = sorted(clips.glob("*.mp4"))[0]
+    run = cli(
+        "detect", "--detector", detector, "--model", model, "--dtype", "bfloat16", video, "--quiet"
+    )
+    assert json.loads(run.stdout)["videos"]
+    assert "fitted on float32 features; extracting in bfloat16" in run.stderr

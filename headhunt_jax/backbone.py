@@ -274,7 +274,8 @@ def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
 # ---------------------------------------------------------------------------------------------
 
 
-def _layers(bb: Backbone, layers) -> tuple[int, ...]:
+def layer_indices(bb: Backbone, layers) -> tuple[int, ...]:
+    """The layers asked for as a tuple (all when None); out-of-range indices are an error."""
     n = bb.num_layers
     if layers is None:
         return tuple(range(n))
@@ -314,11 +315,7 @@ def check_inputs(bb: Backbone, input_ids, pixel_values) -> None:
         raise ValueError(
             f"pixel_values must be [num_images, 3, H, W], got shape {np.shape(pixel_values)}"
         )
-    if n_images:
-        side = np.shape(pixel_values)[-1] // cfg.vision.patch_size
-        per_image = int(side * side * cfg.downsample_ratio**2)
-    else:
-        per_image = cfg.tokens_per_image
+    per_image = cfg.image_tokens(np.shape(pixel_values)[-1]) if n_images else cfg.tokens_per_image
     if n_tokens != n_images * per_image:
         raise ValueError(
             f"input_ids hold {n_tokens} image tokens (id {cfg.image_token_id}) but pixel_values has "
@@ -340,7 +337,9 @@ def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None):
     """
     check_inputs(bb, input_ids, pixel_values)
     (ids,), pixels = place_batch(bb, [input_ids], pixel_values)
-    return _head_features(bb.model, bb.params, ids, pixels, _layers(bb, layers))[: len(input_ids)]
+    return _head_features(bb.model, bb.params, ids, pixels, layer_indices(bb, layers))[
+        : len(input_ids)
+    ]
 
 
 def place_batch(bb: Backbone, ids_list, pixel_values):

@@ -312,8 +312,7 @@ def extract_features(
     ]
     paths = [Path(p) for p in videos]
     ids = video_ids(paths, root)
-    side = image_size // cfg.vision.patch_size
-    tokens_per_image = int(side * side * cfg.downsample_ratio**2)
+    tokens_per_image = cfg.image_tokens(image_size)
     tokenizer = load_tokenizer(bb.path)
     input_ids = [
         np.tile(

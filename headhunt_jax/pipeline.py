@@ -159,12 +159,13 @@ def load_heads(path) -> np.ndarray:
 def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray) -> np.ndarray:
     """[S, K * D]: the experts' features of a video, from an all-head or an expert-head store."""
     spec = store.spec
-    if spec.heads is None:
-        layer_pos = {layer: i for i, layer in enumerate(spec.layers)}
-        missing = [int(h[0]) for h in heads if int(h[0]) not in layer_pos]
-        if missing:
-            raise ValueError(f"{store.path}: no features of layers {missing}")
-        x = video.features[:, [layer_pos[int(layer)] for layer in heads[:, 0]], heads[:, 1]]
+    if spec.heads is None:  # every head of every layer (extract's store_spec)
+        layers, per_layer = video.features.shape[1:3]
+        if (heads[:, 0] >= layers).any() or (heads[:, 1] >= per_layer).any():
+            raise ValueError(
+                f"{store.path}: heads {heads.tolist()} are not in {layers} x {per_layer}"
+            )
+        x = video.features[:, heads[:, 0], heads[:, 1]]
     elif [tuple(h) for h in spec.heads] == [tuple(map(int, h)) for h in heads]:
         x = video.features
     else:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from headhunt_jax.backbone import Backbone, _layers, check_inputs, place_batch
+from headhunt_jax.backbone import Backbone, check_inputs, layer_indices, place_batch
 from headhunt_jax.models.decoder import last_position_heads
 from headhunt_jax.models.layers import is_head_outputs
 
@@ -71,5 +71,7 @@ def head_features_prompts(bb: Backbone, prompt_ids: Sequence, pixel_values=None,
     prefix = shared_prefix_length(prompt_ids, image_token)
     ids, pixels = place_batch(bb, prompt_ids, pixel_values)
     batch = prompt_ids[0].shape[0]
-    out = _prompt_features(bb.model, bb.params, tuple(ids), pixels, _layers(bb, layers), prefix)
+    out = _prompt_features(
+        bb.model, bb.params, tuple(ids), pixels, layer_indices(bb, layers), prefix
+    )
     return out[:, :batch]

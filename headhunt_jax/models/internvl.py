@@ -23,7 +23,11 @@ class InternVLConfig:
 
     @property
     def tokens_per_image(self) -> int:
-        grid = self.vision.image_size // self.vision.patch_size
+        return self.image_tokens(self.vision.image_size)
+
+    def image_tokens(self, image_size: int) -> int:
+        """Image tokens of one image of ``image_size`` pixels a side, after the pixel shuffle."""
+        grid = image_size // self.vision.patch_size
         return int(grid * grid * self.downsample_ratio**2)
 
     @classmethod

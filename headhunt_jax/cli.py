@@ -25,14 +25,31 @@ def _errors():
     return (CliError, ValueError, OSError, KeyError, StoreError, VideoError, DatasetError)
 
 
-def _load_backbone(path, dtype):
+def _local_mesh(model_parallel: int = 1):
+    """A mesh over this process's devices when there are several (None for one device)."""
+    import jax
+
+    from headhunt_jax.sharding import make_mesh
+
+    if model_parallel < 1:
+        raise CliError(f"--model-parallel must be >= 1, got {model_parallel}")
+    if len(jax.local_devices()) == 1 and model_parallel == 1:
+        return None
+    try:
+        return make_mesh(model=model_parallel)
+    except ValueError as e:
+        raise CliError(f"--model-parallel {model_parallel}: {e}") from None
+
+
+def _load_backbone(args):
+    import jax
+
     from headhunt_jax.backbone import load_backbone
 
+    dtype = args.dtype
     if dtype == "auto":
-        import jax
-
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    return load_backbone(path, dtype=dtype)
+    return load_backbone(args.model, dtype=dtype, mesh=_local_mesh(args.model_parallel))
 
 
 def _video_list(items) -> tuple[list[Path], Path | None]:
@@ -95,8 +112,22 @@ def _extract(args):
     from headhunt_jax.extract import extract_features
     from headhunt_jax.pipeline import load_heads
 
+    process = ""
+    cluster = {"--coordinator": args.coordinator, "--num-processes": args.num_processes}
+    cluster["--process-id"] = args.process_id
+    given = [flag for flag, value in cluster.items() if value is not None]
+    if given and not args.distributed:
+        raise CliError(f"{', '.join(given)} given without --distributed")
+    if args.distributed:  # before anything else starts JAX
+        from headhunt_jax import distributed
+
+        index, count = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        process = f"process {index} of {count}: "
     videos, root = _video_list(args.videos)
-    bb = _load_backbone(args.model, args.dtype)
+    labels = _xd_labels(videos, root)
+    if args.distributed:
+        videos = distributed.shard_videos(videos)
+    bb = _load_backbone(args)
     heads = load_heads(args.heads) if args.heads else None
     if len(args.prompt) != len(args.out):
         raise CliError(
@@ -109,12 +140,12 @@ def _extract(args):
         args.out,
         heads=heads,
         root=root,
-        labels=_xd_labels(videos, root),
+        labels=labels,
         batch_size=args.batch_size,
         progress=not args.quiet,
     )
     print(
-        f"{', '.join(map(str, report.stores))}: {len(report.written)} videos written, "
+        f"{process}{', '.join(map(str, report.stores))}: {len(report.written)} videos written, "
         f"{len(report.skipped)} already there, "
         f"{report.segments} segments in {report.batches} batches"
         + (
@@ -132,7 +163,7 @@ def _hunt(args):
 
     events = pipeline.read_annotations(args.annotations) if args.annotations else None
     stores = [FeatureStore(s) for s in args.stores]
-    result = pipeline.hunt(stores, args.k, args.lam, events, args.max_clips)
+    result = pipeline.hunt(stores, args.k, args.lam, events, args.max_clips, _local_mesh())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**result.to_json(), "k": args.k, "lam": args.lam}, indent=1))
@@ -166,7 +197,7 @@ def _detect(args):
             f"pass --model: the backbone the detector was fitted on ({detector.backbone})"
         )
     videos, root = _video_list(args.videos)
-    bb = _load_backbone(args.model, args.dtype)
+    bb = _load_backbone(args)
     with tempfile.TemporaryDirectory() as tmp:
         results, failures = pipeline.detect(
             bb,
@@ -206,7 +237,7 @@ def _evaluate(args):
     listing = load_dataset(args.dataset, args.root, args.split)
     for warning in listing.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    bb = _load_backbone(args.model, args.dtype)
+    bb = _load_backbone(args)
     with tempfile.TemporaryDirectory() as tmp:
         results, failures = pipeline.detect(
             bb,
@@ -268,7 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["auto", "float32", "bfloat16"],
             help="auto: float32 on CPU, bfloat16 on accelerators",
         )
-        p.add_argument("--batch-size", type=int, default=8, help="segments per forward pass")
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=8,
+            help="segments per forward pass (split over this process's devices)",
+        )
+        p.add_argument(
+            "--model-parallel",
+            type=int,
+            default=1,
+            help="devices that split each weight matrix; the other local devices split the "
+            "batch (default 1: every device holds the whole model)",
+        )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to an orbax checkpoint")
@@ -297,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="feature store directory, one per --prompt (a rerun resumes it)",
     )
     p.add_argument("--heads", help="heads JSON: store these expert heads only (default: all heads)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one of several processes (one a host) writing the stores together, each its "
+        "share of the videos; the cluster is found as jax.distributed does (Cloud TPU, SLURM, "
+        "Open MPI) or from --coordinator/--num-processes/--process-id or HEADHUNT_COORDINATOR, "
+        "HEADHUNT_NUM_PROCESSES, HEADHUNT_PROCESS_ID",
+    )
+    p.add_argument("--coordinator", help="host:port of process 0 (with --distributed)")
+    p.add_argument("--num-processes", type=int, help="number of processes (with --distributed)")
+    p.add_argument("--process-id", type=int, help="this process's index (with --distributed)")
     p.set_defaults(func=_extract)
 
     p = sub.add_parser("hunt", help="expert heads from all-head stores under two or more prompts")

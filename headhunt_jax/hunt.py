@@ -4,7 +4,8 @@ Every attention head is scored by how well its feature vector separates anomalou
 clips, with the four criteria of HeadHunt-VAD (Fisher/LDA, symmetric Gaussian KL, MMD^2, NMI of a
 2-means clustering). All heads are scored in one jit-compiled call: the per-head math is vmapped
 over a chunk of heads and `lax.map` walks over the chunks, so memory is bounded by the chunk, not
-by the number of heads.
+by the number of heads. On a mesh the heads are split over all devices (`shard_map`), each device
+holding only its heads' features.
 
 The linear algebra is matmuls only (`_inverse_cholesky`), not LAPACK: jaxlib's batched CPU LAPACK
 kernels deadlock when two of them run at once on a small XLA thread pool, and each spawns OpenBLAS
@@ -16,6 +17,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 CRITERIA = ("lda", "kl", "mmd", "nmi")
 
@@ -291,25 +294,36 @@ def _min_max(values):
     return (values - lo) / jnp.where(span > 0, span, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("num_anomalies", "heads_per_chunk"))
-def _saliency(features, order, num_anomalies, heads_per_chunk):
-    """features [N, L, H, D], order [N] the clips' order with the anomalous ones first."""
-    _, num_layers, num_heads, _ = features.shape
-    total = num_layers * num_heads
-    num_chunks = -(-total // heads_per_chunk)
-    # Padding with head 0 gives every chunk the same shape: one scan, no separate remainder.
-    index = jnp.arange(num_chunks * heads_per_chunk) % total
-    layer, head = jnp.divmod(index.reshape(num_chunks, heads_per_chunk), num_heads)
+@functools.partial(jax.jit, static_argnames=("num_anomalies", "heads_per_chunk", "mesh"))
+def _saliency(flat, order, num_anomalies, heads_per_chunk, mesh):
+    """flat [N, P, D] features of P heads (padded to a multiple of the devices' chunks), split
+    over every axis of ``mesh`` along P; order [N] the clips' order, anomalous ones first.
+    Returns [P, 4]."""
+    axes = tuple(mesh.axis_names)
 
-    def chunk(indices):
-        layers, heads = indices
-        x = features[order[None, :], layers[:, None], heads[:, None]]
-        return _chunk_criteria(x, num_anomalies)
+    def local(x, order):  # x [N, P / devices, D]: this device's heads
+        def chunk(start):
+            block = jax.lax.dynamic_slice_in_dim(x, start, heads_per_chunk, axis=1)
+            return _chunk_criteria(jnp.swapaxes(block[order], 0, 1), num_anomalies)
+
+        starts = jnp.arange(0, x.shape[1], heads_per_chunk)
+        return jax.lax.map(chunk, starts).reshape(-1, 4)
 
     # GPUs and TPUs otherwise multiply float32 in TF32 / bfloat16 passes, far from 1e-5.
     with jax.default_matmul_precision("highest"):
-        raw = jax.lax.map(chunk, (layer, head)).reshape(-1, 4)[:total]
-    raw = raw.T.reshape(4, num_layers, num_heads)
+        return jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(P(None, axes, None), P()),
+            out_specs=P(axes),
+            check_vma=False,
+        )(flat, order)
+
+
+@functools.partial(jax.jit, static_argnames=("num_layers", "num_heads"))
+def _combine(raw, num_layers, num_heads):
+    """[P, 4] raw criteria of the padded heads -> the dict ``saliency`` returns."""
+    raw = raw[: num_layers * num_heads].T.reshape(4, num_layers, num_heads)
     out = dict(zip(CRITERIA, raw, strict=True))
     out["combined"] = jnp.mean(jnp.stack([_min_max(v) for v in raw]), axis=0)
     return out
@@ -322,14 +336,17 @@ def _chunk_size(n, total):
     return -(-total // num_chunks)
 
 
-def saliency(features, labels, *, heads_per_chunk=None):
+def saliency(features, labels, *, heads_per_chunk=None, mesh=None):
     """Saliency of every attention head for telling anomalous from normal clips.
 
     Args:
       features: [N, L, H, D] head features of N clips (L layers, H heads of dimension D).
       labels: [N] 0/1 (1 = anomaly); both classes must be present.
-      heads_per_chunk: heads scored together (vmapped); by default as many as fit in about
-        256 MiB of working memory (each head needs a few [N, N] arrays).
+      heads_per_chunk: heads scored together on a device (vmapped); by default as many as fit
+        in about 256 MiB of working memory (each head needs a few [N, N] arrays).
+      mesh: a ``jax.sharding.Mesh`` (e.g. ``make_mesh()``) whose devices split the heads, all of
+        its axes together; each device receives only its heads' features and scores them chunk
+        by chunk. The result is the same as on one device. Default: one device.
 
     Returns:
       dict of [L, H] float32 arrays: the raw criteria "lda" (Fisher ratio), "kl" (symmetric KL of
@@ -338,7 +355,7 @@ def saliency(features, labels, *, heads_per_chunk=None):
       four criteria each min-max scaled over all heads. A class with fewer than 2 clips gives 0
       for every criterion, as in the original.
     """
-    features = jnp.asarray(features)
+    features = np.asarray(features)
     labels = np.asarray(labels)
     if features.ndim != 4:
         raise ValueError(f"features must be [N, L, H, D], got shape {features.shape}")
@@ -356,23 +373,37 @@ def saliency(features, labels, *, heads_per_chunk=None):
             f"labels contain one class only ({int(labels[0])}); saliency needs both normal "
             "and anomalous clips"
         )
-    features = features.astype(jnp.float32)
-    if not bool(jnp.isfinite(features).all()):
+    features = features.astype(np.float32, copy=False)
+    if not np.isfinite(features).all():
         raise ValueError("features contain NaN or inf")
     if heads_per_chunk is not None and heads_per_chunk < 1:
         raise ValueError(f"heads_per_chunk must be >= 1, got {heads_per_chunk}")
-    n, num_layers, num_heads, _ = features.shape
+    n, num_layers, num_heads, dim = features.shape
     num_anomalies = int(labels.sum())
     if min(num_anomalies, n - num_anomalies) < 2:
         # The original gives 0 for every criterion when a class has fewer than 2 clips.
         zeros = jnp.zeros((num_layers, num_heads), jnp.float32)
         return {name: zeros for name in (*CRITERIA, "combined")}
+    if mesh is None:
+        mesh = Mesh(np.asarray(jax.devices()[:1]), ("heads",))
     total = num_layers * num_heads
+    per_device = -(-total // mesh.size)
     if heads_per_chunk is None:
-        heads_per_chunk = _chunk_size(n, total)
+        heads_per_chunk = _chunk_size(n, per_device)
+    heads_per_chunk = min(int(heads_per_chunk), per_device)
+    padded = mesh.size * heads_per_chunk * -(-per_device // heads_per_chunk)
+    # Padding repeats the first heads, so every device scans chunks of one shape; their scores
+    # are dropped.
+    index = np.arange(padded) % total
+    flat = features.reshape(n, total, dim)
+    sharding = NamedSharding(mesh, P(None, tuple(mesh.axis_names), None))
+    placed = jax.make_array_from_callback(
+        (n, padded, dim), sharding, lambda idx: flat[:, index[idx[1]]]
+    )
     # Sorting the clips by class makes each class a static slice of the rows.
     order = np.argsort(labels == 0, kind="stable")
-    return _saliency(features, order, num_anomalies, min(int(heads_per_chunk), total))
+    raw = _saliency(placed, order, num_anomalies, heads_per_chunk, mesh)
+    return _combine(raw, num_layers, num_heads)
 
 
 def robust_saliency(combined, lam=0.5):

@@ -107,9 +107,11 @@ def hunt(
     lam: float = 0.5,
     events: Events | None = None,
     max_clips: int | None = 4000,
+    mesh=None,
 ) -> HuntResult:
     """Expert heads from all-head stores of the same videos under M >= 2 prompts, scored on the
-    same (at most ``max_clips``, see ``clip_subset``) segments under every prompt."""
+    same (at most ``max_clips``, see ``clip_subset``) segments under every prompt; ``mesh``: the
+    devices that split the heads (``saliency``)."""
     if len(stores) < 2:
         raise ValueError(f"hunting needs stores of at least 2 prompts, got {len(stores)}")
     first = stores[0].spec
@@ -133,7 +135,7 @@ def hunt(
             raise ValueError(f"{s.path}: all segments have one label; hunting needs both classes")
         rows = clip_subset(y, max_clips) if rows is None else rows
         x = np.concatenate([v.features for v, _ in videos])[rows]
-        combined.append(np.asarray(saliency(x, y[rows])["combined"]))
+        combined.append(np.asarray(saliency(x, y[rows], mesh=mesh)["combined"]))
     combined = np.stack(combined)
     rss = np.asarray(robust_saliency(combined, lam))
     heads = np.asarray(top_k_heads(rss, k))

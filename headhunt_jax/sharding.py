@@ -62,7 +62,8 @@ def make_mesh(data: int = -1, model: int = 1, devices: Sequence | None = None) -
     if free:
         rest = math.prod(v for v in sizes.values() if v != -1)
         if n % rest:
-            raise ValueError(f"{n} devices cannot be split into a mesh with {sizes}")
+            fixed = " x ".join(f"{k}={v}" for k, v in sizes.items() if v != -1)
+            raise ValueError(f"{n} device(s) cannot be split into a mesh with {fixed}")
         sizes[free[0]] = n // rest
     if math.prod(sizes.values()) != n:
         raise ValueError(

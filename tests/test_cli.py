@@ -188,6 +188,15 @@ def test_one_line_errors(work, detector, tmp_path):
         cli("hunt", root / "store0", "--out", tmp_path / "h.json", check=False),
         "at least 2 prompts",
     )
+    extract = ["extract", "--model", model, "--videos", clips, "--prompt", "p", "--out", tmp_path]
+    assert_one_line_error(
+        cli(*extract, "--model-parallel", 2, check=False),
+        "--model-parallel 2: 1 device(s) cannot be split into a mesh with model=2",
+    )
+    assert_one_line_error(
+        cli(*extract, "--coordinator", "10.0.0.1:99", check=False),
+        "--coordinator given without --distributed",
+    )
 
 
 def test_evaluate_on_an_xd_violence_layout(work, detector, tmp_path):

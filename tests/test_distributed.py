@@ -2,9 +2,9 @@
 real processes (CPU, a coordinator on localhost) extracting into one store as one process does.
 """
 
-import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -82,22 +82,12 @@ def test_initialize_errors(fake_initialize, monkeypatch):
 # --- two real processes ---------------------------------------------------------------------
 
 PROMPT = "Identify any abnormal events or safety hazards in this video."
-SEGMENT = dict(frames_per_segment=4, segment_length=8, batch_size=2, progress=False)
-CLIPS = {"a.mp4": 30, "b.mp4": 20, "sub/c.mp4": 12, "short.mp4": 5}
+CLIPS = {"a.mp4": 150, "b.mp4": 100, "sub/c.mp4": 60, "short.mp4": 20}  # 3, 2, 1, 1 segments
 TOL = 1e-6  # relative: each process fills its batches with other segments than one process does
 
-# One process of the run: its own backbone replica on its own devices, its own share of the
-# videos, all written into the shared store.
-WORKER = f"""
-import json, sys
-from headhunt_jax import backbone, distributed, extract, sharding
-index, count = distributed.initialize()
-ckpt, root, out = sys.argv[1:]
-bb = backbone.load_backbone(ckpt, mesh=sharding.make_mesh())
-mine = distributed.shard_videos(extract.list_videos(root))
-report = extract.extract_features(bb, mine, {PROMPT!r}, out, root=root, **{SEGMENT!r})
-print(json.dumps([index, count, report.written]))
-"""
+# One process of the run: `headhunt-jax extract --distributed`, its own backbone replica on its
+# own devices, its own share of the videos, all written into the shared store.
+WORKER = "import sys; from headhunt_jax import cli; sys.exit(cli.main(sys.argv[1:]))"
 
 
 def _free_port() -> int:
@@ -106,7 +96,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_processes(n: int, args: list[str]) -> list[list]:
+def _run_processes(n: int, args: list[str]) -> list[str]:
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
@@ -129,7 +119,7 @@ def _run_processes(n: int, args: list[str]) -> list[list]:
         for p in procs:
             out, err = p.communicate(timeout=180)
             assert p.returncode == 0, err[-4000:]
-            outputs.append(json.loads(out.strip().splitlines()[-1]))
+            outputs.append(out.strip().splitlines()[-1])
     finally:
         for p in procs:
             p.kill()
@@ -144,19 +134,22 @@ def test_two_processes_extract_one_store_as_one_process_does(tmp_path):
     ckpt = hf.save_tiny_internvl(tmp_path / "ckpt")
     shared = tmp_path / "shared"
 
-    outputs = _run_processes(2, [str(ckpt), str(root), str(shared)])
-    assert [o[:2] for o in outputs] == [[0, 2], [1, 2]]
-    assert sorted(outputs[0][2] + outputs[1][2]) == sorted(CLIPS)
-    assert outputs[0][2] and outputs[1][2]  # both did some of the work
+    args = ["extract", "--distributed", "--model", ckpt, "--videos", root, "--prompt", PROMPT]
+    outputs = _run_processes(2, [*map(str, args), "--out", str(shared), "--batch-size", "2"])
+    written = [int(re.search(r"(\d+) videos written", line).group(1)) for line in outputs]
+    assert [line.split(":")[0] for line in outputs] == ["process 0 of 2", "process 1 of 2"]
+    assert written == [2, 2]  # both did their share of the work, nothing twice
 
     single = tmp_path / "single"
     extract_features(
-        backbone.load_backbone(ckpt), list_videos(root), PROMPT, single, root=root, **SEGMENT
+        backbone.load_backbone(ckpt), list_videos(root), PROMPT, single, root=root, batch_size=2
     )
     got, want = FeatureStore(shared), FeatureStore(single)
     assert got.spec == want.spec and got.video_ids() == want.video_ids()
+    assert sorted(want.video_ids()) == sorted(CLIPS)
     assert not list(shared.glob("*.tmp"))
     got_arrays, want_arrays = got.load(), want.load()
+    assert len(want_arrays.features) == 7
     err = np.abs(got_arrays.features - want_arrays.features).max()
     assert err <= TOL * np.abs(want_arrays.features).max()
     for field in ("labels", "video_ids", "segments"):

@@ -166,7 +166,7 @@ def test_on_mesh_make_mesh():
     assert sharding.make_mesh().devices.shape == (8, 1)
     assert sharding.make_mesh(model=2).devices.shape == (4, 2)
     assert sharding.make_mesh(data=2, model=-1).devices.shape == (2, 4)
-    with pytest.raises(ValueError, match="8 devices cannot be split into a mesh"):
+    with pytest.raises(ValueError, match=r"8 device\(s\) cannot be split into a mesh with data=3"):
         sharding.make_mesh(data=3, model=-1)
     with pytest.raises(ValueError, match="data=3 x model=1 needs 3 devices, got 8"):
         sharding.make_mesh(data=3)
@@ -258,3 +258,67 @@ def test_on_mesh_converted_round_trip_restores_into_shards(tmp_path, divisible, 
     np.testing.assert_array_equal(
         hh.head_features(bb, ids, pixels), hh.head_features(direct, ids, pixels)
     )
+
+
+# --- head hunting on a mesh ---------------------------------------------------------------------
+
+
+@on_mesh
+@pytest.mark.parametrize("shape", [(8, 1), (4, 2), (2, 4)])
+def test_on_mesh_saliency_splits_the_heads(monkeypatch, shape):
+    from headhunt_jax import hunt
+
+    rng = np.random.default_rng(0)
+    # 3 x 7 = 21 heads: not a multiple of 8, so the last device's share is padded.
+    features = rng.normal(size=(40, 3, 7, 5)).astype(np.float32)
+    labels = (np.arange(40) % 3 == 0).astype(int)
+    features[labels == 1] *= rng.uniform(0.5, 2.0, size=(1, 3, 7, 5)).astype(np.float32)
+    want = hh.saliency(features, labels, mesh=None)
+
+    placed = []
+    original = hunt._saliency
+
+    def spy(flat, *args):
+        placed.append(flat)
+        return original(flat, *args)
+
+    monkeypatch.setattr(hunt, "_saliency", spy)
+    got = hh.saliency(features, labels, heads_per_chunk=2, mesh=sharding.make_mesh(*shape))
+    for name in ("lda", "kl", "mmd", "nmi", "combined"):
+        assert got[name].shape == (3, 7)
+        assert rel_err(got[name], np.asarray(want[name])) <= TOL, name
+    # every device holds its own 4 heads (21 padded to 8 devices x 2 chunks x 2), nothing else
+    (flat,) = placed
+    shards = flat.addressable_shards
+    assert len(shards) == 8 and {s.data.shape for s in shards} == {(40, 4, 5)}
+    assert len({s.index[1].start for s in shards}) == 8
+
+
+@on_mesh
+def test_on_mesh_cli_extract_uses_every_device(tmp_path):
+    from headhunt_jax import cli
+    from headhunt_jax.extract import extract_features
+    from headhunt_jax.store import FeatureStore
+
+    text = hf.tiny_text_config(num_attention_heads=8, num_key_value_heads=4).to_dict()
+    divisible = hf.save_tiny_internvl(tmp_path / "ckpt", text=text)
+    write_clip = pytest.importorskip("test_extract").write_clip
+    for seed, frames in enumerate((100, 60, 150)):
+        write_clip(tmp_path / "videos" / f"v{seed}.mp4", frames, seed=seed)
+    prompt = "Analyze the video for anomalies."
+    args = ["extract", "--model", divisible, "--videos", tmp_path / "videos", "--prompt", prompt]
+    extra = ["--out", tmp_path / "mesh", "--model-parallel", "2", "--batch-size", "4", "--quiet"]
+    assert cli.main([*map(str, args), *map(str, extra)]) == 0
+    extract_features(
+        hh.load_backbone(divisible),
+        sorted((tmp_path / "videos").glob("*.mp4")),
+        prompt,
+        tmp_path / "one",
+        root=tmp_path / "videos",
+        batch_size=4,
+        progress=False,
+    )
+    got, want = FeatureStore(tmp_path / "mesh").load(), FeatureStore(tmp_path / "one").load()
+    assert got.features.shape == want.features.shape and got.features.shape[:1] == (6,)
+    assert got.features.shape[2] == 8  # heads
+    assert rel_err(got.features, want.features) <= TOL

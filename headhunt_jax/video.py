@@ -287,7 +287,14 @@ class VideoReader:
             window, total_frames, self.segment_length, self.frames_per_segment
         )
         sampled = indices.tolist()
-        tiles = {i: _resized(held[i].to_image(), self.image_size) for i in set(sampled)}
+        tiles = {}
+        for i in set(sampled):
+            try:
+                tiles[i] = _resized(held[i].to_image(), self.image_size)
+            except (ValueError, av.FFmpegError) as err:  # e.g. a pixel format without RGB
+                raise VideoError(
+                    self.path, f"frame {i} ({held[i].format.name}) cannot be converted ({err})"
+                ) from err
         start = window * self.segment_length
         return Segment(
             index=window,

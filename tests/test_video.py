@@ -274,6 +274,22 @@ def test_only_sampled_frames_are_converted(tmp_path, monkeypatch):
     assert len(converted) == sum(len(set(s.frame_indices.tolist())) for s in segments) == 48
 
 
+def test_a_frame_that_cannot_be_converted_is_a_video_error(tmp_path, monkeypatch):
+    path = write_clip(tmp_path / "clip.mkv", 150)
+    resized = video._resized
+
+    def failing(image, size):
+        if failing.calls == 20:  # the 21st frame converted: in the second segment
+            raise ValueError("no conversion")
+        failing.calls += 1
+        return resized(image, size)
+
+    failing.calls = 0
+    monkeypatch.setattr(video, "_resized", failing)
+    with pytest.raises(VideoError, match=r"clip.mkv: frame \d+ \(\w+\) cannot be converted"):
+        read_all(path, image_size=32)
+
+
 def test_frame_rate_falls_back_when_the_stream_has_none(tmp_path):
     path = write_clip(tmp_path / "clip.nut", 60, codec="mpeg4")
     segments, reader = read_all(path, image_size=32)

@@ -200,12 +200,15 @@ def load_backbone(
     tensors = (
         item for f in weights.safetensors_files(path) for item in weights.read_safetensors(f)
     )
-    flat = weights.convert(tensors, param_shapes(model), jnp.dtype(_dtype(dtype)), str(path), tied)
-    params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
     if mesh is None:
-        params = jax.tree.map(jnp.asarray, params)
-    else:
-        params = jax.tree.map(sharding.put_sharded, params, _param_shardings(model, mesh))
+        place = lambda _, w: jnp.asarray(w)  # noqa: E731
+    else:  # each tensor straight to its shards: the host never holds the converted tree
+        shardings = flax.traverse_util.flatten_dict(_param_shardings(model, mesh), sep="/")
+        place = lambda key, w: sharding.put_sharded(w, shardings[key])  # noqa: E731
+    flat = weights.convert(
+        tensors, param_shapes(model), jnp.dtype(_dtype(dtype)), str(path), tied, place
+    )
+    params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
     return Backbone(model, params, name or cfg.get("_name_or_path") or path.name, path, mesh)
 
 

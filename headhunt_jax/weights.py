@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -255,9 +256,15 @@ def convert(
     dtype,
     source: str,
     tied_embeddings: bool = False,
-) -> dict[str, np.ndarray]:
-    """Maps HF tensors onto the expected flat param shapes {path: shape}; raises on any mismatch."""
-    out: dict[str, np.ndarray] = {}
+    place: Callable[[str, np.ndarray], Any] | None = None,
+) -> dict[str, Any]:
+    """Maps HF tensors onto the expected flat param shapes {path: shape}; raises on any mismatch.
+
+    ``place(path, array)``, when given, receives each converted tensor as soon as it is ready
+    (e.g. to put it on its devices) and its result is kept instead, so the host holds one
+    converted tensor at a time, not the whole tree.
+    """
+    out: dict[str, Any] = {}
     unexpected = []
     for key, w in tensors:
         if _IGNORED.match(key):
@@ -277,7 +284,8 @@ def convert(
             raise CheckpointError(
                 f"{source}: tensor {key} has shape {tuple(w.shape)}, expected {tuple(want)}"
             )
-        out[path] = np.asarray(fn(w, shape) if fn else w).astype(dtype)
+        w = np.asarray(fn(w, shape) if fn else w).astype(dtype)
+        out[path] = w if place is None else place(path, w)
     if unexpected:
         raise CheckpointError(
             f"{source}: unexpected tensors: {', '.join(unexpected[:8])}"

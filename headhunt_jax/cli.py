@@ -112,12 +112,19 @@ def _extract(args):
     from headhunt_jax.extract import extract_features
     from headhunt_jax.pipeline import load_heads
 
-    process = ""
-    cluster = {"--coordinator": args.coordinator, "--num-processes": args.num_processes}
-    cluster["--process-id"] = args.process_id
+    if len(args.prompt) != len(args.out):
+        raise CliError(
+            f"{len(args.prompt)} --prompt but {len(args.out)} --out: give one store per prompt"
+        )
+    cluster = {
+        "--coordinator": args.coordinator,
+        "--num-processes": args.num_processes,
+        "--process-id": args.process_id,
+    }
     given = [flag for flag, value in cluster.items() if value is not None]
     if given and not args.distributed:
         raise CliError(f"{', '.join(given)} given without --distributed")
+    process = ""
     if args.distributed:  # before anything else starts JAX
         from headhunt_jax import distributed
 
@@ -129,10 +136,6 @@ def _extract(args):
         videos = distributed.shard_videos(videos)
     bb = _load_backbone(args)
     heads = load_heads(args.heads) if args.heads else None
-    if len(args.prompt) != len(args.out):
-        raise CliError(
-            f"{len(args.prompt)} --prompt but {len(args.out)} --out: give one store per prompt"
-        )
     report = extract_features(
         bb,
         videos,

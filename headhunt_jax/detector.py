@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headhunt_jax.hunt import check_heads
 from headhunt_jax.locator import localize
 from headhunt_jax.scorer import KINDS, Scorer, _read_checkpoint, _write_checkpoint, score
 
@@ -37,12 +38,8 @@ class Detector:
     dtype: str = ""
 
     def __post_init__(self):
-        heads = np.asarray(self.expert_heads)
-        if heads.ndim != 2 or heads.shape[1] != 2 or heads.shape[0] < 1:
-            raise ValueError(f"expert_heads must be [K, 2] (layer, head), got {heads.shape}")
-        if not np.issubdtype(heads.dtype, np.integer) or (heads < 0).any():
-            raise ValueError("expert_heads must be non-negative integers")
-        object.__setattr__(self, "expert_heads", heads.astype(np.int32))
+        heads = check_heads(self.expert_heads)
+        object.__setattr__(self, "expert_heads", heads)
         if self.scorer.kind not in KINDS:
             raise ValueError(f"unknown scorer kind {self.scorer.kind!r}")
         if self.scorer.feature_dim % heads.shape[0]:
@@ -58,11 +55,7 @@ class Detector:
         head_features = np.asarray(head_features)
         if head_features.ndim != 4:
             raise ValueError(f"head_features must be [N, L, H, D], got {head_features.shape}")
-        if (self.expert_heads >= head_features.shape[1:3]).any():
-            raise ValueError(
-                f"expert heads {self.expert_heads.tolist()} do not fit "
-                f"{head_features.shape[1]} layers x {head_features.shape[2]} heads"
-            )
+        check_heads(self.expert_heads, head_features.shape[1:3])
         if len(self.expert_heads) * head_features.shape[3] != self.scorer.feature_dim:
             raise ValueError(
                 f"{len(self.expert_heads)} heads of dimension {head_features.shape[3]} do not "

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone, head_features
 from headhunt_jax.evaluation import VIDEO_EXTENSIONS
+from headhunt_jax.hunt import check_heads
 from headhunt_jax.models.internvl import InternVLConfig
 from headhunt_jax.prefix import head_features_prompts
 from headhunt_jax.prompt import build_prompt_ids, load_tokenizer
@@ -118,21 +119,6 @@ def expert_layers(heads) -> tuple[tuple[int, ...], tuple[np.ndarray, np.ndarray]
     return layers, (np.searchsorted(layers, heads[:, 0]), heads[:, 1])
 
 
-def _check_heads(bb: Backbone, heads) -> tuple[tuple[int, int], ...]:
-    pairs = np.asarray(heads)
-    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
-        raise ValueError(f"heads must be (layer, head) pairs [K, 2], got shape {pairs.shape}")
-    pairs = tuple((int(layer), int(head)) for layer, head in pairs)
-    bad = [p for p in pairs if not (0 <= p[0] < bb.num_layers and 0 <= p[1] < bb.num_heads)]
-    if bad:
-        raise ValueError(
-            f"heads {bad} are not in the backbone ({bb.num_layers} layers x {bb.num_heads} heads)"
-        )
-    if len(set(pairs)) != len(pairs):
-        raise ValueError(f"heads must be distinct, got {list(pairs)}")
-    return pairs
-
-
 def store_spec(
     bb: Backbone, prompt: str, heads, image_size: int, frames_per_segment: int, segment_length: int
 ) -> StoreSpec:
@@ -141,7 +127,8 @@ def store_spec(
         layers, pairs = tuple(range(bb.num_layers)), None
         shape = (bb.num_layers, bb.num_heads, bb.head_dim)
     else:
-        pairs = _check_heads(bb, heads)
+        checked = check_heads(heads, (bb.num_layers, bb.num_heads), "the backbone")
+        pairs = tuple(map(tuple, checked.tolist()))
         layers = expert_layers(pairs)[0]
         shape = (len(pairs), bb.head_dim)
     return StoreSpec(

@@ -448,3 +448,25 @@ def top_k_heads(rss, k=5):
         raise ValueError("rss contains NaN or inf")
     order = jnp.argsort(rss.ravel(), stable=True)[::-1][:k]
     return jnp.stack(jnp.divmod(order, rss.shape[1]), axis=1).astype(jnp.int32)
+
+
+def check_heads(heads, shape: tuple[int, int] | None = None, where: str = "") -> np.ndarray:
+    """Expert heads as int32 [K, 2] of distinct (layer, head) pairs, else a ValueError; with
+    ``shape`` = (layers, heads per layer), also one for a pair outside it (``where`` names what
+    it must fit, e.g. "the backbone")."""
+    pairs = np.asarray(heads)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
+        raise ValueError(f"heads must be (layer, head) pairs [K, 2], got shape {pairs.shape}")
+    if not np.issubdtype(pairs.dtype, np.integer) or (pairs < 0).any():
+        raise ValueError(f"heads must be non-negative integers, got {pairs.tolist()}")
+    listed = [(int(layer), int(head)) for layer, head in pairs]
+    if shape is not None:
+        bad = [p for p in listed if p[0] >= shape[0] or p[1] >= shape[1]]
+        if bad:
+            raise ValueError(
+                f"heads {bad} are not in {where or 'the features'} "
+                f"({shape[0]} layers x {shape[1]} heads)"
+            )
+    if len(set(listed)) != len(listed):
+        raise ValueError(f"heads must be distinct, got {listed}")
+    return pairs.astype(np.int32)

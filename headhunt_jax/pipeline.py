@@ -23,7 +23,7 @@ from headhunt_jax.evaluation import (
     video_key,
 )
 from headhunt_jax.extract import Failure, extract_features
-from headhunt_jax.hunt import robust_saliency, saliency, top_k_heads
+from headhunt_jax.hunt import check_heads, robust_saliency, saliency, top_k_heads
 from headhunt_jax.locator import calibrate, localize, smooth
 from headhunt_jax.scorer import fit_scorer, score
 from headhunt_jax.store import FeatureStore, VideoFeatures
@@ -153,20 +153,17 @@ def load_heads(path) -> np.ndarray:
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: not a heads file ({e})") from None
-    if heads.ndim != 2 or heads.shape[1] != 2:
-        raise ValueError(f"{path}: heads must be a list of [layer, head] pairs")
-    return heads
+    try:
+        return check_heads(heads)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray) -> np.ndarray:
     """[S, K * D]: the experts' features of a video, from an all-head or an expert-head store."""
     spec = store.spec
     if spec.heads is None:  # every head of every layer (extract's store_spec)
-        layers, per_layer = video.features.shape[1:3]
-        if (heads[:, 0] >= layers).any() or (heads[:, 1] >= per_layer).any():
-            raise ValueError(
-                f"{store.path}: heads {heads.tolist()} are not in {layers} x {per_layer}"
-            )
+        heads = check_heads(heads, video.features.shape[1:3], str(store.path))
         x = video.features[:, heads[:, 0], heads[:, 1]]
     elif [tuple(h) for h in spec.heads] == [tuple(map(int, h)) for h in heads]:
         x = video.features

@@ -84,11 +84,11 @@ def test_bad_bundles_are_rejected():
     with pytest.raises(ValueError, match="non-negative integers"):
         Detector(np.array([[0, -1], [1, 1], [2, 2]]), scorer)
     with pytest.raises(ValueError, match="not a multiple of 5"):
-        Detector(np.zeros((5, 2), int), scorer)
+        Detector(np.arange(10).reshape(5, 2), scorer)
     with pytest.raises(ValueError, match="sigma"):
         Detector(HEADS, scorer, sigma=0.0)
     detector = Detector(HEADS, scorer)
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match=r"are not in the features \(3 layers x 3 heads\)"):
         detector.expert_features(np.zeros((2, 3, 3, D)))
     with pytest.raises(ValueError, match="do not make"):
         detector.expert_features(np.zeros((2, L, H, D + 1)))

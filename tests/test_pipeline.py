@@ -51,6 +51,13 @@ def test_heads_files(tmp_path):
     assert pipeline.load_heads(tmp_path / "published.json").tolist() == [[18, 4], [23, 27]]
     with pytest.raises(ValueError, match="bad.json: not a heads file"):
         pipeline.load_heads(tmp_path / "bad.json")
+    # a negative index would silently pick another head; a repeated one counts a head twice
+    (tmp_path / "negative.json").write_text(json.dumps({"heads": [[-1, 2], [0, 3]]}))
+    with pytest.raises(ValueError, match="negative.json: heads must be non-negative integers"):
+        pipeline.load_heads(tmp_path / "negative.json")
+    (tmp_path / "twice.json").write_text(json.dumps({"heads": [[1, 2], [1, 2]]}))
+    with pytest.raises(ValueError, match=r"twice.json: heads must be distinct"):
+        pipeline.load_heads(tmp_path / "twice.json")
 
 
 def test_padded_scoring_equals_direct_scoring():

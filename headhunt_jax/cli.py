@@ -181,8 +181,9 @@ def _fit(args):
     from headhunt_jax.store import FeatureStore
 
     events = pipeline.read_annotations(args.annotations) if args.annotations else None
+    validation = FeatureStore(args.validation) if args.validation else None
     detector = pipeline.fit(
-        FeatureStore(args.store), pipeline.load_heads(args.heads), events, args.scorer
+        FeatureStore(args.store), pipeline.load_heads(args.heads), events, args.scorer, validation
     )
     detector.save(args.out, overwrite=args.overwrite)
     print(
@@ -379,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", required=True, help="heads JSON from hunt")
     p.add_argument("--annotations", help="temporal annotations for segment labels")
     p.add_argument("--scorer", default="logistic", choices=["logistic", "mlp", "svm"])
+    p.add_argument(
+        "--validation",
+        help="feature store of held-out videos to choose sigma and tau on (default: the "
+        "training videos, which is optimistic)",
+    )
     p.add_argument("--out", required=True, help="detector directory")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_fit)

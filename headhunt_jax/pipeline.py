@@ -173,11 +173,17 @@ def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray
 
 
 def fit(
-    store: FeatureStore, heads, events: Events | None = None, kind: str = "logistic"
+    store: FeatureStore,
+    heads,
+    events: Events | None = None,
+    kind: str = "logistic",
+    validation: FeatureStore | None = None,
 ) -> Detector:
-    """Scorer on the experts' features of every segment, then (sigma, tau) by grid search on the
-    same videos' scores."""
-    heads = np.asarray(heads, np.int32)
+    """Scorer on the experts' features of every segment of ``store``, then (sigma, tau) by grid
+    search for frame-level F1 on the scores of ``validation``'s videos (held-out videos of the
+    same backbone and prompt), or of the training videos themselves when it is None (optimistic).
+    """
+    heads = check_heads(heads)
     videos = labelled_videos(store, events)
     xs = [expert_features(v, store, heads) for v, _ in videos]
     ys = [y for _, y in videos]
@@ -191,6 +197,20 @@ def fit(
         backbone_fingerprint=spec.backbone_fingerprint,
         dtype=spec.dtype,
     )
+    if validation is not None:
+        other = validation.spec
+        same = ("backbone_fingerprint", "prompt", "dtype", "image_size", "frames_per_segment")
+        for field in (*same, "segment_length"):
+            if getattr(other, field) != getattr(spec, field):
+                raise ValueError(
+                    f"{validation.path}: {field} {getattr(other, field)!r}, the training store "
+                    f"{store.path} has {getattr(spec, field)!r}"
+                )
+        held_out = labelled_videos(validation, events)
+        xs, ys = (
+            [expert_features(v, validation, heads) for v, _ in held_out],
+            [y for _, y in held_out],
+        )
     sigma, tau = calibrate([detector_scores(detector, x) for x in xs], ys)
     return dataclasses.replace(detector, sigma=sigma, tau=tau)
 

@@ -1,5 +1,6 @@
 """Pipeline glue: segment labels from annotations or video labels, heads files, padded scoring."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -7,8 +8,9 @@ import pytest
 
 from headhunt_jax import pipeline
 from headhunt_jax.detector import Detector
+from headhunt_jax.locator import calibrate
 from headhunt_jax.scorer import fit_scorer, score
-from headhunt_jax.store import VideoFeatures
+from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures
 from headhunt_jax.video import VideoMetadata
 
 
@@ -80,3 +82,51 @@ def test_clip_subset_is_seeded_and_keeps_both_classes():
     assert (pipeline.clip_subset(labels, None) == np.arange(1000)).all()
     rare = np.r_[np.zeros(999, int), 1, 1]
     assert rare[pipeline.clip_subset(rare, 10)].sum() == 2  # a rare class keeps 2 for saliency
+
+
+def _store(path, prompt, labels, seed):
+    """An all-head store (2 layers x 2 heads x 4) of videos of 8 segments with the given labels;
+    an anomalous video's segments 2-5 are shifted."""
+    spec = StoreSpec(
+        backbone="tiny",
+        prompt=prompt,
+        dtype="float32",
+        image_size=448,
+        frames_per_segment=16,
+        segment_length=48,
+        layers=(0, 1),
+        heads=None,
+        feature_shape=(2, 2, 4),
+    )
+    store = FeatureStore.create(path, spec)
+    rng = np.random.default_rng(seed)
+    for i, label in enumerate(labels):
+        v = video(f"v{i}.mp4", label, segments=8)
+        x = rng.standard_normal((8, 2, 2, 4)).astype(np.float32)
+        if label:
+            x[2:6] += 1.5
+        store.write(dataclasses.replace(v, features=x))
+    return store
+
+
+def test_fit_calibrates_on_held_out_videos(tmp_path):
+    prompt = "Analyze the video for anomalies."
+    train = _store(tmp_path / "train", prompt, [0, 1, 0, 1, 0, 1], seed=0)
+    held_out = _store(tmp_path / "held_out", prompt, [0, 1, 1, 0], seed=1)
+    heads = np.array([[1, 0], [0, 1]])
+    in_sample = pipeline.fit(train, heads)
+    detector = pipeline.fit(train, heads, validation=held_out)
+    for name in ("w", "b"):  # the same scorer; only (sigma, tau) come from the held-out videos
+        np.testing.assert_array_equal(detector.scorer.params[name], in_sample.scorer.params[name])
+    videos = list(held_out)
+    scores = [
+        np.asarray(score(detector.scorer, v.features[:, [1, 0], [0, 1]].reshape(8, -1)))
+        for v in videos
+    ]
+    labels = [np.full(8, v.label) for v in videos]  # no annotations: the video's label
+    assert (detector.sigma, detector.tau) == calibrate(scores, labels)
+    assert (detector.sigma, detector.tau) != (in_sample.sigma, in_sample.tau)
+
+    other = _store(tmp_path / "other", "Another prompt.", [0, 1], seed=2)
+    with pytest.raises(ValueError, match="other: prompt 'Another prompt.', the training store"):
+        pipeline.fit(train, heads, validation=other)

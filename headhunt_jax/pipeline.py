@@ -172,6 +172,23 @@ def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray
     return x.reshape(x.shape[0], -1)
 
 
+# What a held-out store must share with the training store for its scores to calibrate on.
+_SAME_FEATURES = (
+    "backbone_fingerprint",
+    "prompt",
+    "dtype",
+    "image_size",
+    "frames_per_segment",
+    "segment_length",
+)
+
+
+def _expert_data(store: FeatureStore, heads: np.ndarray, events: Events | None):
+    """Each labelled video's expert features [S, K * D] and segment labels [S]."""
+    videos = labelled_videos(store, events)
+    return [expert_features(v, store, heads) for v, _ in videos], [y for _, y in videos]
+
+
 def fit(
     store: FeatureStore,
     heads,
@@ -184,9 +201,7 @@ def fit(
     same backbone and prompt), or of the training videos themselves when it is None (optimistic).
     """
     heads = check_heads(heads)
-    videos = labelled_videos(store, events)
-    xs = [expert_features(v, store, heads) for v, _ in videos]
-    ys = [y for _, y in videos]
+    xs, ys = _expert_data(store, heads, events)
     scorer = fit_scorer(np.concatenate(xs), np.concatenate(ys), kind)
     spec = store.spec
     detector = Detector(
@@ -198,19 +213,14 @@ def fit(
         dtype=spec.dtype,
     )
     if validation is not None:
-        other = validation.spec
-        same = ("backbone_fingerprint", "prompt", "dtype", "image_size", "frames_per_segment")
-        for field in (*same, "segment_length"):
-            if getattr(other, field) != getattr(spec, field):
+        for field in _SAME_FEATURES:
+            theirs, ours = getattr(validation.spec, field), getattr(spec, field)
+            if theirs != ours:
                 raise ValueError(
-                    f"{validation.path}: {field} {getattr(other, field)!r}, the training store "
-                    f"{store.path} has {getattr(spec, field)!r}"
+                    f"{validation.path}: {field} {theirs!r}, the training store {store.path} "
+                    f"has {ours!r}"
                 )
-        held_out = labelled_videos(validation, events)
-        xs, ys = (
-            [expert_features(v, validation, heads) for v, _ in held_out],
-            [y for _, y in held_out],
-        )
+        xs, ys = _expert_data(validation, heads, events)
     sigma, tau = calibrate([detector_scores(detector, x) for x in xs], ys)
     return dataclasses.replace(detector, sigma=sigma, tau=tau)
 
@@ -226,7 +236,8 @@ def detector_scores(detector: Detector, x) -> np.ndarray:
 
 def check_compatible(bb: Backbone, detector: Detector) -> None:
     """A detector only reads the backbone it was fitted on: another architecture is an error; the
-    same architecture under another name (a renamed folder, or a fine-tune) is a warning."""
+    same architecture under another name (a renamed folder, or a fine-tune) is a warning. (Its
+    heads are checked against the backbone by the extraction.)"""
     if detector.backbone_fingerprint and detector.backbone_fingerprint != bb.fingerprint:
         raise ValueError(
             f"the detector was fitted on backbone {detector.backbone!r}, not {bb.name!r} "
@@ -239,13 +250,6 @@ def check_compatible(bb: Backbone, detector: Detector) -> None:
         # bf16 features differ from float32 ones by a few percent (README, parity section).
         log.warning(
             "the detector was fitted on %s features; extracting in %s", detector.dtype, dtype
-        )
-    bad = [
-        h for h in detector.expert_heads.tolist() if h[0] >= bb.num_layers or h[1] >= bb.num_heads
-    ]
-    if bad:
-        raise ValueError(
-            f"expert heads {bad} do not exist in {bb.name} ({bb.num_layers} x {bb.num_heads})"
         )
 
 

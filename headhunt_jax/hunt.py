@@ -27,6 +27,10 @@ _LDA_RIDGE = 1e-6  # added to the within-class scatter before inversion
 _LDA_FLOOR = 1e-9  # a Fisher ratio below this counts as 0
 _KL_RIDGE = 1e-10  # added to each Ledoit-Wolf covariance
 _KL_MAX = 1e6  # the symmetric KL is clipped to [0, _KL_MAX]
+# Where the original's float64 inversion of a class covariance fails (_kl_fails): the ridge is lost
+# on diagonal entries >= 2^20, and a pivot below 2^-19 times its diagonal entry counts as zero.
+_KL_RIDGE_LOST = 2.0**20
+_KL_ZERO_PIVOT = 2.0**-19
 _KMEANS_MAX_ITER = 300  # sklearn's KMeans budget; Lloyd stops earlier once the labels settle
 
 # Matrices up to this size are factored column by column in a loop; larger ones are split in two.
@@ -39,7 +43,8 @@ _FLOAT32_INF_BITS = 0x7F800000
 
 
 def _inverse_cholesky(a, floor):
-    """W = L^-1 for a = L L^T, a [n, n] symmetric positive definite; W [n, n] lower triangular.
+    """W = L^-1 for a = L L^T, a [n, n] symmetric positive definite; W [n, n] lower triangular,
+    and the pivots [n] (L_jj^2 as computed, before the floor).
 
     Recursive 2x2 blocking (L21 = A21 W11^T, W22 from the Schur complement A22 - L21 L21^T,
     W21 = -W22 L21 W11), so almost all the work is matmuls. `floor` is a known lower bound of a's
@@ -49,18 +54,21 @@ def _inverse_cholesky(a, floor):
     if n <= _CHOLESKY_BLOCK:
         unit = jnp.eye(n, dtype=a.dtype)
 
-        def row(j, w):
+        def row(j, state):
+            w, pivots = state
             l_row = a[j] @ w.T
-            pivot = jnp.sqrt(jnp.maximum(a[j, j] - l_row @ l_row, floor))
-            return w.at[j].set((unit[j] - l_row @ w) / pivot)
+            pivot = a[j, j] - l_row @ l_row
+            w = w.at[j].set((unit[j] - l_row @ w) / jnp.sqrt(jnp.maximum(pivot, floor)))
+            return w, pivots.at[j].set(pivot)
 
-        return jax.lax.fori_loop(0, n, row, jnp.zeros_like(a))
+        return jax.lax.fori_loop(0, n, row, (jnp.zeros_like(a), jnp.zeros(n, a.dtype)))
     h = n // 2
-    w11 = _inverse_cholesky(a[:h, :h], floor)
+    w11, pivots1 = _inverse_cholesky(a[:h, :h], floor)
     l21 = a[h:, :h] @ w11.T
-    w22 = _inverse_cholesky(a[h:, h:] - l21 @ l21.T, floor)
+    w22, pivots2 = _inverse_cholesky(a[h:, h:] - l21 @ l21.T, floor)
     w21 = -(w22 @ l21) @ w11
-    return jnp.block([[w11, jnp.zeros((h, n - h), a.dtype)], [w21, w22]])
+    w = jnp.block([[w11, jnp.zeros((h, n - h), a.dtype)], [w21, w22]])
+    return w, jnp.concatenate([pivots1, pivots2])
 
 
 def _ledoit_wolf(emp, xc):
@@ -97,8 +105,40 @@ def _lda_dual(xw, d, n_a):
     system = system + _LDA_RIDGE * jnp.eye(n, dtype=xw.dtype)
     g = xw @ d
     g = g - ua * (ua @ g) - un * (un @ g)
-    w = _inverse_cholesky(system, _LDA_RIDGE)
+    w, _ = _inverse_cholesky(system, _LDA_RIDGE)
     return d @ (d - xw.T @ (w.T @ (w @ g))) / _LDA_RIDGE
+
+
+def _kl_fails(gram, cov, pivots):
+    """Whether the original's KL computation fails for one class, which makes it return 0.
+    gram [D, D]: X^T X of the class's centred samples X; cov [D, D]: its Ledoit-Wolf covariance
+    plus the ridge (float32); pivots [D]: cov's Cholesky pivots.
+
+    Besides a class of fewer than 2 clips, the original returns 0 where an exception stops it:
+    - LedoitWolf().fit raises. For finite features that is when its float32 covariance is not
+      finite (sklearn refuses it): it overflowed. sklearn's shrinkage sums the squares of X^T X
+      (not of X^T X / n), which overflows first and makes the shrinkage NaN; that sum is taken
+      here too, in float32, and a covariance overflowing any other way is not finite here either.
+    - np.linalg.inv raises LinAlgError: LAPACK's LU of the float64 C + 1e-10 I meets an exactly
+      zero pivot. Nothing else fails: slogdet does not raise for a square matrix and the sign it
+      returns is dropped (a determinant <= 0 goes through), and a NaN divergence is returned.
+    When is C + 1e-10 I singular in float64? The shrinkage s lifts C's eigenvalues by s * mu > 0
+    unless s = 0, which sklearn's formula gives when the class's centred samples are +-v: then
+    C = v v^T, of rank 1. The ridge keeps C + 1e-10 I invertible unless rounding loses it:
+    c + 1e-10 rounds to c for c >= 2^20 (1e-10 is under half an ulp there). So the failure is a
+    singular C at a row whose diagonal entry is >= 2^20. Float32 cannot tell an exactly zero
+    float64 pivot from rounding, so a pivot below 2^-19 (16 float32 epsilons) times its diagonal
+    entry counts as zero (a rank-1 C has D - 1 such pivots, within a few epsilons of 0 or far
+    below it; a NaN pivot, from an overflow after one of them, does not count).
+
+    Beyond reach: where the float64 elimination does not cancel exactly, the original's pivot is
+    rounding noise of either sign and its KL 1e6 or (negative, clipped) 0 by chance. Here it is
+    then 0 where the ridge is lost, and 1e6, a huge divergence clipped, where it is not.
+    """
+    overflow = ~jnp.isfinite(jnp.sum(gram * gram)) | ~jnp.all(jnp.isfinite(cov))
+    diagonal = jnp.diagonal(cov)
+    zero_pivot = (diagonal >= _KL_RIDGE_LOST) & (pivots <= _KL_ZERO_PIVOT * diagonal)
+    return overflow | jnp.any(zero_pivot)
 
 
 def _gaussian_criteria(xa, xn):
@@ -107,17 +147,20 @@ def _gaussian_criteria(xa, xn):
     lda: d^T (S_w + ridge I)^-1 d with S_w = (n_a - 1) C_a + (n_n - 1) C_n, 0 below _LDA_FLOOR
     (the original's (w^T d)^2 / (w^T S w) with w = S^+ d is this quadratic form, S + ridge I being
     positive definite).
-    kl: 0.5 (KL(a||n) + KL(n||a)) of Gaussians with Ledoit-Wolf covariances, in [0, _KL_MAX]. The
-    log-determinants cancel, and tr(S_n^-1 S_a) + tr(S_a^-1 S_n) - 2D = |W_a E W_n^T|_F^2 with
-    E = S_a - S_n and S^-1 = W^T W: a sum of squares, free of the cancellation of "traces - 2D".
+    kl: 0.5 (KL(a||n) + KL(n||a)) of Gaussians with Ledoit-Wolf covariances, in [0, _KL_MAX], and
+    0 where the original fails to invert a covariance (``_kl_fails``). The log-determinants
+    cancel, and tr(S_n^-1 S_a) + tr(S_a^-1 S_n) - 2D = |W_a E W_n^T|_F^2 with E = S_a - S_n and
+    S^-1 = W^T W: a sum of squares, free of the cancellation of "traces - 2D".
     """
     (n_a, dim), n_n = xa.shape, xn.shape[0]
     d = jnp.mean(xa, axis=0) - jnp.mean(xn, axis=0)
     xa = xa - jnp.mean(xa, axis=0)
     xn = xn - jnp.mean(xn, axis=0)
     eye = jnp.eye(dim, dtype=xa.dtype)
-    emp_a = xa.T @ xa / n_a
-    emp_n = xn.T @ xn / n_n
+    gram_a = xa.T @ xa
+    gram_n = xn.T @ xn
+    emp_a = gram_a / n_a
+    emp_n = gram_n / n_n
     cov_a = _ledoit_wolf(emp_a, xa) + _KL_RIDGE * eye
     cov_n = _ledoit_wolf(emp_n, xn) + _KL_RIDGE * eye
     matrices = [cov_a, cov_n]
@@ -127,7 +170,7 @@ def _gaussian_criteria(xa, xn):
         # One batched factorisation for all three matrices keeps the compiled program small.
         matrices.append(n_a * emp_a + n_n * emp_n + _LDA_RIDGE * eye)
         floors.append(_LDA_RIDGE)
-    inverse = jax.vmap(_inverse_cholesky)(jnp.stack(matrices), jnp.array(floors, xa.dtype))
+    inverse, pivots = jax.vmap(_inverse_cholesky)(jnp.stack(matrices), jnp.array(floors, xa.dtype))
     if primal:
         z = inverse[2] @ d
         lda = z @ z
@@ -138,9 +181,11 @@ def _gaussian_criteria(xa, xn):
     za = inverse[0] @ d
     zn = inverse[1] @ d
     kl = 0.25 * (jnp.sum(t * t) + za @ za + zn @ zn)
-    # Only a covariance singular in float32 makes this NaN (inf - inf); the original inverts it in
-    # float64 and gets a divergence beyond the clip.
+    # Only a covariance singular in float32 makes this NaN (inf - inf); where its ridge keeps it
+    # invertible in float64, the original gets a divergence beyond the clip.
     kl = jnp.clip(jnp.where(jnp.isnan(kl), _KL_MAX, kl), 0.0, _KL_MAX)
+    fails = _kl_fails(gram_a, cov_a, pivots[0]) | _kl_fails(gram_n, cov_n, pivots[1])
+    kl = jnp.where(fails, 0.0, kl)
     return jnp.where(lda < _LDA_FLOOR, 0.0, lda), kl
 
 
@@ -350,7 +395,8 @@ def saliency(features, labels, *, heads_per_chunk=None, mesh=None):
 
     Returns:
       dict of [L, H] float32 arrays: the raw criteria "lda" (Fisher ratio), "kl" (symmetric KL of
-      Ledoit-Wolf Gaussians, clipped to [0, 1e6]), "mmd" (biased MMD^2, RBF kernel, median
+      Ledoit-Wolf Gaussians, clipped to [0, 1e6]; 0 where the original's float64 inversion of a
+      class covariance fails, as it gives then), "mmd" (biased MMD^2, RBF kernel, median
       heuristic), "nmi" (NMI of 2-means clusters and labels), and "combined", the mean of the
       four criteria each min-max scaled over all heads. A class with fewer than 2 clips gives 0
       for every criterion, as in the original.

@@ -221,3 +221,64 @@ def test_robust_saliency_and_top_k_reject_bad_input():
         hh.top_k_heads(np.zeros((L, H)), k=L * H + 1)
     with pytest.raises(ValueError, match="NaN"):
         hh.top_k_heads(np.full((L, H), np.nan))
+
+
+def original_kl(a, b):
+    """The original's symmetric KL of one head (metrics.calculate_kl_divergence): Ledoit-Wolf on
+    the float32 samples, a 1e-10 ridge in float64, and 0 where an exception stops it."""
+    dim = a.shape[1]
+    try:
+        cov_a = LedoitWolf().fit(a).covariance_ + 1e-10 * np.eye(dim)
+        cov_b = LedoitWolf().fit(b).covariance_ + 1e-10 * np.eye(dim)
+    except Exception:
+        return 0.0
+    diff = b.mean(0) - a.mean(0)
+    try:
+        logdet_a = np.linalg.slogdet(cov_a)[1]
+        logdet_b = np.linalg.slogdet(cov_b)[1]
+        inv_a, inv_b = np.linalg.inv(cov_a), np.linalg.inv(cov_b)
+    except np.linalg.LinAlgError:
+        return 0.0
+    kl_ab = 0.5 * (logdet_b - logdet_a - dim + np.trace(inv_b @ cov_a) + diff @ inv_b @ diff)
+    kl_ba = 0.5 * (logdet_a - logdet_b - dim + np.trace(inv_a @ cov_b) + diff @ inv_a @ diff)
+    return float(np.clip(0.5 * (kl_ab + kl_ba), 0, 1e6))
+
+
+def test_kl_is_zero_where_the_original_cannot_invert_a_class_covariance():
+    rng = np.random.default_rng(9)
+    labels = np.zeros(N, int)
+    labels[rng.choice(N, 8, replace=False)] = 1
+    features = np.empty((N, 1, 4, D), np.float32)
+    features[:, 0, 0] = rng.normal(size=(N, D)) + 0.8 * labels[:, None]
+    # Heads 1 and 2: the anomalies are m +- a u, so the Ledoit-Wolf shrinkage is 0 and the
+    # anomalies' covariance a^2 u u^T, of rank 1; every value is exact in float32. With
+    # a^2 >= 2^20 the 1e-10 ridge is lost in float64 and the original's inversion fails; with a
+    # smaller a the ridge keeps the matrix invertible and the divergence is beyond the clip.
+    # The normals are pairs +-r, so the mean of all clips, m / 6, is exact too.
+    u = np.array([1, -2, 1, 2, -1, 1])
+    m = 6 * rng.integers(-50, 50, size=D)
+    normals = rng.integers(-3000, 3000, size=(20, D))
+    signs = np.where(np.arange(8) % 2, 1, -1)[:, None]
+    for head, a in ((1, 2**11), (2, 2**8)):
+        features[labels == 1, 0, head] = m + signs * a * u
+        features[labels == 0, 0, head] = np.concatenate([normals, -normals])
+    # Head 3: values near 1e9, where sklearn's shrinkage overflows float32 and LedoitWolf fails.
+    features[:, 0, 3] = rng.normal(size=(N, D)) * 1e9
+    out = hh.saliency(features, labels)
+    heads = [(features[labels == 1, 0, h], features[labels == 0, 0, h]) for h in range(4)]
+
+    singular = LedoitWolf().fit(heads[1][0]).covariance_ + 1e-10 * np.eye(D)
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.inv(singular)
+    with pytest.raises(ValueError), np.errstate(all="ignore"):
+        LedoitWolf().fit(heads[3][0])
+    with np.errstate(all="ignore"):  # head 3 overflows in the original
+        expected = [original_kl(a, b) for a, b in heads]
+    assert expected[1:] == [0.0, 1e6, 0.0]
+    np.testing.assert_array_equal(out["kl"][0, 1:], expected[1:])
+
+    # The ordinary head is unchanged.
+    np.testing.assert_allclose(out["kl"][0, 0], expected[0], rtol=1e-5)
+    reference = reference_criteria(features[:, 0, 0], labels)[0]
+    for i, name in enumerate(("lda", "kl", "mmd")):
+        np.testing.assert_allclose(out[name][0, 0], reference[i], rtol=1e-5, err_msg=name)

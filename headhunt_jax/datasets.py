@@ -38,6 +38,12 @@ is the first code's category.
 Events are frame ranges [start, end), as :mod:`headhunt_jax.evaluation` reads the annotation files;
 training videos carry no events (their labels are video-level).
 
+Official lists. Where the folder lacks a split list or an annotation file and its videos carry
+the official release's names (one of them in the official lists), the official files packaged in
+``headhunt_jax/data`` (the top-level ``data/`` of the source tree; ``data/README.md`` names their
+sources) stand in, and a warning says so. A folder of other videos in the same layout is listed
+from its own files, as above.
+
 Errors and warnings. Whatever would make the listing wrong or a test video silently missing raises
 :class:`DatasetError` naming the file and listing the videos concerned: a missing root, video
 folder, split folder or annotation file; a split-list entry or an annotated name with no video;
@@ -55,6 +61,7 @@ annotation that differs from the video's folder.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import re
 import zlib
@@ -86,6 +93,12 @@ UCF_EVENT_NORMALS = "Normal_Videos_event"
 NORMAL_CLASS = "Normal"
 
 XD_ANNOTATION_FILE = "annotations.txt"
+XD_TEST_LIST = "test_list.txt"
+
+# The official lists, packaged from data/ (data/README.md).
+OFFICIAL_DIR = Path(str(importlib.resources.files("headhunt_jax.data")))
+UCF_OFFICIAL = OFFICIAL_DIR / "ucf_crime"
+XD_OFFICIAL = OFFICIAL_DIR / "xd_violence"
 XD_CATEGORIES = {
     "A": NORMAL_CLASS,
     "B1": "Fighting",
@@ -226,6 +239,17 @@ def _ucf_class(folder: str) -> tuple[str, int]:
     return (NORMAL_CLASS, 0) if _NORMAL_WORD.search(folder) else (folder, 1)
 
 
+def _ucf_official_names(by_key: dict[str, list[Path]]) -> bool:
+    """Whether the videos carry the official release's names (one of them in its split lists)."""
+    official = {
+        video_key(line.strip())
+        for name in UCF_SPLIT_FILES.values()
+        for line in (UCF_OFFICIAL / name).read_text().splitlines()
+        if line.strip()
+    }
+    return not official.isdisjoint(by_key)
+
+
 def _ucf_annotated_classes(path: Path) -> dict[str, str]:
     """{video key: class column} of a file that parse_ucf_crime_annotations has accepted."""
     with open(path) as lines:
@@ -258,8 +282,9 @@ def _read_split_list(path: Path) -> list[tuple[int, str]]:
         return [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
-def _ucf_members_listed(lists, wanted, videos_dir, files, by_key, warnings):
-    """{split: videos} from the official split lists."""
+def _ucf_members_listed(lists, wanted, videos_dir, files, by_key, warnings, missing_ok=False):
+    """{split: videos} from the official split lists; ``missing_ok``: listed videos absent from
+    the folder are left out with a warning (the packaged lists over a partial download)."""
     listed = {s: _read_split_list(p) for s, p in lists.items()}
     for s, entries in listed.items():
         counts = Counter(video_key(e) for _, e in entries)
@@ -284,10 +309,13 @@ def _ucf_members_listed(lists, wanted, videos_dir, files, by_key, warnings):
             else:
                 members[s].append(video)
         if unresolved:
-            raise DatasetError(
+            message = (
                 f"{lists[s]}: {len(unresolved)} listed videos are missing under {videos_dir} "
                 f"or match several files: {_some(unresolved)}"
             )
+            if not missing_ok:
+                raise DatasetError(message)
+            warnings.append(message + "; they are left out")
     listed_keys = keys["train"] | keys["test"]
     unlisted = [f.relative_to(videos_dir) for f in files if video_key(f.name) not in listed_keys]
     if unlisted:
@@ -361,6 +389,7 @@ def ucf_crime(
     *,
     annotation_file: str | Path | None = None,
     split_lists: dict[str, str | Path] | None = None,
+    official: bool = True,
 ) -> DatasetListing:
     """UCF-Crime's videos of ``split`` ('train', 'test' or 'all') under ``root``.
 
@@ -368,7 +397,8 @@ def ucf_crime(
     ``root/Anomaly_Detection_splits``) under its usual name. ``split_lists``: {'train': path,
     'test': path} of the official lists, if not in ``root`` or ``root/Anomaly_Detection_splits``.
     The annotation file is needed for the test split, and for the training split when there are
-    no split lists. See the module docstring for the layout, the errors and the warnings.
+    no split lists. ``official``: let the packaged official files stand in for missing ones
+    (module docstring); their videos missing from the folder are left out with a warning. See the module docstring for the layout, the errors and the warnings.
     """
     root = _check_root(root, "UCF-Crime")
     wanted = _wanted(split)
@@ -385,6 +415,17 @@ def ucf_crime(
 
     annotation = _find_file(annotation_file, UCF_ANNOTATION_FILES, [root, root / UCF_SPLIT_FOLDER])
     lists = _ucf_split_lists(root, split_lists)
+    warnings: list[str] = []
+    packaged_annotation = packaged_lists = False
+    if official and (annotation is None or lists is None) and _ucf_official_names(by_key):
+        if annotation is None:
+            annotation, packaged_annotation = UCF_OFFICIAL / UCF_ANNOTATION_FILES[0], True
+            warnings.append(
+                f"{root} has no temporal annotation file; using the official {annotation}"
+            )
+        if lists is None:
+            lists, packaged_lists = {s: UCF_OFFICIAL / n for s, n in UCF_SPLIT_FILES.items()}, True
+            warnings.append(f"{root} has no split lists; using the official ones in {UCF_OFFICIAL}")
     if annotation is None and ("test" in wanted or lists is None):
         needed = "the test split" if "test" in wanted else "listing without the split lists"
         raise DatasetError(
@@ -393,16 +434,21 @@ def ucf_crime(
         )
     events = parse_ucf_crime_annotations(annotation) if annotation else {}
 
-    warnings: list[str] = []
     if lists is not None:
-        members = _ucf_members_listed(lists, wanted, videos_dir, files, by_key, warnings)
+        members = _ucf_members_listed(
+            lists, wanted, videos_dir, files, by_key, warnings, missing_ok=packaged_lists
+        )
         if "test" in wanted:
             absent = [k for k in events if k not in by_key]
             if absent:
-                raise DatasetError(
+                message = (
                     f"{annotation}: {len(absent)} annotated videos have no file under "
                     f"{videos_dir}: {_some(absent)}"
                 )
+                if not packaged_annotation:
+                    raise DatasetError(message)
+                warnings.append(message + "; they are left out")
+                events = {k: e for k, e in events.items() if k in by_key}
             test_keys = {video_key(v.name) for v in members["test"]}
             unlisted = [k for k in events if k not in test_keys]
             if unlisted:
@@ -450,11 +496,14 @@ def xd_violence(
     split: Split = "test",
     *,
     annotation_file: str | Path | None = None,
+    official: bool = True,
 ) -> DatasetListing:
     """XD-Violence's videos of ``split`` ('train', 'test' or 'all') under ``root``.
 
     ``annotation_file``: annotations.txt, if not in ``root`` or the test folder; needed for the
-    test split only. See the module docstring for the layout, the errors and the warnings.
+    test split only. ``official``: with the official release's names, warn of official test videos
+    missing from the folder and let the packaged annotations stand in for a missing file. See the
+    module docstring for the layout, the errors and the warnings.
     """
     root = _check_root(root, "XD-Violence")
     wanted = _wanted(split)
@@ -491,6 +540,21 @@ def xd_violence(
     events: dict[str, list[tuple[int, int]]] = {}
     if "test" in wanted:
         annotation = _find_file(annotation_file, [XD_ANNOTATION_FILE], [root, folders["test"]])
+        listed = set((XD_OFFICIAL / XD_TEST_LIST).read_text().split())
+        names = {video_key(p.name) for p in files["test"]}
+        packaged = False
+        if official and not listed.isdisjoint(names):
+            missing = sorted(listed - names)
+            if missing:
+                warnings.append(
+                    f"{folders['test']}: {len(missing)} of the {len(listed)} official test videos "
+                    f"are missing: {_some(missing)}"
+                )
+            if annotation is None:
+                annotation, packaged = XD_OFFICIAL / XD_ANNOTATION_FILE, True
+                warnings.append(
+                    f"{root} has no {XD_ANNOTATION_FILE}; using the official {annotation}"
+                )
         if annotation is None:
             raise DatasetError(
                 f"{root}: no {XD_ANNOTATION_FILE} (in the root or {folders['test'].name}/); it is "
@@ -498,6 +562,8 @@ def xd_violence(
             )
         events = parse_xd_violence_annotations(annotation)
         test_labels = {video_key(p.name): labels[p] for p in files["test"]}
+        if packaged:  # a partial download: the missing videos were warned of above
+            events = {k: e for k, e in events.items() if k in test_labels}
         absent = [k for k in events if k not in test_labels]
         unannotated = [k for k, y in test_labels.items() if y == 1 and k not in events]
         normal = [k for k in events if test_labels.get(k) == 0]

@@ -105,7 +105,7 @@ def test_ucf_crime_train_and_all(ucf):
     ]
     # The training split needs no annotation when the lists say which videos it holds.
     (ucf / ANNOTATION_NAME).unlink()
-    assert ucf_crime(ucf, "train") == train
+    assert ucf_crime(ucf, "train", official=False) == train
     write_ucf_annotation(ucf)
     everything = ucf_crime(ucf, "all")
     assert ids(everything) == sorted(ids(train) + ids(ucf_crime(ucf, "test")))
@@ -115,10 +115,10 @@ def test_ucf_crime_train_and_all(ucf):
 def test_ucf_crime_without_lists_splits_by_annotation(ucf):
     (ucf / "Anomaly_Train.txt").unlink()
     (ucf / "Anomaly_Test.txt").unlink()
-    test = ucf_crime(ucf, "test")
+    test = ucf_crime(ucf, "test", official=False)
     assert ids(test) == sorted(f"Videos/{v}" for v in UCF_TEST)
     assert test.items[0].events == ((165, 240),)
-    train = ucf_crime(ucf, "train")
+    train = ucf_crime(ucf, "train", official=False)
     assert ids(train) == sorted(f"Videos/{v}" for v in UCF_TRAIN)
     # The event-recognition copy of a test normal is left out of training, and said so.
     (warning,) = train.warnings
@@ -209,7 +209,7 @@ def test_ucf_crime_warnings(ucf):
 def test_ucf_crime_errors_name_the_file_and_the_videos(ucf, change, message):
     change(ucf)
     with pytest.raises(DatasetError, match=message):
-        ucf_crime(ucf, "test")
+        ucf_crime(ucf, "test", official=False)
 
 
 def test_ucf_crime_errors_without_lists(ucf):
@@ -217,10 +217,33 @@ def test_ucf_crime_errors_without_lists(ucf):
     (ucf / "Anomaly_Test.txt").unlink()
     (ucf / "Videos/Arson/Arson011_x264.mp4").unlink()
     with pytest.raises(DatasetError, match=f"{ANNOTATION_NAME}: 1 annotated .*Arson011_x264"):
-        ucf_crime(ucf, "test")
+        ucf_crime(ucf, "test", official=False)
     (ucf / ANNOTATION_NAME).unlink()
     with pytest.raises(DatasetError, match="needed for listing without the split lists"):
-        ucf_crime(ucf, "train")
+        ucf_crime(ucf, "train", official=False)
+
+
+def test_ucf_crime_official_lists_stand_in_for_missing_ones(ucf):
+    """A folder of the official release's videos without its lists: the packaged official files
+    are used, and the official videos the folder lacks are left out with a warning."""
+    for name in ("Anomaly_Train.txt", "Anomaly_Test.txt", ANNOTATION_NAME):
+        (ucf / name).unlink()
+    test = ucf_crime(ucf, "test")
+    # Arson011 has two events in the official file (the fixture annotates it with none).
+    assert {i.key: i.events for i in test}["Arson011_x264"] == ((150, 420), (680, 1267))
+    assert {i.key for i in test} == {"Abuse028_x264", "Abuse030_x264", "Arson011_x264"} | {
+        i.key for i in test if i.label == 0
+    }
+    text = " ".join(test.warnings)
+    assert "using the official" in text and "listed videos are missing" in text
+    train = ucf_crime(ucf, "train")
+    assert [i.key for i in train] == [Path(v).stem for v in sorted(UCF_TRAIN)]
+
+
+def test_other_videos_in_the_layout_keep_their_own_lists(tmp_path):
+    touch(tmp_path / "Videos/Fighting/Mine001.mp4")
+    with pytest.raises(DatasetError, match="no temporal annotation file"):
+        ucf_crime(tmp_path, "test")
 
 
 def test_ucf_crime_bad_root_and_arguments(ucf, tmp_path):
@@ -435,3 +458,22 @@ def test_xd_violence_tfds_segments_match_the_reader(tmp_path):
     np.testing.assert_array_equal(calm["segments"], [[0, 30]])
     np.testing.assert_array_equal(calm["frame_indices"], [segment_frame_indices(0, 30)])
     assert calm["events"].shape == (0, 2)
+
+
+def test_xd_violence_official_annotations_stand_in_for_a_missing_file(tmp_path):
+    official = {
+        "A.Beautiful.Mind.2001__#00-25-20_00-29-20_label_A": None,
+        "Bad.Boys.1995__#01-11-55_01-12-40_label_G-B2-B6": "1 2",
+    }
+    write_xd(tmp_path, "test", official)
+    (tmp_path / "annotations.txt").unlink()
+    test = xd_violence(tmp_path)
+    events = {i.key: i.events for i in test}
+    assert events["Bad.Boys.1995__#01-11-55_01-12-40_label_G-B2-B6"] == (
+        (157, 180), (185, 244), (250, 360), (582, 810),
+    )  # fmt: skip
+    missing, packaged = test.warnings
+    assert "798 of the 800 official test videos are missing" in missing
+    assert "using the official" in packaged
+    with pytest.raises(DatasetError, match="no annotations.txt"):
+        xd_violence(tmp_path, official=False)

@@ -1,4 +1,5 @@
-"""The ``headhunt-jax`` command line: convert, extract, hunt, fit, detect, evaluate, demo.
+"""The ``headhunt-jax`` command line: convert, extract, hunt, fit, detect, evaluate, reproduce,
+demo.
 
 Errors are one line on stderr naming the file and the problem, with exit status 1; no traceback.
 In a run over many videos the good ones finish and the failures are listed at the end (exit 1).
@@ -10,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
+
+DATASETS = ("ucf_crime", "xd_violence")
 
 
 class CliError(Exception):
@@ -42,14 +45,20 @@ def _local_mesh(model_parallel: int = 1):
 
 
 def _load_backbone(args):
-    import jax
-
     from headhunt_jax.backbone import load_backbone
 
-    dtype = args.dtype
+    return load_backbone(
+        args.model, dtype=_dtype(args.dtype), mesh=_local_mesh(args.model_parallel)
+    )
+
+
+def _dtype(dtype: str) -> str:
+    """``auto``: float32 on CPU, bfloat16 on accelerators."""
+    import jax
+
     if dtype == "auto":
-        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    return load_backbone(args.model, dtype=dtype, mesh=_local_mesh(args.model_parallel))
+        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return dtype
 
 
 def _video_list(items) -> tuple[list[Path], Path | None]:
@@ -91,6 +100,39 @@ def _xd_labels(videos, root):
         return None
 
 
+def _dataset(args):
+    """(root, items) of ``--dataset --root --split`` (``calibration``: the seeded
+    ``--calibration-fraction`` of each class of the training split)."""
+    from headhunt_jax.datasets import calibration_subset, load_dataset
+
+    if args.root is None:
+        raise CliError("--dataset needs --root, the dataset's folder")
+    split = "train" if args.split == "calibration" else args.split
+    listing = load_dataset(args.dataset, args.root, split)
+    for warning in listing.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    items = listing.items
+    if args.split == "calibration":
+        items = calibration_subset(items, args.calibration_fraction, args.seed)
+    return listing.root, items
+
+
+def _truth(args):
+    """(events, labels) for hunt and fit: from the dataset listing (events of the annotated test
+    videos, every video's label), or from --annotations (labels then come from the stores)."""
+    from headhunt_jax import pipeline
+
+    if args.dataset:
+        if args.annotations:
+            raise CliError("give --annotations or --dataset, not both")
+        _, items = _dataset(args)
+        events = {i.key: i.events for i in items if i.split == "test"}
+        return events, {i.key: i.label for i in items}
+    if args.root:
+        raise CliError("--root given without --dataset")
+    return (pipeline.read_annotations(args.annotations) if args.annotations else None), None
+
+
 def _print_failures(failures) -> int:
     if not failures:
         return 0
@@ -130,8 +172,14 @@ def _extract(args):
 
         index, count = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         process = f"process {index} of {count}: "
-    videos, root = _video_list(args.videos)
-    labels = _xd_labels(videos, root)
+    if (args.videos is None) == (args.dataset is None):
+        raise CliError("give the videos with --videos or --dataset/--root/--split")
+    if args.dataset:
+        root, items = _dataset(args)
+        videos, labels = [i.path for i in items], {i.video_id: i.label for i in items}
+    else:
+        videos, root = _video_list(args.videos)
+        labels = _xd_labels(videos, root)
     if args.distributed:
         videos = distributed.shard_videos(videos)
     bb = _load_backbone(args)
@@ -145,6 +193,7 @@ def _extract(args):
         root=root,
         labels=labels,
         batch_size=args.batch_size,
+        clip=args.clip,
         progress=not args.quiet,
     )
     print(
@@ -164,9 +213,11 @@ def _hunt(args):
     from headhunt_jax import pipeline, plots
     from headhunt_jax.store import FeatureStore
 
-    events = pipeline.read_annotations(args.annotations) if args.annotations else None
+    events, labels = _truth(args)
     stores = [FeatureStore(s) for s in args.stores]
-    result = pipeline.hunt(stores, args.k, args.lam, events, args.max_clips, _local_mesh())
+    result = pipeline.hunt(
+        stores, args.k, args.lam, events, args.max_clips, _local_mesh(), labels=labels
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**result.to_json(), "k": args.k, "lam": args.lam}, indent=1))
@@ -180,15 +231,36 @@ def _fit(args):
     from headhunt_jax import pipeline
     from headhunt_jax.store import FeatureStore
 
-    events = pipeline.read_annotations(args.annotations) if args.annotations else None
+    events, labels = _truth(args)
     validation = FeatureStore(args.validation) if args.validation else None
     detector = pipeline.fit(
-        FeatureStore(args.store), pipeline.load_heads(args.heads), events, args.scorer, validation
+        FeatureStore(args.store),
+        pipeline.load_heads(args.heads),
+        events,
+        args.scorer,
+        validation,
+        labels=labels,
+        holdout=args.holdout,
+        seed=args.seed,
     )
     detector.save(args.out, overwrite=args.overwrite)
+    training = detector.training
+    held = training["holdout"]
+    if held:
+        print(
+            f"held out {held['videos']} videos ({held['num']} rows): accuracy "
+            f"{held['accuracy']:.4f}, F1 {held['f1']:.4f}, ROC AUC {_fmt(held['roc_auc'])}, "
+            f"AP {_fmt(held['average_precision'])}"
+        )
     print(
-        f"detector ({args.scorer} scorer, sigma {detector.sigma}, tau {detector.tau}) -> {args.out}"
+        f"detector ({args.scorer} scorer on {training['videos']} videos, {training['rows']} rows; "
+        f"sigma {detector.sigma}, tau {detector.tau} from the {training['calibrated_on']}) "
+        f"-> {args.out}"
     )
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _detect(args):
@@ -230,7 +302,6 @@ def _detect(args):
 
 def _evaluate(args):
     from headhunt_jax import pipeline
-    from headhunt_jax.datasets import load_dataset
     from headhunt_jax.detector import Detector
 
     detector = Detector.load(args.detector)
@@ -238,42 +309,80 @@ def _evaluate(args):
         raise CliError(
             f"pass --model: the backbone the detector was fitted on ({detector.backbone})"
         )
-    listing = load_dataset(args.dataset, args.root, args.split)
-    for warning in listing.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    root, items = _dataset(args)
     bb = _load_backbone(args)
     with tempfile.TemporaryDirectory() as tmp:
         results, failures = pipeline.detect(
             bb,
             detector,
-            [item.path for item in listing],
+            [item.path for item in items],
             args.work or tmp,
-            root=listing.root,
+            root=root,
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
     failed = _print_failures(failures)
     if not results:
-        raise CliError(f"{listing.root}: no video of the {args.split} split could be read")
+        raise CliError(f"{root}: no video of the {args.split} split could be read")
     metrics = pipeline.evaluate(
-        results, {item.key: item.events for item in listing}, sigma=detector.sigma
+        results,
+        {item.key: item.events for item in items},
+        sigma=detector.sigma,
+        labels={item.key: item.label for item in items},
     )
+    per_video = metrics.pop("per_video")
     report = {
         "dataset": args.dataset,
         "split": args.split,
         "auc": metrics["roc_auc"],
         "ap": metrics["average_precision"],
         **{k: metrics[k] for k in ("num_videos", "num_frames", "num_anomaly_frames")},
+        "frame_level": {k: v for k, v in metrics.items() if k != "video_level"},
+        "video_level": metrics["video_level"],
         "failed_videos": [f.__dict__ for f in failures],
     }
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
+    if args.per_video:
+        Path(args.per_video).write_text(json.dumps(per_video, indent=1))
+    video = metrics["video_level"]["max"]
     print(
         f"{args.dataset} {args.split}: frame-level ROC AUC {report['auc']:.4f}, AP {report['ap']:.4f} "
-        f"over {report['num_videos']} videos"
-        + (f" ({len(failures)} unreadable, left out)" if failures else "")
+        f"over {metrics['num_videos']} videos; video-level (max) ROC AUC {_fmt(video['roc_auc'])}, "
+        f"F1 {video['f1']:.4f}" + (f" ({len(failures)} unreadable, left out)" if failures else "")
     )
     return failed
+
+
+def _reproduce(args):
+    from headhunt_jax import reproduce
+
+    protocol = reproduce.Protocol(
+        dataset=args.dataset,
+        root=str(args.root),
+        model=str(args.model),
+        prompts=reproduce.load_prompts(args.prompts),
+        calibration_fraction=args.calibration_fraction,
+        seed=args.seed,
+        k=args.k,
+        lam=args.lam,
+        clip=args.clip,
+        max_clips=args.max_clips,
+        scorer=args.scorer,
+        dtype=_dtype(args.dtype),
+    )
+    say = (lambda *a: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    report = reproduce.reproduce(
+        protocol,
+        args.out,
+        lambda: _load_backbone(args),
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        say=say,
+    )
+    print(reproduce.summary(report))
+    print(f"-> {Path(args.out) / 'report.json'}")
+    return 1 if report["failures"] else 0
 
 
 def _demo(args):
@@ -318,6 +427,42 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    def dataset_args(p, split_default=None, what="the videos"):
+        p.add_argument(
+            "--dataset", choices=DATASETS, help=f"{what} from a dataset's layout (with --root)"
+        )
+        p.add_argument("--root", type=Path, help="the dataset's folder, as downloaded")
+        p.add_argument(
+            "--split",
+            choices=["train", "test", "calibration", "all"],
+            default=split_default,
+            help="calibration: a seeded --calibration-fraction of each class of the training "
+            f"split (default: {split_default})",
+        )
+        p.add_argument(
+            "--calibration-fraction",
+            type=float,
+            default=0.01,
+            help="share of each class of training videos in --split calibration (default 0.01, "
+            "the paper's 1%%)",
+        )
+        p.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            help="seed of the calibration draw (and of fit --holdout)",
+        )
+
+    def clip_arg(p):
+        p.add_argument(
+            "--clip",
+            choices=["segment", "video"],
+            default="segment",
+            help="segment: a feature row per 48-frame segment (inference's unit); video: one row "
+            "a video, 16 frames spread over all of it (the original's unit for hunting and "
+            "training)",
+        )
+
     p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to an orbax checkpoint")
     p.add_argument("hf_dir", type=Path, help="HF checkpoint directory (config.json + safetensors)")
     p.add_argument("out", type=Path, help="output directory")
@@ -325,12 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert)
 
     p = sub.add_parser(
-        "extract", help="head features of every 48-frame segment into a feature store"
+        "extract", help="head features of every 48-frame segment (or video) into a feature store"
     )
     backbone_args(p)
-    p.add_argument(
-        "--videos", nargs="+", required=True, help="video directories, list files or videos"
-    )
+    p.add_argument("--videos", nargs="+", help="video directories, list files or videos")
+    dataset_args(p, "train")
+    clip_arg(p)
     p.add_argument(
         "--prompt",
         action="append",
@@ -371,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--annotations",
         help="temporal annotations (XD-Violence or UCF-Crime format) for segment labels",
     )
+    dataset_args(p, "all", "labels and events")
     p.add_argument("--out", required=True, help="heads JSON")
     p.add_argument("--plot", help="RSS heatmap PNG (default: next to --out)")
     p.set_defaults(func=_hunt)
@@ -379,7 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="feature store (all heads or the expert heads)")
     p.add_argument("--heads", required=True, help="heads JSON from hunt")
     p.add_argument("--annotations", help="temporal annotations for segment labels")
+    dataset_args(p, "all", "labels and events")
     p.add_argument("--scorer", default="logistic", choices=["logistic", "mlp", "svm"])
+    p.add_argument(
+        "--holdout",
+        type=float,
+        help="hold out this fraction of each class's videos (seeded by --seed), train on the "
+        "rest and report accuracy, F1, ROC AUC and AP on them (the original: 0.4)",
+    )
     p.add_argument(
         "--validation",
         help="feature store of held-out videos to choose sigma and tau on (default: the "
@@ -398,15 +551,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
     p.set_defaults(func=_detect)
 
-    p = sub.add_parser("evaluate", help="frame-level ROC AUC and AP on a dataset's test split")
+    p = sub.add_parser(
+        "evaluate", help="frame-level and video-level metrics on a dataset's test split"
+    )
     backbone_args(p, required=False)
     p.add_argument("--detector", required=True)
-    p.add_argument("--dataset", required=True, choices=["ucf_crime", "xd_violence"])
-    p.add_argument("--root", required=True, help="the dataset's folder, as downloaded")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    dataset_args(p, "test")
     p.add_argument("--out", help="JSON report")
+    p.add_argument("--per-video", help="JSON file of each video's frame-level metrics")
     p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's protocol: calibration subset, extraction, hunting, scorer, locator, "
+        "evaluation on the test split (rerun to continue)",
+    )
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--root", type=Path, required=True, help="the dataset's folder, as downloaded")
+    backbone_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run directory (rerun to continue)")
+    p.add_argument("--prompts", help="prompts file (default: the five of data/prompts.json)")
+    p.add_argument("--calibration-fraction", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=5, help="number of expert heads")
+    p.add_argument("--lam", type=float, default=0.5, help="instability penalty lambda")
+    p.add_argument("--max-clips", type=int, default=4000)
+    p.add_argument("--scorer", default="logistic", choices=["logistic", "mlp", "svm"])
+    p.add_argument(
+        "--clip",
+        choices=["video", "segment"],
+        default="video",
+        help="the unit heads are hunted and the scorer trained on (default video, the paper's)",
+    )
+    p.set_defaults(func=_reproduce)
 
     p = sub.add_parser(
         "demo", help="the whole pipeline on real footage with a tiny random backbone"

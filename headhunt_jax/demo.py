@@ -102,8 +102,15 @@ def run_demo(out_dir, seed: int = 0, progress: bool = True, per_class: int = 16)
     )
     outs = [out / "features" / f"prompt{i + 1}" for i in range(len(prompt.DEFAULT_PROMPTS))]
     # One decoding pass for both prompts; the frames' prefix is computed once.
+    labels = {v.path.name: int(v.label != "A") for v in videos}  # XD-Violence style names
     report = extract_features(
-        bb, train, prompt.DEFAULT_PROMPTS, outs, root=out / "clips", progress=progress
+        bb,
+        train,
+        prompt.DEFAULT_PROMPTS,
+        outs,
+        root=out / "clips",
+        labels=labels,
+        progress=progress,
     )
     if report.failures:
         raise ValueError(report.summary())

@@ -25,7 +25,9 @@ class Detector:
     backbone: the model the heads belong to (e.g. "OpenGVLab/InternVL3-8B"); prompt: the text
     prompt the features are extracted with; backbone_fingerprint: ``Backbone.fingerprint`` of
     that model's architecture ("" when unknown, as for published heads); dtype: the compute dtype
-    the training features came from ("float32", "bfloat16"; "" when unknown).
+    the training features came from ("float32", "bfloat16"; "" when unknown); training: how it
+    was fitted (``pipeline.fit``: the store, rows, held-out metrics, what sigma and tau were
+    chosen on; empty when unknown).
     """
 
     expert_heads: np.ndarray
@@ -36,6 +38,7 @@ class Detector:
     prompt: str = ""
     backbone_fingerprint: str = ""
     dtype: str = ""
+    training: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         heads = check_heads(self.expert_heads)
@@ -83,6 +86,7 @@ class Detector:
             "prompt": self.prompt,
             "backbone_fingerprint": self.backbone_fingerprint,
             "dtype": self.dtype,
+            "training": self.training,
         }
         _write_checkpoint(path, arrays, meta, overwrite)
 
@@ -99,6 +103,7 @@ class Detector:
             prompt=meta["prompt"],
             backbone_fingerprint=meta.get("backbone_fingerprint", ""),
             dtype=meta.get("dtype", ""),
+            training=meta.get("training", {}),
         )
 
     @classmethod

@@ -33,6 +33,7 @@ from headhunt_jax.prefix import head_features_prompts
 from headhunt_jax.prompt import build_prompt_ids, load_tokenizer
 from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures
 from headhunt_jax.video import (
+    CLIPS,
     FRAMES_PER_SEGMENT,
     SEGMENT_LENGTH,
     VideoError,
@@ -120,7 +121,13 @@ def expert_layers(heads) -> tuple[tuple[int, ...], tuple[np.ndarray, np.ndarray]
 
 
 def store_spec(
-    bb: Backbone, prompt: str, heads, image_size: int, frames_per_segment: int, segment_length: int
+    bb: Backbone,
+    prompt: str,
+    heads,
+    image_size: int,
+    frames_per_segment: int,
+    segment_length: int,
+    clip: str = "segment",
 ) -> StoreSpec:
     """The spec of a store of ``bb``'s features for ``prompt`` (all heads when ``heads`` is None)."""
     if heads is None:
@@ -142,6 +149,7 @@ def store_spec(
         layers=layers,
         heads=pairs,
         feature_shape=shape,
+        clip=clip,
     )
 
 
@@ -264,6 +272,7 @@ def extract_features(
     image_size: int | None = None,
     frames_per_segment: int = FRAMES_PER_SEGMENT,
     segment_length: int = SEGMENT_LENGTH,
+    clip: str = "segment",
     progress: bool = True,
 ) -> ExtractionReport:
     """Head features of every segment of ``videos`` under ``prompt``, written to a feature store.
@@ -276,6 +285,9 @@ def extract_features(
     heads int [K, 2] of (layer, head), features [K, D] in that order (for detection; the forward
     stops at the deepest expert layer). Video ids come from ``root`` (see :func:`video_ids`);
     ``labels`` maps video ids to 1 (anomaly) or 0. ``image_size`` defaults to the backbone's.
+    ``clip``: "segment" (a row per ``segment_length``-frame segment) or "video" (one row a video
+    from ``frames_per_segment`` frames spread over the whole video, the original's unit for
+    hunting and training; see :class:`~headhunt_jax.video.VideoReader`).
     Videos already in the store are skipped; a store of other settings is an error. Unreadable
     videos are reported in ``failures``, never stored.
     """
@@ -294,8 +306,11 @@ def extract_features(
         raise ValueError(
             f"{len(prompts)} prompts but {len(out_dirs)} output stores: give one per prompt"
         )
+    if clip not in CLIPS:
+        raise ValueError(f"clip must be one of {', '.join(CLIPS)}, got {clip!r}")
     specs = [
-        store_spec(bb, p, heads, image_size, frames_per_segment, segment_length) for p in prompts
+        store_spec(bb, p, heads, image_size, frames_per_segment, segment_length, clip)
+        for p in prompts
     ]
     paths = [Path(p) for p in videos]
     ids = video_ids(paths, root)
@@ -322,6 +337,7 @@ def extract_features(
         image_size=image_size,
         frames_per_segment=frames_per_segment,
         segment_length=segment_length,
+        clip=clip,
     )
     todo_paths = [p for _, p in todo]
     total = _expected_segments(todo_paths, reader_kw) if progress else None

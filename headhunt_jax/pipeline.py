@@ -2,8 +2,8 @@
 hunt (stores under M prompts -> expert heads), fit (store + heads -> detector),
 detect (videos -> scores and events), evaluate (detections + annotations -> frame AUC / AP).
 
-Labels: a segment is anomalous when it overlaps an annotated event (frames [start, end)); without
-annotations every segment takes its video's label.
+Labels (``segment_labels``): a row of an annotated video is anomalous when it overlaps an annotated
+event (frames [start, end)); a row of any other video takes its video's label.
 """
 
 import dataclasses
@@ -17,10 +17,14 @@ import numpy as np
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.detector import Detector
 from headhunt_jax.evaluation import (
+    aggregate,
+    binary_metrics,
     evaluate_frames,
     parse_ucf_crime_annotations,
     parse_xd_violence_annotations,
+    per_video_frame_metrics,
     video_key,
+    video_level_metrics,
 )
 from headhunt_jax.extract import Failure, extract_features
 from headhunt_jax.hunt import check_heads, robust_saliency, saliency, top_k_heads
@@ -28,7 +32,8 @@ from headhunt_jax.locator import calibrate, localize, smooth
 from headhunt_jax.scorer import fit_scorer, score
 from headhunt_jax.store import FeatureStore, VideoFeatures
 
-Events = Mapping[str, Sequence[tuple[int, int]]]
+Events = Mapping[str, Sequence[tuple[int, int]]]  # video key -> annotated frame ranges
+Labels = Mapping[str, int]  # video key -> 1 anomalous, 0 normal
 log = logging.getLogger(__name__)
 
 
@@ -42,25 +47,36 @@ def read_annotations(path) -> dict[str, list[tuple[int, int]]]:
     return parse_xd_violence_annotations(path)
 
 
-def segment_labels(video: VideoFeatures, events: Events | None) -> np.ndarray:
-    """0/1 [S]: overlap with the video's annotated events; for a video the annotations do not list
-    (XD-Violence annotates its test videos only), its video label on every segment, or normal
-    when it has none."""
+def segment_labels(
+    video: VideoFeatures, events: Events | None = None, labels: Labels | None = None
+) -> np.ndarray:
+    """0/1 [S]: the labels of a video's feature rows.
+
+    A video the annotations list (its key in ``events``): a row is anomalous when its frames
+    overlap an annotated event. Any other video (XD-Violence annotates its test videos only,
+    UCF-Crime labels its training videos by class folder only): its video label on every row,
+    from ``labels`` ({video key: 0/1}, e.g. from a dataset listing) or else the label stored with
+    its features. A video with neither is an error that names it, never silently normal.
+    """
     key = video_key(video.video_id)
-    if events is None or key not in events:
-        if video.label is None and events is None:
-            raise ValueError(f"video {video.video_id!r} has no label; pass annotations")
-        return np.full(video.num_segments, video.label or 0, np.int32)
-    hit = np.zeros(video.num_segments, bool)
-    for start, end in events[key]:
-        hit |= (video.start_frames < end) & (video.end_frames > start)
-    return hit.astype(np.int32)
+    if events is not None and key in events:
+        hit = np.zeros(video.num_segments, bool)
+        for start, end in events[key]:
+            hit |= (video.start_frames < end) & (video.end_frames > start)
+        return hit.astype(np.int32)
+    label = labels.get(key, video.label) if labels is not None else video.label
+    if label is None:
+        raise ValueError(
+            f"video {video.video_id!r} has no label: it is not in the annotations and was "
+            "extracted without one (pass --dataset/--root, or extract it with labels)"
+        )
+    return np.full(video.num_segments, label, np.int32)
 
 
 def labelled_videos(
-    store: FeatureStore, events: Events | None
+    store: FeatureStore, events: Events | None = None, labels: Labels | None = None
 ) -> list[tuple[VideoFeatures, np.ndarray]]:
-    videos = [(v, segment_labels(v, events)) for v in store]
+    videos = [(v, segment_labels(v, events, labels)) for v in store]
     if not videos:
         raise ValueError(f"{store.path}: the store holds no videos")
     return videos
@@ -108,6 +124,7 @@ def hunt(
     events: Events | None = None,
     max_clips: int | None = 4000,
     mesh=None,
+    labels: Labels | None = None,
 ) -> HuntResult:
     """Expert heads from all-head stores of the same videos under M >= 2 prompts, scored on the
     same (at most ``max_clips``, see ``clip_subset``) segments under every prompt; ``mesh``: the
@@ -118,6 +135,8 @@ def hunt(
     for s in stores:
         if s.spec.heads is not None:
             raise ValueError(f"{s.path}: holds expert heads only; hunting needs all heads")
+        if s.spec.clip != first.clip:
+            raise ValueError(f"{s.path}: clip {s.spec.clip!r}, {stores[0].path} has {first.clip!r}")
         if s.spec.backbone != first.backbone:
             raise ValueError(
                 f"{s.path}: backbone {s.spec.backbone!r}, {stores[0].path} has {first.backbone!r}"
@@ -125,7 +144,7 @@ def hunt(
     combined = []
     reference = rows = None
     for s in stores:
-        videos = labelled_videos(s, events)
+        videos = labelled_videos(s, events, labels)
         layout = [(v.video_id, v.num_segments) for v, _ in videos]
         if reference is not None and layout != reference:
             raise ValueError(f"{s.path}: holds other videos or segments than {stores[0].path}")
@@ -172,21 +191,57 @@ def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray
     return x.reshape(x.shape[0], -1)
 
 
-# What a held-out store must share with the training store for its scores to calibrate on.
+# What a validation store must share with the training store for its scores to calibrate on.
 _SAME_FEATURES = (
     "backbone_fingerprint",
     "prompt",
     "dtype",
     "image_size",
     "frames_per_segment",
-    "segment_length",
 )
 
 
-def _expert_data(store: FeatureStore, heads: np.ndarray, events: Events | None):
-    """Each labelled video's expert features [S, K * D] and segment labels [S]."""
-    videos = labelled_videos(store, events)
+def _expert_data(store: FeatureStore, heads, events: Events | None, labels: Labels | None):
+    """Each labelled video's expert features [S, K * D] and row labels [S]."""
+    videos = labelled_videos(store, events, labels)
     return [expert_features(v, store, heads) for v, _ in videos], [y for _, y in videos]
+
+
+def holdout_split(video_labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) video indices: a seeded ``fraction`` of each class held out (at least
+    one video of each class on each side). Whole videos, so that no video's segments are on both
+    sides."""
+    video_labels = np.asarray(video_labels)
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in (0, 1):
+        rows = np.flatnonzero(video_labels == c)
+        if len(rows) < 2:
+            raise ValueError(
+                f"holding out part of the videos needs at least 2 of each class; "
+                f"{len(rows)} are {('normal', 'anomalous')[c]}"
+            )
+        count = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+        held.append(rng.permutation(rows)[:count])
+    held = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(video_labels)), held), held
+
+
+def _check_validation(validation: FeatureStore, store: FeatureStore) -> None:
+    for field in _SAME_FEATURES:
+        theirs, ours = getattr(validation.spec, field), getattr(store.spec, field)
+        if theirs != ours:
+            raise ValueError(
+                f"{validation.path}: {field} {theirs!r}, the training store {store.path} "
+                f"has {ours!r}"
+            )
+    if validation.spec.clip != "segment":
+        raise ValueError(
+            f"{validation.path}: holds one clip a video; sigma and tau are chosen on the scores "
+            "of consecutive segments (extract it with --clip segment)"
+        )
 
 
 def fit(
@@ -195,14 +250,30 @@ def fit(
     events: Events | None = None,
     kind: str = "logistic",
     validation: FeatureStore | None = None,
+    *,
+    labels: Labels | None = None,
+    holdout: float | None = None,
+    seed: int = 0,
 ) -> Detector:
-    """Scorer on the experts' features of every segment of ``store``, then (sigma, tau) by grid
-    search for frame-level F1 on the scores of ``validation``'s videos (held-out videos of the
-    same backbone and prompt), or of the training videos themselves when it is None (optimistic).
+    """A detector from the experts' features of ``store``'s videos (labels: ``segment_labels``).
+
+    The scorer trains on every row, or with ``holdout`` on the videos left after holding out
+    that fraction of each class (``holdout_split``, seeded), whose rows then give accuracy,
+    precision, recall, F1, ROC AUC and AP at threshold 0.5 (``Detector.training["holdout"]``,
+    the original's train_scorer check). Sigma and tau come from a grid search for F1 on the
+    segment scores of ``validation`` (held-out videos of the same backbone and prompt, cut into
+    segments), else of the held-out videos, else of the training videos (optimistic). A store of
+    one clip a video has no segment scores of its own: without ``validation`` the locator keeps
+    its defaults. ``Detector.training`` records which.
     """
     heads = check_heads(heads)
-    xs, ys = _expert_data(store, heads, events)
-    scorer = fit_scorer(np.concatenate(xs), np.concatenate(ys), kind)
+    xs, ys = _expert_data(store, heads, events, labels)
+    train, held = np.arange(len(xs)), np.zeros(0, int)
+    if holdout is not None:
+        train, held = holdout_split([y.max() for y in ys], holdout, seed)
+    scorer = fit_scorer(
+        np.concatenate([xs[i] for i in train]), np.concatenate([ys[i] for i in train]), kind
+    )
     spec = store.spec
     detector = Detector(
         heads,
@@ -212,17 +283,32 @@ def fit(
         backbone_fingerprint=spec.backbone_fingerprint,
         dtype=spec.dtype,
     )
+    training = {
+        "store": str(store.path),
+        "clip": spec.clip,
+        "videos": len(train),
+        "rows": int(sum(len(xs[i]) for i in train)),
+        "holdout": None,
+    }
+    if holdout is not None:
+        scores = np.concatenate([detector_scores(detector, xs[i]) for i in held])
+        truth = np.concatenate([ys[i] for i in held])
+        training["holdout"] = {"fraction": holdout, "seed": seed, "videos": len(held)}
+        training["holdout"] |= binary_metrics(truth, scores)
     if validation is not None:
-        for field in _SAME_FEATURES:
-            theirs, ours = getattr(validation.spec, field), getattr(spec, field)
-            if theirs != ours:
-                raise ValueError(
-                    f"{validation.path}: {field} {theirs!r}, the training store {store.path} "
-                    f"has {ours!r}"
-                )
-        xs, ys = _expert_data(validation, heads, events)
+        _check_validation(validation, store)
+        xs, ys = _expert_data(validation, heads, events, labels)
+        training["calibrated_on"] = f"validation store {validation.path}"
+    elif spec.clip != "segment":
+        training["calibrated_on"] = "defaults (one clip a video, no segment scores)"
+        return dataclasses.replace(detector, training=training)
+    elif holdout is not None:
+        xs, ys = [xs[i] for i in held], [ys[i] for i in held]
+        training["calibrated_on"] = "held-out videos"
+    else:
+        training["calibrated_on"] = "training videos (optimistic)"
     sigma, tau = calibrate([detector_scores(detector, x) for x in xs], ys)
-    return dataclasses.replace(detector, sigma=sigma, tau=tau)
+    return dataclasses.replace(detector, sigma=sigma, tau=tau, training=training)
 
 
 def detector_scores(detector: Detector, x) -> np.ndarray:
@@ -278,8 +364,16 @@ def detect(
     )
     store = FeatureStore(report.store)
     done = set(report.written) | set(report.skipped)
-    results = [video_result(detector, store, store.read(v)) for v in store.video_ids() if v in done]
-    return results, list(report.failures)
+    return detections(detector, store, [v for v in store.video_ids() if v in done]), list(
+        report.failures
+    )
+
+
+def detections(detector: Detector, store: FeatureStore, video_ids=None) -> list[dict]:
+    """``video_result`` for the given videos of a store of the detector's features (default:
+    every video)."""
+    ids = store.video_ids() if video_ids is None else video_ids
+    return [video_result(detector, store, store.read(v)) for v in ids]
 
 
 def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) -> dict:
@@ -320,9 +414,36 @@ def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) 
     }
 
 
-def evaluate(results: Sequence[dict], events: Events, sigma: float | None = None) -> dict:
-    """Frame-level ROC AUC and AP over detected videos; ``events`` cover the anomalous ones."""
+AGGREGATIONS = ("max", "mean", "p90")
+
+
+def evaluate(
+    results: Sequence[dict],
+    events: Events,
+    sigma: float | None = None,
+    labels: Labels | None = None,
+) -> dict:
+    """Frame-level metrics over detected videos (``evaluate_frames``; each video's frames are
+    mapped to its segments by the spans its result records, ``segment_frames``); ``events`` cover
+    the anomalous ones. With ``labels`` ({video key: 0/1}), also the video-level metrics of each
+    of ``AGGREGATIONS`` of the smoothed scores (``video_level``), and per video its frame-level
+    figures (``per_video``)."""
+    ids = [r["video"] for r in results]
     scores = {r["video"]: np.asarray(r["segment_scores"]) for r in results}
     frames = {r["video"]: r["frames"] for r in results}
-    spans = {r["video"]: list(events.get(video_key(r["video"]), [])) for r in results}
-    return evaluate_frames(scores, frames, spans, sigma=sigma)
+    spans = {r["video"]: r["segment_frames"] for r in results}
+    truth = {v: list(events.get(video_key(v), [])) for v in ids}
+    metrics = evaluate_frames(scores, frames, truth, sigma=sigma, spans=spans)
+    metrics["per_video"] = per_video_frame_metrics(scores, frames, truth, sigma=sigma, spans=spans)
+    if labels is not None:
+        missing = [v for v in ids if video_key(v) not in labels]
+        if missing:
+            raise ValueError(f"no video label for {len(missing)} videos, e.g. {missing[:3]}")
+        video_labels = {v: labels[video_key(v)] for v in ids}
+        metrics["video_level"] = {
+            how: video_level_metrics(
+                {r["video"]: aggregate(r["smoothed_scores"], how) for r in results}, video_labels
+            )
+            for how in AGGREGATIONS
+        }
+    return metrics

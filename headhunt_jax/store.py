@@ -2,7 +2,8 @@
 
 Layout::
 
-    store.json            what every file holds: backbone, prompt, segment shape, heads, dtype
+    store.json            what every file holds: backbone, prompt, clip unit, segment shape,
+                          heads, dtype
     <video file>.npz      one video: features float32 [num_segments, *feature_shape], the
                           segments' frame ranges and sampled frames, and a JSON ``meta`` entry
                           (video id, source path, fps, frame counts, short flag, label)
@@ -51,7 +52,10 @@ class StoreSpec:
     ``layers``: the layers read; ``heads``: the expert heads as (layer, head) pairs in the order
     their features are stored, or None when every head of ``layers`` is stored. ``feature_shape``
     is one segment's: [len(layers), heads, head_dim] or [len(heads), head_dim]. ``dtype``: the
-    backbone's compute dtype (the stored features are float32 either way).
+    backbone's compute dtype (the stored features are float32 either way). ``clip``: the unit a
+    feature row covers: "segment" (consecutive ``segment_length``-frame windows, the inference
+    unit) or "video" (one row a video, ``frames_per_segment`` frames spread over all of it, the
+    original's unit for hunting and training; ``segment_length`` is then unused).
     """
 
     backbone: str
@@ -65,9 +69,16 @@ class StoreSpec:
     feature_shape: tuple[int, ...]
     format_version: int = FORMAT_VERSION
     backbone_fingerprint: str = ""
+    clip: str = "segment"
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # Fields added after 0.1.0 are written only when they differ from their default, so the
+        # description (and its digest, recorded in every video file) of an older store is unchanged.
+        for name, default in _ADDED_FIELDS.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> StoreSpec:
@@ -80,6 +91,9 @@ class StoreSpec:
     def digest(self) -> str:
         text = json.dumps(self.to_json(), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_ADDED_FIELDS = {"clip": "segment"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +165,7 @@ def _read_spec(path: Path) -> StoreSpec:
 
 
 def _mismatch(path: Path, found: StoreSpec, wanted: StoreSpec) -> StoreError:
-    have, want = found.to_json(), wanted.to_json()
+    have, want = dataclasses.asdict(found), dataclasses.asdict(wanted)
     diffs = [
         f"{k}: store has {have[k]!r}, asked for {want[k]!r}" for k in want if have[k] != want[k]
     ]

@@ -108,11 +108,13 @@ def make_videos(
     size: tuple[int, int] = (96, 72),
     fps: int = 25,
     seed: int = 0,
+    event_segments: tuple[int, int] = (1, 2),
 ) -> list[SyntheticVideo]:
     """Writes the videos and ``annotations.txt`` into ``out_dir``; returns what was written.
 
     Each video has ``segments`` x ``segment_length`` frames of footage windows (random clip,
-    start, direction); an anomalous one has one event of 1-2 segments' length at a random place
+    start, direction); an anomalous one has one event of ``event_segments`` (1-2) segments' length
+    at a random place
     (not aligned to the segments), of the kinds in ``ANOMALIES``, two videos in a row of each kind
     (so that taking every other video splits each kind between two halves).
     """
@@ -134,7 +136,8 @@ def make_videos(
         label, events = "A", ()
         if i >= num_normal:
             label = kinds[(i - num_normal) // 2 % len(kinds)]
-            length = int(rng.integers(segment_length, 2 * segment_length + 1))
+            low, high = event_segments
+            length = int(rng.integers(low * segment_length, high * segment_length + 1))
             start = int(rng.integers(0, total - length))
             frames[start : start + length] = ANOMALIES[label][1](
                 frames[start : start + length], rng
@@ -160,3 +163,89 @@ def write_mp4(path, frames: np.ndarray, fps: int) -> None:
         for f in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         container.mux(stream.encode())
+
+
+# --- the same videos in the layouts of the paper's datasets -----------------------------------
+
+# UCF-Crime class folders for the anomaly kinds (the footage's anomalies only resemble them).
+UCF_CLASSES = {"B1": "Explosion", "B2": "Burglary", "B4": "Fighting", "B5": "Arson"}
+
+
+def _splits(out_dir, train_per_class: int, test_per_class: int, seed: int, **make_kw):
+    """{"train": videos, "test": videos}, made in ``out_dir/_made`` (renamed into place later)."""
+    made = Path(out_dir) / "_made"
+    return {
+        split: make_videos(made / split, num_normal=n, num_anomalous=n, seed=seed + i, **make_kw)
+        for i, (split, n) in enumerate([("train", train_per_class), ("test", test_per_class)])
+    }
+
+
+def ucf_crime_tree(
+    out_dir, train_per_class: int = 8, test_per_class: int = 4, seed: int = 0, **make_kw
+) -> Path:
+    """Videos laid out as the UCF-Crime download: ``Videos/<Class>/<Class>NNN_x264.mp4``, the
+    normals in ``Training_Normal_Videos_Anomaly`` and ``Testing_Normal_Videos_Anomaly``, the
+    split lists, and the temporal annotation of the test videos in the official format (two
+    spaces between fields, trailing whitespace, ``-1 -1`` for no event; the first anomalous test
+    video's event written as two events with a gap of two frames). Training anomalies are
+    labelled by their folder only, as in the real dataset. Returns the root."""
+    root = Path(out_dir)
+    lists: dict[str, list[str]] = {"train": [], "test": []}
+    notes = []
+    counts: dict[str, int] = {}
+    split_one = True
+    for split, videos in _splits(root, train_per_class, test_per_class, seed, **make_kw).items():
+        for v in videos:
+            folder = (
+                f"{'Training' if split == 'train' else 'Testing'}_Normal_Videos_Anomaly"
+                if v.label == "A"
+                else UCF_CLASSES[v.label]
+            )
+            stem = "Normal_Videos" if v.label == "A" else UCF_CLASSES[v.label]
+            counts[stem] = counts.get(stem, 0) + 1
+            name = f"{stem}{counts[stem]:03d}_x264.mp4"
+            (root / "Videos" / folder).mkdir(parents=True, exist_ok=True)
+            v.path.rename(root / "Videos" / folder / name)
+            lists[split].append(f"{folder}/{name}")
+            if split == "test":
+                events = list(v.events)
+                if events and split_one:
+                    (start, end), middle = events[0], (events[0][0] + events[0][1]) // 2
+                    events, split_one = [(start, middle), (middle + 2, end)], False
+                pairs = events + [(-1, -1)] * (2 - len(events))
+                fields = [name, "Normal" if v.label == "A" else UCF_CLASSES[v.label]]
+                notes.append(fields + [str(f) for pair in pairs for f in pair])
+    for split, name in (("train", "Anomaly_Train.txt"), ("test", "Anomaly_Test.txt")):
+        (root / name).write_text("".join(line + "\n" for line in lists[split]))
+    (root / "Temporal_Anomaly_Annotation_for_Testing_Videos.txt").write_text(
+        "".join("  ".join(fields) + "  \n" for fields in notes)
+    )
+    _remove_made(root)
+    return root
+
+
+def xd_violence_tree(
+    out_dir, train_per_class: int = 8, test_per_class: int = 4, seed: int = 0, **make_kw
+) -> Path:
+    """Videos laid out as XD-Violence: ``train/`` and ``test/`` with the label in the name
+    (``<name>_label_A``, ``<name>_label_B1-0-0``), ``annotations.txt`` for the anomalous test
+    videos. Returns the root."""
+    root = Path(out_dir)
+    lines = []
+    for split, videos in _splits(root, train_per_class, test_per_class, seed, **make_kw).items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for v in videos:
+            code = "A" if v.label == "A" else f"{v.label}-0-0"
+            name = f"{split}{v.path.stem.split('_')[0][4:]}__#1_label_{code}"
+            v.path.rename(root / split / f"{name}.mp4")
+            if split == "test" and v.events:
+                lines.append(" ".join([name, *(str(f) for e in v.events for f in e)]))
+    (root / "annotations.txt").write_text("".join(line + "\n" for line in lines))
+    _remove_made(root)
+    return root
+
+
+def _remove_made(root: Path) -> None:
+    import shutil
+
+    shutil.rmtree(root / "_made")

@@ -16,7 +16,7 @@ from headhunt_jax import backbone, extract
 from headhunt_jax.extract import extract_features, video_ids
 from headhunt_jax.prompt import build_prompt_ids
 from headhunt_jax.store import FeatureStore, StoreError
-from headhunt_jax.video import VideoReader
+from headhunt_jax.video import VideoReader, clip_frame_indices
 
 hf = pytest.importorskip("hf_reference")
 
@@ -281,3 +281,33 @@ def test_several_prompts_decode_once_and_match_separate_runs(
         assert FeatureStore(out).spec.prompt == prompt
         assert got.video_ids.tolist() == want.video_ids.tolist()
         assert rel_err(got.features, want.features) <= 1e-5
+
+
+def test_one_clip_a_video(bb, clips, tmp_path):
+    """``clip="video"``: one row a video, the original's frames spread over all of it, equal to
+    head_features on that clip; a store of segments refuses it."""
+    root, paths = clips
+    out = tmp_path / "clips"
+    report = extract_features(
+        bb, paths, PROMPT, out, root=root, labels=LABELS, batch_size=BATCH, progress=False,
+        clip="video", **SEGMENT,
+    )  # fmt: skip
+    assert report.segments == 3 and report.batches == 1
+    store = FeatureStore(out)
+    assert store.spec.clip == "video"
+    ids = build_prompt_ids(bb.path, PROMPT, 4, bb.config.tokens_per_image, bb.config.image_token_id)
+    for vid, path in zip(video_ids(paths, root), paths, strict=True):
+        video = store.read(vid)
+        frames = video.metadata.frame_count
+        assert video.num_segments == 1 and video.label == LABELS.get(vid)
+        assert (video.start_frames.tolist(), video.end_frames.tolist()) == ([0], [frames])
+        np.testing.assert_array_equal(video.frame_indices[0], clip_frame_indices(frames, 4))
+        (clip,) = VideoReader(path, image_size=56, clip="video", **SEGMENT)
+        want = np.asarray(backbone.head_features(bb, ids[None], clip.pixels))
+        assert rel_err(video.features, want) <= TOL
+    segments = tmp_path / "segments"
+    extract_features(bb, paths[:1], PROMPT, segments, root=root, progress=False, **SEGMENT)
+    with pytest.raises(StoreError, match="clip: store has 'segment', asked for 'video'"):
+        extract_features(
+            bb, paths, PROMPT, segments, root=root, progress=False, clip="video", **SEGMENT
+        )

@@ -43,6 +43,21 @@ def test_segment_labels():
     np.testing.assert_array_equal(pipeline.segment_labels(video("x.mp4", 1), None), [1, 1, 1, 1])
     with pytest.raises(ValueError, match="no label"):
         pipeline.segment_labels(video("x.mp4", None), None)
+    # A video neither annotated nor labelled is an error, never silently normal (UCF-Crime's
+    # training anomalies are labelled by their class folder only).
+    with pytest.raises(ValueError, match="'Abuse001_x264.mp4' has no label"):
+        pipeline.segment_labels(video("Abuse001_x264.mp4", None), events)
+    # Labels from a dataset listing, by video key, stand in for (and override) stored ones.
+    listing = {"Abuse001_x264": 1, "a_label_B1": 0}
+    np.testing.assert_array_equal(
+        pipeline.segment_labels(video("Abuse/Abuse001_x264.mp4", None), events, listing), [1] * 4
+    )
+    np.testing.assert_array_equal(
+        pipeline.segment_labels(video("a_label_B1.mp4", 1), events, listing), [0, 1, 1, 0]
+    )
+    # One clip a video ([0, frames)): anomalous when any event falls in it.
+    clip = dataclasses.replace(video("a_label_B1.mp4", 1, segments=1), end_frames=np.array([192]))
+    np.testing.assert_array_equal(pipeline.segment_labels(clip, events), [1])
 
 
 def test_heads_files(tmp_path):
@@ -130,3 +145,56 @@ def test_fit_calibrates_on_held_out_videos(tmp_path):
     other = _store(tmp_path / "other", "Another prompt.", [0, 1], seed=2)
     with pytest.raises(ValueError, match="other: prompt 'Another prompt.', the training store"):
         pipeline.fit(train, heads, validation=other)
+
+
+def test_holdout_split_is_stratified_by_video_and_seeded():
+    labels = np.r_[np.zeros(10, int), np.ones(5, int)]
+    train, held = pipeline.holdout_split(labels, 0.4, seed=1)
+    assert sorted(np.r_[train, held].tolist()) == list(range(15))
+    assert labels[held].tolist().count(0) == 4 and labels[held].tolist().count(1) == 2
+    again = pipeline.holdout_split(labels, 0.4, seed=1)
+    assert np.array_equal(again[1], held)
+    with pytest.raises(ValueError, match="at least 2 of each class; 1 are anomalous"):
+        pipeline.holdout_split([0, 0, 1], 0.4)
+
+
+def test_fit_with_holdout_reports_on_held_out_videos(tmp_path):
+    train = _store(tmp_path / "train", "p", [0, 1] * 5, seed=0)
+    heads = np.array([[1, 0], [0, 1]])
+    detector = pipeline.fit(train, heads, holdout=0.4, seed=0)
+    held = detector.training["holdout"]
+    assert held["videos"] == 4 and held["num"] == 32
+    assert (
+        detector.training["videos"] == 6 and detector.training["calibrated_on"] == "held-out videos"
+    )
+    # The figures are those of the saved scorer on the held-out videos' rows.
+    _, rows = pipeline.holdout_split([0, 1] * 5, 0.4, seed=0)
+    videos = list(train)
+    x = np.concatenate([videos[i].features[:, [1, 0], [0, 1]].reshape(8, -1) for i in rows])
+    y = np.concatenate([np.full(8, videos[i].label) for i in rows])
+    p = np.asarray(score(detector.scorer, x))
+    assert held["accuracy"] == pytest.approx(np.mean((p >= 0.5) == y))
+    detector.save(tmp_path / "detector")
+    assert Detector.load(tmp_path / "detector").training == detector.training
+
+
+def test_fit_on_one_clip_a_video_keeps_the_locator_defaults(tmp_path):
+    spec = dataclasses.replace(_store(tmp_path / "seg", "p", [0, 1], seed=0).spec, clip="video")
+    store = FeatureStore.create(tmp_path / "clips", spec)
+    rng = np.random.default_rng(0)
+    for i, label in enumerate([0, 1] * 4):
+        x = rng.standard_normal((1, 2, 2, 4)).astype(np.float32) + label
+        store.write(dataclasses.replace(video(f"v{i}.mp4", label, segments=1), features=x))
+    heads = np.array([[1, 0], [0, 1]])
+    detector = pipeline.fit(store, heads)
+    assert (detector.sigma, detector.tau) == (1.5, 0.65)
+    assert detector.training["calibrated_on"].startswith("defaults")
+    with pytest.raises(ValueError, match="holds one clip a video"):
+        pipeline.fit(store, heads, validation=store)
+    # Segments of other videos calibrate a scorer trained on whole-video clips.
+    segments = _store(tmp_path / "val", "p", [0, 1, 1, 0], seed=1)
+    assert (
+        pipeline.fit(store, heads, validation=segments)
+        .training["calibrated_on"]
+        .startswith("validation store")
+    )

@@ -1,0 +1,320 @@
+"""The paper's protocol on UCF-Crime or XD-Violence in one call (``headhunt-jax reproduce``).
+
+Stages, each keeping its output in the run directory; the same call again reuses what is there and
+computes only what is missing (an interrupted extraction resumes video by video):
+
+1. splits       the calibration videos (a seeded ``calibration_fraction`` of each class of the
+                training split, as the paper fits on about 1%), the validation videos (another such
+                draw from the remaining training videos) and the test split -> ``splits.json``
+2. calibration  every head's features of the calibration videos under every prompt, one decoding
+                pass and one frame prefix for all prompts, one clip a video by default (the
+                original's unit) -> ``features/calibration/p1 .. pM``
+3. hunt         expert heads (K, lambda) -> ``heads.json``, ``rss_heatmap.png``
+4. validation   the experts' features of the validation videos' 48-frame segments under the first
+                prompt -> ``features/validation``
+5. fit          the scorer on the calibration videos; sigma and tau by grid search for F1 on the
+                validation videos' segment scores -> ``detector/``
+6. test         the experts' features of the test videos' segments -> ``features/test``,
+                ``detections.json``
+7. evaluate     frame-level and video-level metrics -> ``report.json``, ``per_video.json``
+
+Training videos carry video-level labels only (UCF-Crime's class folders, XD-Violence's names), so
+the validation segments take their video's label: sigma and tau are chosen without looking at the
+test annotations. The settings are kept in ``protocol.json``; a directory made with other settings
+is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from headhunt_jax import __version__, pipeline, plots
+from headhunt_jax.datasets import VideoItem, calibration_subset, load_dataset
+from headhunt_jax.detector import Detector
+from headhunt_jax.extract import Failure, extract_features, video_ids
+from headhunt_jax.store import SPEC_FILE, FeatureStore
+
+PROMPTS_FILE = Path(str(importlib.resources.files("headhunt_jax.data"))) / "prompts.json"
+
+
+def load_prompts(path: str | Path | None = None) -> tuple[str, ...]:
+    """Prompts from a JSON file (``{"prompts": [{"text": ...}, ...]}`` as ``data/prompts.json``,
+    or a list of strings) or a text file (one prompt a line); default: the protocol's five."""
+    path = Path(path) if path is not None else PROMPTS_FILE
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            record = json.loads(text)
+            items = record["prompts"] if isinstance(record, dict) else record
+            prompts = [p["text"] if isinstance(p, dict) else p for p in items]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a prompts file ({e})") from None
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(prompts) < 2 or not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError(f"{path}: head hunting needs at least 2 non-empty prompts")
+    return tuple(prompts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """The settings of a run; ``protocol.json`` in the run directory holds them."""
+
+    dataset: str
+    root: str
+    model: str
+    prompts: tuple[str, ...]
+    calibration_fraction: float = 0.01
+    seed: int = 0
+    k: int = 5
+    lam: float = 0.5
+    clip: str = "video"
+    max_clips: int = 4000
+    scorer: str = "logistic"
+    dtype: str = "float32"
+
+
+def _check_protocol(out: Path, protocol: Protocol) -> None:
+    path = out / "protocol.json"
+    wanted = dataclasses.asdict(protocol)
+    wanted["prompts"] = list(protocol.prompts)
+    if path.exists():
+        have = json.loads(path.read_text())
+        diffs = [
+            f"{k}: {have.get(k)!r} there, {v!r} now" for k, v in wanted.items() if have.get(k) != v
+        ]
+        if diffs:
+            raise ValueError(
+                f"{out}: made with other settings ({'; '.join(diffs)}); use another --out"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(wanted, indent=1))
+
+
+def protocol_splits(protocol: Protocol) -> tuple[dict[str, tuple[VideoItem, ...]], list[str]]:
+    """{"calibration", "validation", "test"}: their videos, and the listings' warnings."""
+    train = load_dataset(protocol.dataset, protocol.root, "train")
+    test = load_dataset(protocol.dataset, protocol.root, "test")
+    fraction, seed = protocol.calibration_fraction, protocol.seed
+    calibration = calibration_subset(train, fraction, seed)
+    chosen = {item.video_id for item in calibration}
+    rest = [item for item in train if item.video_id not in chosen]
+    if not rest:
+        raise ValueError(
+            f"--calibration-fraction {fraction} leaves no training video for validation"
+        )
+    validation = calibration_subset(rest, fraction, seed + 1)
+    return (
+        {"calibration": calibration, "validation": validation, "test": test.items},
+        list(train.warnings) + list(test.warnings),
+    )
+
+
+class _Stages:
+    """Times each stage that runs and remembers them in ``stages.json``; a reused stage keeps the
+    time it took when it ran."""
+
+    def __init__(self, out: Path, say: Callable[[str], None]):
+        self.path = out / "stages.json"
+        self.times = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.reused: list[str] = []
+        self.say = say
+
+    def run(self, name: str, done: bool, work: Callable[[], object]):
+        if done:
+            self.reused.append(name)
+            self.say(f"{name}: already done")
+            return None
+        self.say(f"{name} ...")
+        start = time.perf_counter()
+        result = work()
+        self.times[name] = round(time.perf_counter() - start, 2)
+        self.path.write_text(json.dumps(self.times, indent=1))
+        return result
+
+    def summary(self) -> dict:
+        return {n: {"seconds": s, "reused": n in self.reused} for n, s in self.times.items()}
+
+
+def _stored(outs: Sequence[Path], ids: Sequence[str]) -> bool:
+    """Whether every store in ``outs`` holds every video of ``ids``."""
+    for out in outs:
+        if not (out / SPEC_FILE).exists():
+            return False
+        store = FeatureStore(out)
+        if not all(i in store for i in ids):
+            return False
+    return True
+
+
+def reproduce(
+    protocol: Protocol,
+    out_dir: str | Path,
+    load_backbone: Callable[[], object],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict:
+    """Runs (or continues) the protocol in ``out_dir``; returns the report (also written to
+    ``report.json``). ``load_backbone`` is called at most once, and only when a stage has
+    features to compute."""
+    out = Path(out_dir)
+    _check_protocol(out, protocol)
+    stages = _Stages(out, say)
+    backbone = []
+
+    def bb():
+        if not backbone:
+            backbone.append(load_backbone())
+        return backbone[0]
+
+    splits, warnings = protocol_splits(protocol)
+    for warning in warnings:
+        say(f"warning: {warning}")
+    root = Path(protocol.root)
+    paths = {name: [item.path for item in items] for name, items in splits.items()}
+    ids = {name: video_ids(p, root) for name, p in paths.items()}
+    labels = {item.key: item.label for items in splits.values() for item in items}
+    events = {item.key: item.events for item in splits["test"]}
+    _record_splits(out / "splits.json", ids)
+    failures: list[Failure] = []
+
+    def features(name, prompts, outs, **kw):
+        report = extract_features(
+            bb(),
+            paths[name],
+            prompts,
+            outs,
+            root=root,
+            batch_size=batch_size,
+            progress=progress,
+            labels={i.video_id: i.label for i in splits[name]},
+            **kw,
+        )
+        failures.extend(report.failures)
+
+    calibration = [
+        out / "features" / "calibration" / f"p{m + 1}" for m in range(len(protocol.prompts))
+    ]
+    stages.run(
+        "calibration",
+        _stored(calibration, ids["calibration"]),
+        lambda: features("calibration", protocol.prompts, calibration, clip=protocol.clip),
+    )
+    stores = [FeatureStore(s) for s in calibration]
+
+    heads_file = out / "heads.json"
+
+    def hunt():
+        result = pipeline.hunt(
+            stores, protocol.k, protocol.lam, max_clips=protocol.max_clips, labels=labels
+        )
+        heads_file.write_text(
+            json.dumps({**result.to_json(), "k": protocol.k, "lam": protocol.lam}, indent=1)
+        )
+        plots.rss_heatmap(result.rss, result.heads, out / "rss_heatmap.png")
+
+    stages.run("hunt", heads_file.exists(), hunt)
+    heads = pipeline.load_heads(heads_file)
+
+    validation = out / "features" / "validation"
+    stages.run(
+        "validation",
+        _stored([validation], ids["validation"]),
+        lambda: features("validation", protocol.prompts[0], validation, heads=heads),
+    )
+
+    detector_dir = out / "detector"
+
+    def fit():
+        detector = pipeline.fit(
+            stores[0],
+            heads,
+            kind=protocol.scorer,
+            validation=FeatureStore(validation),
+            labels=labels,
+        )
+        detector.save(detector_dir, overwrite=True)
+
+    stages.run("fit", (detector_dir / "commit_success.txt").exists(), fit)
+    detector = Detector.load(detector_dir)
+
+    test = out / "features" / "test"
+
+    def test_features():
+        pipeline.check_compatible(bb(), detector)
+        features("test", detector.prompt, test, heads=detector.expert_heads)
+
+    stages.run("test", _stored([test], ids["test"]), test_features)
+    store = FeatureStore(test)
+    results = pipeline.detections(detector, store, [i for i in ids["test"] if i in store])
+    if not results:
+        raise ValueError(f"{root}: no test video could be read")
+    (out / "detections.json").write_text(json.dumps(results, indent=1))
+    metrics = pipeline.evaluate(results, events, sigma=detector.sigma, labels=labels)
+    per_video, video_level = metrics.pop("per_video"), metrics.pop("video_level")
+    (out / "per_video.json").write_text(json.dumps(per_video, indent=1))
+    report = {
+        "dataset": protocol.dataset,
+        "frame_level": metrics,
+        "video_level": video_level,
+        "expert_heads": heads.tolist(),
+        "sigma": detector.sigma,
+        "tau": detector.tau,
+        "prompts": list(protocol.prompts),
+        "backbone": detector.backbone,
+        "backbone_fingerprint": detector.backbone_fingerprint,
+        "version": __version__,
+        "videos": {name: len(v) for name, v in ids.items()},
+        "training": detector.training,
+        "failures": [dataclasses.asdict(f) for f in failures],
+        "stages": stages.summary(),
+        "protocol": dataclasses.asdict(protocol),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _record_splits(path: Path, ids: dict[str, list[str]]) -> None:
+    """Writes the splits once; a dataset that now lists other videos is an error, not a silent
+    change of the videos the stored results came from."""
+    if path.exists():
+        have = json.loads(path.read_text())
+        changed = [name for name in ids if have.get(name) != ids[name]]
+        if changed:
+            raise ValueError(
+                f"{path}: the dataset now gives other {', '.join(changed)} videos than this run "
+                "used; use another --out"
+            )
+    else:
+        path.write_text(json.dumps(ids, indent=1))
+
+
+def summary(report: dict) -> str:
+    """A few lines for the terminal."""
+    frame, video = report["frame_level"], report["video_level"]["max"]
+    lines = [
+        f"{report['dataset']} test, {frame['num_videos']} videos: frame-level ROC AUC "
+        f"{frame['roc_auc']:.4f}, AP {frame['average_precision']:.4f}; video-level (max) ROC AUC "
+        f"{_fmt(video['roc_auc'])}, F1 {video['f1']:.4f}",
+        f"expert heads {report['expert_heads']}, sigma {report['sigma']}, tau {report['tau']}",
+        "stages: "
+        + ", ".join(
+            f"{n} {s['seconds']} s" + (" (reused)" if s["reused"] else "")
+            for n, s in report["stages"].items()
+        ),
+    ]
+    if report["failures"]:
+        lines.append(f"{len(report['failures'])} videos could not be read (listed in report.json)")
+    return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

@@ -1,0 +1,145 @@
+"""The paper's protocol through the CLI on trees laid out like UCF-Crime and XD-Violence, made from
+the demo's footage, with the demo's tiny backbone: labels from the layouts, the step commands,
+``reproduce`` and its resumption."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from headhunt_jax import demo, synthetic
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = str(Path(sys.executable).with_name("headhunt-jax"))
+PROMPTS = [
+    "Identify any abnormal events or safety hazards in this video.",
+    "Analyze the video for anomalies. Describe any violent activities, accidents, or deviations "
+    "from normal patterns in detail.",
+]
+TREE = dict(train_per_class=8, test_per_class=4, seed=3, event_segments=(3, 5))
+
+
+def cli(*args, check=True):
+    run = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=900)
+    if check and run.returncode:
+        raise AssertionError(f"headhunt-jax {' '.join(map(str, args))} failed:\n{run.stderr}")
+    return run
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return demo.tiny_backbone(tmp_path_factory.mktemp("backbone") / "tiny", PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ucf(tmp_path_factory):
+    return synthetic.ucf_crime_tree(tmp_path_factory.mktemp("ucf") / "UCF_Crimes", **TREE)
+
+
+@pytest.fixture(scope="module")
+def xd(tmp_path_factory):
+    return synthetic.xd_violence_tree(tmp_path_factory.mktemp("xd") / "XD", **TREE)
+
+
+def test_ucf_crime_step_by_step(model, ucf, tmp_path):
+    """Training anomalies are labelled by their class folder: hunting finds both classes
+    (annotations alone would make every training video normal)."""
+    data = ["--dataset", "ucf_crime", "--root", ucf]
+    stores = [tmp_path / "p1", tmp_path / "p2"]
+    run = cli(
+        "extract", "--model", model, *data, "--split", "train",
+        "--prompt", PROMPTS[0], "--out", stores[0], "--prompt", PROMPTS[1], "--out", stores[1],
+        "--quiet",
+    )  # fmt: skip
+    assert "16 videos written" in run.stdout
+    labels = {v["video_id"]: v["label"] for v in _stored_meta(stores[0])}
+    assert sum(labels.values()) == 8 and all("Normal" in v for v, y in labels.items() if y == 0)
+    annotations = ucf / "Temporal_Anomaly_Annotation_for_Testing_Videos.txt"
+    # Not annotated, but labelled when extracted: the stored labels hold.
+    cli("hunt", *stores, "--k", 3, "--annotations", annotations, "--out", tmp_path / "h0.json")
+    cli("hunt", *stores, "--k", 3, *data, "--out", tmp_path / "heads.json")
+    run = cli(
+        "fit", "--store", stores[0], "--heads", tmp_path / "heads.json", *data,
+        "--holdout", 0.4, "--out", tmp_path / "detector",
+    )  # fmt: skip
+    assert "held out 6 videos" in run.stdout and "held-out videos" in run.stdout
+    run = cli(
+        "evaluate", "--detector", tmp_path / "detector", "--model", model, *data,
+        "--out", tmp_path / "report.json", "--per-video", tmp_path / "per_video.json", "--quiet",
+    )  # fmt: skip
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["num_videos"] == 8 and report["auc"] > 0.7, report
+    assert set(report["video_level"]) == {"max", "mean", "p90"}
+    per_video = json.loads((tmp_path / "per_video.json").read_text())
+    assert len(per_video) == 8 and sum(v["is_anomaly_video"] for v in per_video) == 4
+
+
+def test_unlabelled_videos_are_an_error_not_normal(model, ucf, tmp_path):
+    videos = sorted((ucf / "Videos" / "Burglary").glob("*.mp4"))
+    stores = [tmp_path / "p1", tmp_path / "p2"]
+    cli(
+        "extract", "--model", model, "--videos", *videos,
+        "--prompt", PROMPTS[0], "--out", stores[0], "--prompt", PROMPTS[1], "--out", stores[1],
+        "--quiet",
+    )  # fmt: skip
+    annotations = ucf / "Temporal_Anomaly_Annotation_for_Testing_Videos.txt"
+    run = cli("hunt", *stores, "--annotations", annotations, "--out", tmp_path / "h", check=False)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "has no label" in run.stderr and "Burglary001_x264.mp4" in run.stderr
+
+
+def test_reproduce_on_xd_violence_twice(model, xd, prompts, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "reproduce", "xd_violence", "--root", xd, "--model", model, "--out", out,
+        "--prompts", prompts, "--calibration-fraction", 0.5, "--k", 3,
+    ]  # fmt: skip
+    first = cli(*args, "--quiet")
+    report = json.loads((out / "report.json").read_text())
+    assert report["videos"] == {"calibration": 8, "validation": 6, "test": 8}
+    frame = report["frame_level"]
+    assert frame["num_videos"] == 8 and frame["roc_auc"] > 0.7, frame
+    assert report["prompts"] == PROMPTS and len(report["expert_heads"]) == 3
+    assert (
+        report["training"]["clip"] == "video"
+        and "validation" in report["training"]["calibrated_on"]
+    )
+    assert "frame-level ROC AUC" in first.stdout
+    stores = sorted((out / "features").rglob("*.npz"))
+    written = {p: p.stat().st_mtime_ns for p in stores}
+    second = cli(*args)
+    assert second.stderr.count("already done") == 5, second.stderr
+    assert {p: p.stat().st_mtime_ns for p in sorted((out / "features").rglob("*.npz"))} == written
+    again = json.loads((out / "report.json").read_text())
+    assert again["frame_level"] == frame and all(s["reused"] for s in again["stages"].values())
+    run = cli(*args[:-2], "--k", 4, check=False)
+    assert run.returncode == 1 and "other settings" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_reproduce_on_ucf_crime(model, ucf, prompts, tmp_path):
+    out = tmp_path / "run"
+    cli(
+        "reproduce", "ucf_crime", "--root", ucf, "--model", model, "--out", out,
+        "--prompts", prompts, "--calibration-fraction", 0.5, "--k", 3, "--quiet",
+    )  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["frame_level"]["roc_auc"] > 0.7, report["frame_level"]
+    splits = json.loads((out / "splits.json").read_text())
+    assert not set(splits["calibration"]) & set(splits["validation"])
+    assert all("Testing" in v or "Videos/" in v for v in splits["test"])
+
+
+def _stored_meta(store):
+    import numpy as np
+
+    return [json.loads(str(np.load(p)["meta"])) for p in sorted(Path(store).glob("*.npz"))]

@@ -64,7 +64,8 @@ def _dtype(dtype: str) -> str:
 def _video_list(items) -> tuple[list[Path], Path | None]:
     """Video paths from directories, list files (one path a line) or video files; the root that
     ids are relative to when a single directory is given."""
-    from headhunt_jax.extract import VIDEO_EXTENSIONS, list_videos
+    from headhunt_jax.extract import list_videos
+    from headhunt_jax.video import VIDEO_EXTENSIONS
 
     videos, root = [], None
     for item in map(Path, items):
@@ -90,7 +91,7 @@ def _video_list(items) -> tuple[list[Path], Path | None]:
 
 def _xd_labels(videos, root):
     """Video labels from XD-Violence names (``label_A`` normal), when every name carries one."""
-    from headhunt_jax.evaluation import xd_violence_label
+    from headhunt_jax.annotations import xd_violence_label
     from headhunt_jax.extract import video_ids
 
     ids = video_ids(videos, root)
@@ -254,7 +255,7 @@ def _fit(args):
         )
     print(
         f"detector ({args.scorer} scorer on {training['videos']} videos, {training['rows']} rows; "
-        f"sigma {detector.sigma}, tau {detector.tau} from the {training['calibrated_on']}) "
+        f"sigma {detector.sigma:g}, tau {detector.tau:g} from the {training['calibrated_on']}) "
         f"-> {args.out}"
     )
 

@@ -51,7 +51,7 @@ a test video with no annotation line (UCF-Crime: every test video; XD-Violence: 
 one); an annotation that contradicts the video's label (a normal video with events, an anomaly
 annotated as Normal); a name that matches several videos; a video in both split lists; an
 XD-Violence name without a label; an empty split. Malformed annotation lines raise
-:class:`~headhunt_jax.evaluation.AnnotationError` (file and line). Warnings, in
+:class:`~headhunt_jax.annotations.AnnotationError` (file and line). Warnings, in
 ``DatasetListing.warnings``, report what is left out or odd but does not change a test video's
 ground truth: videos on disk in neither split list, duplicate copies left out, an annotated video
 the test list does not name, an anomalous test video annotated with no event, a class name in the
@@ -72,13 +72,13 @@ from typing import Literal
 
 import numpy as np
 
-from headhunt_jax.evaluation import (
-    VIDEO_EXTENSIONS,
+from headhunt_jax.annotations import (
     parse_ucf_crime_annotations,
     parse_xd_violence_annotations,
     video_key,
     xd_violence_label,
 )
+from headhunt_jax.video import VIDEO_EXTENSIONS
 
 Split = Literal["train", "test", "all"]
 SPLITS = ("train", "test")

@@ -1,5 +1,5 @@
 """A detector bundle: expert heads, scorer, locator parameters, the backbone's name and the
-prompt, saved and loaded as one orbax checkpoint."""
+prompt, saved and loaded as one orbax checkpoint. (Scoring with it: ``pipeline.detector_scores``.)"""
 
 import dataclasses
 import importlib.resources
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from headhunt_jax.bundle import read_bundle, write_bundle
 from headhunt_jax.hunt import check_heads
-from headhunt_jax.locator import localize
-from headhunt_jax.scorer import KINDS, Scorer, _read_checkpoint, _write_checkpoint, score
+from headhunt_jax.locator import DEFAULT_SIGMA, DEFAULT_TAU
+from headhunt_jax.scorer import KINDS, Scorer
 
 PUBLISHED_DIR = Path(str(importlib.resources.files("headhunt_jax.checkpoints")))
 
@@ -32,8 +33,8 @@ class Detector:
 
     expert_heads: np.ndarray
     scorer: Scorer
-    sigma: float = 1.5
-    tau: float = 0.65
+    sigma: float = DEFAULT_SIGMA
+    tau: float = DEFAULT_TAU
     backbone: str = ""
     prompt: str = ""
     backbone_fingerprint: str = ""
@@ -53,28 +54,6 @@ class Detector:
         if not self.sigma > 0:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
 
-    def expert_features(self, head_features):
-        """[N, L, H, D] features of all heads -> [N, K * D], the experts' concatenated."""
-        head_features = np.asarray(head_features)
-        if head_features.ndim != 4:
-            raise ValueError(f"head_features must be [N, L, H, D], got {head_features.shape}")
-        check_heads(self.expert_heads, head_features.shape[1:3])
-        if len(self.expert_heads) * head_features.shape[3] != self.scorer.feature_dim:
-            raise ValueError(
-                f"{len(self.expert_heads)} heads of dimension {head_features.shape[3]} do not "
-                f"make the scorer's {self.scorer.feature_dim} features"
-            )
-        experts = head_features[:, self.expert_heads[:, 0], self.expert_heads[:, 1]]
-        return experts.reshape(head_features.shape[0], -1)
-
-    def segment_scores(self, head_features):
-        """Anomaly probabilities [N] of N segments from their head features [N, L, H, D]."""
-        return np.asarray(score(self.scorer, self.expert_features(head_features)))
-
-    def events(self, segment_scores):
-        """Anomalous events [(start, end), ...] (segment indices, end exclusive) of one video."""
-        return localize(segment_scores, self.sigma, self.tau)
-
     def save(self, path, *, overwrite=False):
         """Write the bundle as one orbax checkpoint directory."""
         arrays = {"expert_heads": self.expert_heads, "scorer": self.scorer.params}
@@ -88,12 +67,12 @@ class Detector:
             "dtype": self.dtype,
             "training": self.training,
         }
-        _write_checkpoint(path, arrays, meta, overwrite)
+        write_bundle(path, arrays, meta, overwrite)
 
     @classmethod
     def load(cls, path):
         """Read a bundle written by save."""
-        arrays, meta = _read_checkpoint(path)
+        arrays, meta = read_bundle(path)
         return cls(
             expert_heads=np.asarray(arrays["expert_heads"]),
             scorer=Scorer(meta["scorer_kind"], arrays["scorer"]),

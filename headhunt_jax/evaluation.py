@@ -1,6 +1,6 @@
 """Evaluation: frame-level ROC AUC, AP and max F1 of a dataset (segment scores spread to
-frames), per-video frame figures, video-level binary metrics, and the temporal annotation files of
-UCF-Crime and XD-Violence. Every metric is scikit-learn's definition, computed without it.
+frames), per-video frame figures, video-level binary metrics. Every metric is scikit-learn's
+definition, computed without it. (The annotation files: :mod:`headhunt_jax.annotations`.)
 
 Frame labels follow the original evaluator: an annotated event (start, end) marks frames
 [start, end), clipped to the video. Frame f takes the score of the segment covering it. With the
@@ -14,96 +14,12 @@ through a sigmoid: monotone, so AUC, AP and max F1 are the same, but its max-F1 
 per-video mean and max scores are on the sigmoid's scale.)
 """
 
-import re
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from headhunt_jax.locator import smooth
-
-SEGMENT_FRAMES = 48
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".wmv", ".mpg", ".mpeg")
-
-
-class AnnotationError(ValueError):
-    """A malformed line in an annotation file; the message names the file and the line."""
-
-    def __init__(self, path, line_number, line, reason):
-        super().__init__(f"{path}:{line_number}: {reason}: {line.strip()!r}")
-
-
-def video_key(name):
-    """The name a video is known by in annotations: a known video extension stripped.
-
-    Only a video extension is removed: XD-Violence names contain dots ("A.Beautiful.Mind.2001__...").
-    """
-    name = Path(str(name)).name
-    stem, dot, extension = name.rpartition(".")
-    return stem if dot and f".{extension.lower()}" in VIDEO_EXTENSIONS else name
-
-
-def xd_violence_label(name):
-    """1 (anomaly) or 0 (normal) from an XD-Violence file name: `label_A` is normal."""
-    match = re.search(r"label_([^._\s]+)", video_key(name))
-    if match is None:
-        raise ValueError(f"no XD-Violence label (label_...) in the video name {name!r}")
-    return int(match.group(1) != "A")
-
-
-def _frame_pairs(path, line_number, line, fields):
-    """Events from an even number of integer fields, pairs of -1 meaning none."""
-    try:
-        frames = [int(f) for f in fields]
-    except ValueError:
-        raise AnnotationError(path, line_number, line, "frame numbers must be integers") from None
-    if not frames or len(frames) % 2:
-        raise AnnotationError(path, line_number, line, "frames must come in (start, end) pairs")
-    events = []
-    for start, end in zip(frames[::2], frames[1::2], strict=True):
-        if start == end == -1:
-            continue
-        if start < 0 or end < 0:
-            raise AnnotationError(path, line_number, line, "a frame number is negative")
-        if start > end:
-            raise AnnotationError(path, line_number, line, "an event ends before it starts")
-        events.append((start, end))
-    return events
-
-
-def _parse(path, min_fields, frame_fields_from, what):
-    path = Path(path)
-    annotations = {}
-    with open(path) as lines:
-        for line_number, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < min_fields:
-                raise AnnotationError(path, line_number, line, f"expected {what}")
-            name = video_key(fields[0])
-            if name in annotations:
-                raise AnnotationError(path, line_number, line, f"{name} is annotated twice")
-            fields = fields[frame_fields_from:]
-            annotations[name] = _frame_pairs(path, line_number, line, fields)
-    return annotations
-
-
-def parse_ucf_crime_annotations(path):
-    """UCF-Crime's Temporal_Anomaly_Annotation file: `name.mp4 Class start end start end`.
-
-    Returns {video key: [(start, end), ...]}; -1 -1 marks no event (normal videos: none at all).
-    """
-    return _parse(path, 4, 2, "`name Class start end [start end ...]`")
-
-
-def parse_xd_violence_annotations(path):
-    """XD-Violence's annotations.txt: `name start end [start end ...]`, anomalous videos only.
-
-    Returns {video key: [(start, end), ...]}; videos absent from the file have no event.
-    """
-    return _parse(path, 3, 1, "`name start end [start end ...]`")
+from headhunt_jax.video import SEGMENT_LENGTH as SEGMENT_FRAMES
 
 
 def frame_scores(segment_scores, num_frames, segment_frames=SEGMENT_FRAMES):

@@ -26,8 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone, head_features
-from headhunt_jax.evaluation import VIDEO_EXTENSIONS
-from headhunt_jax.hunt import check_heads
+from headhunt_jax.hunt import check_heads, gather_heads
 from headhunt_jax.models.internvl import InternVLConfig
 from headhunt_jax.prefix import head_features_prompts
 from headhunt_jax.prompt import build_prompt_ids, load_tokenizer
@@ -36,6 +35,7 @@ from headhunt_jax.video import (
     CLIPS,
     FRAMES_PER_SEGMENT,
     SEGMENT_LENGTH,
+    VIDEO_EXTENSIONS,
     VideoError,
     VideoMetadata,
     VideoReader,
@@ -111,13 +111,10 @@ def video_ids(paths: Sequence[str | Path], root: str | Path | None = None) -> li
     return list(ids)
 
 
-def expert_layers(heads) -> tuple[tuple[int, ...], tuple[np.ndarray, np.ndarray]]:
-    """For expert heads int [K, 2] of (layer, head): the sorted distinct layers to compute, and
-    the (position in those layers, head) index pair that gathers the experts, in the given order,
-    from features [..., len(layers), heads, head_dim]."""
-    heads = np.asarray(heads, np.int64).reshape(-1, 2)
-    layers = tuple(sorted({int(layer) for layer in heads[:, 0]}))
-    return layers, (np.searchsorted(layers, heads[:, 0]), heads[:, 1])
+def expert_layers(heads) -> tuple[int, ...]:
+    """The sorted distinct layers of expert heads int [K, 2] of (layer, head): the layers to
+    compute."""
+    return tuple(sorted({int(layer) for layer in np.asarray(heads).reshape(-1, 2)[:, 0]}))
 
 
 def store_spec(
@@ -136,7 +133,7 @@ def store_spec(
     else:
         checked = check_heads(heads, (bb.num_layers, bb.num_heads), "the backbone")
         pairs = tuple(map(tuple, checked.tolist()))
-        layers = expert_layers(pairs)[0]
+        layers = expert_layers(pairs)
         shape = (len(pairs), bb.head_dim)
     return StoreSpec(
         backbone=bb.name,
@@ -326,10 +323,7 @@ def extract_features(
         for p in prompts
     ]
     stores = [FeatureStore.create(d, spec) for d, spec in zip(out_dirs, specs, strict=True)]
-    if heads is None:
-        layers, pick = specs[0].layers, None
-    else:
-        layers, pick = expert_layers(specs[0].heads)
+    layers = specs[0].layers
 
     stored = {v for v in ids if all(v in store for store in stores)}
     todo = [(v, p) for v, p in zip(ids, paths, strict=True) if v not in stored]
@@ -357,8 +351,8 @@ def extract_features(
                 else:
                     feats = head_features_prompts(bb, input_ids, batch.pixels, layers=layers)
                 feats = np.asarray(feats)  # [prompts, batch, layers, heads, head_dim]
-                if pick is not None:
-                    feats = feats[:, :, pick[0], pick[1]]
+                if heads is not None:
+                    feats = gather_heads(feats, specs[0].heads, layers)
                 for i, row in enumerate(batch.rows):
                     pending[row.video].append((row, feats[:, i]))
                 segments += len(batch.rows)

@@ -516,3 +516,22 @@ def check_heads(heads, shape: tuple[int, int] | None = None, where: str = "") ->
     if len(set(listed)) != len(listed):
         raise ValueError(f"heads must be distinct, got {listed}")
     return pairs.astype(np.int32)
+
+
+def gather_heads(features, heads, layers=None) -> np.ndarray:
+    """The expert heads' features, in the order of ``heads``: [..., L', H, D] -> [..., K, D].
+
+    ``heads``: int [K, 2] of (layer, head); ``layers``: the layers that the features' axis -3
+    holds, in order (default: 0 .. L'-1, every layer). The one place heads are picked from
+    features (extraction, stores, scoring)."""
+    features = np.asarray(features)
+    layers = tuple(range(features.shape[-3])) if layers is None else tuple(map(int, layers))
+    row = {layer: i for i, layer in enumerate(layers)}
+    heads = check_heads(heads)
+    absent = sorted({int(layer) for layer in heads[:, 0]} - set(row))
+    if absent or heads[:, 1].max() >= features.shape[-2]:
+        raise ValueError(
+            f"heads {heads.tolist()} are not all in features of layers {list(layers)} x "
+            f"{features.shape[-2]} heads"
+        )
+    return features[..., [row[int(layer)] for layer in heads[:, 0]], heads[:, 1], :]

@@ -52,7 +52,8 @@ def _smooth_flat(flat, video, kernels):
     return sum(kernels[video, k] * flat[k : k + positions] for k in range(taps))
 
 
-def _next_power_of_two(n):
+def next_power_of_two(n):
+    """The least power of two >= n (1 for n <= 1): padded lengths share compilations."""
     return 1 << max(0, int(n) - 1).bit_length()
 
 
@@ -81,15 +82,15 @@ def smooth(scores, sigma):
     length = scores.shape[0]
     if length <= 1:
         return jnp.asarray(scores)
-    half = _next_power_of_two(kernel_half_width(sigma, length))
-    positions = _next_power_of_two(length)
+    half = next_power_of_two(kernel_half_width(sigma, length))
+    positions = next_power_of_two(length)
     flat = np.zeros(positions + 2 * half, np.float32)
     flat[half : half + length] = scores
     kernel = _kernel(sigma, length, half).astype(np.float32)[None]
     return _smooth_flat(flat, np.zeros(positions, np.int32), kernel)[:length]
 
 
-def localize(scores, sigma=1.5, threshold=0.65):
+def localize(scores, sigma=DEFAULT_SIGMA, threshold=DEFAULT_TAU):
     """Anomalous events of one video: runs of segments whose smoothed score exceeds the threshold.
 
     Args:
@@ -131,7 +132,7 @@ def calibrate(val_scores, val_labels):
     (TAU_GRID) are predicted anomalous, and F1 is taken over the segments of all videos together.
     All 891 grid points are counted in one jit-compiled call; F1 is then compared exactly (as
     fractions), and the first maximum in sigma-major order wins, as in the original. If no grid
-    point reaches F1 > 0 the original's defaults (1.5, 0.65) are returned.
+    point reaches F1 > 0 the original's defaults (DEFAULT_SIGMA, DEFAULT_TAU) are returned.
 
     Args:
       val_scores: sequence of [T_v] segment scores, one per video.

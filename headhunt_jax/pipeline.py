@@ -14,21 +14,29 @@ from pathlib import Path
 
 import numpy as np
 
+from headhunt_jax.annotations import (
+    parse_ucf_crime_annotations,
+    parse_xd_violence_annotations,
+    video_key,
+)
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.detector import Detector
 from headhunt_jax.evaluation import (
     aggregate,
     binary_metrics,
     evaluate_frames,
-    parse_ucf_crime_annotations,
-    parse_xd_violence_annotations,
     per_video_frame_metrics,
-    video_key,
     video_level_metrics,
 )
 from headhunt_jax.extract import Failure, extract_features
-from headhunt_jax.hunt import check_heads, robust_saliency, saliency, top_k_heads
-from headhunt_jax.locator import calibrate, localize, smooth
+from headhunt_jax.hunt import (
+    check_heads,
+    gather_heads,
+    robust_saliency,
+    saliency,
+    top_k_heads,
+)
+from headhunt_jax.locator import calibrate, localize, next_power_of_two, smooth
 from headhunt_jax.scorer import fit_scorer, score
 from headhunt_jax.store import FeatureStore, VideoFeatures
 
@@ -182,8 +190,9 @@ def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray
     """[S, K * D]: the experts' features of a video, from an all-head or an expert-head store."""
     spec = store.spec
     if spec.heads is None:  # every head of every layer (extract's store_spec)
-        heads = check_heads(heads, video.features.shape[1:3], str(store.path))
-        x = video.features[:, heads[:, 0], heads[:, 1]]
+        x = gather_heads(
+            video.features, check_heads(heads, video.features.shape[1:3], str(store.path))
+        )
     elif [tuple(h) for h in spec.heads] == [tuple(map(int, h)) for h in heads]:
         x = video.features
     else:
@@ -315,7 +324,7 @@ def detector_scores(detector: Detector, x) -> np.ndarray:
     """Scores [N] of features [N, F]; rows padded to a power of two so that videos of any length
     share a few compilations."""
     n = x.shape[0]
-    padded = np.zeros((1 << max(0, n - 1).bit_length(), x.shape[1]), np.float32)
+    padded = np.zeros((next_power_of_two(n), x.shape[1]), np.float32)
     padded[:n] = x
     return np.asarray(score(detector.scorer, padded))[:n]
 

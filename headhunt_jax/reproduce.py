@@ -304,7 +304,7 @@ def summary(report: dict) -> str:
         f"{report['dataset']} test, {frame['num_videos']} videos: frame-level ROC AUC "
         f"{frame['roc_auc']:.4f}, AP {frame['average_precision']:.4f}; video-level (max) ROC AUC "
         f"{_fmt(video['roc_auc'])}, F1 {video['f1']:.4f}",
-        f"expert heads {report['expert_heads']}, sigma {report['sigma']}, tau {report['tau']}",
+        f"expert heads {report['expert_heads']}, sigma {report['sigma']:g}, tau {report['tau']:g}",
         "stages: "
         + ", ".join(
             f"{n} {s['seconds']} s" + (" (reused)" if s["reused"] else "")

@@ -13,13 +13,13 @@ the convex objectives, Adam from a seeded initialisation for the MLP.
 
 import dataclasses
 import functools
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
+
+from headhunt_jax.bundle import read_bundle, write_bundle
 
 KINDS = ("logistic", "svm", "mlp")
 
@@ -209,34 +209,12 @@ def score(scorer, x):
     return _probabilities(scorer, x)
 
 
-def _write_checkpoint(path, arrays, meta, overwrite):
-    """One orbax checkpoint at path: a pytree of arrays and a JSON dict."""
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(
-            Path(path).absolute(),
-            ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
-            force=overwrite,
-        )
-
-
-def _read_checkpoint(path):
-    """(arrays, meta) written by _write_checkpoint."""
-    path = Path(path).absolute()
-    if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        restored = checkpointer.restore(
-            path, ocp.args.Composite(arrays=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-        )
-    return restored.arrays, restored.meta
-
-
 def save_scorer(path, scorer, *, overwrite=False):
     """Save a Scorer as an orbax checkpoint directory."""
-    _write_checkpoint(path, scorer.params, {"kind": scorer.kind}, overwrite)
+    write_bundle(path, scorer.params, {"kind": scorer.kind}, overwrite)
 
 
 def load_scorer(path):
     """Load a Scorer saved by save_scorer."""
-    params, meta = _read_checkpoint(path)
+    params, meta = read_bundle(path)
     return Scorer(meta["kind"], params)

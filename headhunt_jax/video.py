@@ -40,6 +40,7 @@ IMAGE_SIZE = 448
 FRAMES_PER_SEGMENT = 16
 SEGMENT_LENGTH = 48
 FALLBACK_FPS = 30.0
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".wmv", ".mpg", ".mpeg")
 CLIPS = ("segment", "video")
 
 # A whole-video clip's frames depend on the frame count, known only after decoding. While decoding,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from headhunt_jax.evaluation import parse_ucf_crime_annotations, parse_xd_violence_annotations
+from headhunt_jax.annotations import parse_ucf_crime_annotations, parse_xd_violence_annotations
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 UCF = DATA / "ucf_crime"

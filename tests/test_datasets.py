@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from headhunt_jax.annotations import AnnotationError
 from headhunt_jax.datasets import (
     DatasetError,
     SplitNotFoundError,
@@ -17,7 +18,6 @@ from headhunt_jax.datasets import (
     ucf_crime,
     xd_violence,
 )
-from headhunt_jax.evaluation import AnnotationError
 from headhunt_jax.synthetic import write_mp4
 from headhunt_jax.video import segment_frame_indices
 

@@ -1,10 +1,12 @@
-"""Detector bundle: expert features, scoring, events, one orbax checkpoint, published heads."""
+"""Detector bundle: expert features, scoring, one orbax checkpoint, published heads."""
 
 import numpy as np
 import pytest
 
 import headhunt_jax as hh
+from headhunt_jax import pipeline
 from headhunt_jax.detector import Detector, published_experts
+from headhunt_jax.hunt import gather_heads
 from headhunt_jax.scorer import Scorer
 
 L, H, D = 4, 3, 8
@@ -26,21 +28,29 @@ def trained_detector():
     return Detector(HEADS, scorer, sigma=1.0, tau=0.6, backbone="tiny", prompt="Anything odd?")
 
 
-def test_expert_features_concatenate_the_heads_in_order():
-    detector = trained_detector()
+def scores(detector, features):
+    experts = gather_heads(features, detector.expert_heads)
+    return pipeline.detector_scores(detector, experts.reshape(len(features), -1))
+
+
+def test_gather_heads_keeps_their_order():
     features, _ = head_features(5, seed=1)
-    expected = np.concatenate([features[:, layer, head] for layer, head in HEADS], axis=1)
-    np.testing.assert_array_equal(detector.expert_features(features), expected)
+    expected = np.stack([features[:, layer, head] for layer, head in HEADS], axis=1)
+    np.testing.assert_array_equal(gather_heads(features, HEADS), expected)
+    # Features of some layers only (an expert-head extraction computes those).
+    layers = (0, 2, 3)
+    np.testing.assert_array_equal(gather_heads(features[:, layers], HEADS, layers), expected)
+    with pytest.raises(ValueError, match=r"not all in features of layers \[0, 2\]"):
+        gather_heads(features[:, [0, 2]], HEADS, (0, 2))
 
 
 def test_segment_scores_and_events():
     detector = trained_detector()
     features, _ = head_features(12, seed=2)
-    scores = detector.segment_scores(features)
-    np.testing.assert_array_equal(
-        scores, hh.score(detector.scorer, detector.expert_features(features))
+    experts = gather_heads(features, HEADS).reshape(12, -1)
+    np.testing.assert_allclose(
+        scores(detector, features), hh.score(detector.scorer, experts), rtol=1e-6
     )
-    assert detector.events(scores) == hh.localize(scores, 1.0, 0.6)
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -56,9 +66,7 @@ def test_save_and_load_round_trip(tmp_path):
     )
     assert loaded.scorer.kind == "logistic"
     features, _ = head_features(7, seed=3)
-    np.testing.assert_array_equal(
-        loaded.segment_scores(features), detector.segment_scores(features)
-    )
+    np.testing.assert_array_equal(scores(loaded, features), scores(detector, features))
     with pytest.raises(ValueError, match="exists"):
         detector.save(tmp_path / "detector")
     with pytest.raises(FileNotFoundError):
@@ -88,7 +96,5 @@ def test_bad_bundles_are_rejected():
     with pytest.raises(ValueError, match="sigma"):
         Detector(HEADS, scorer, sigma=0.0)
     detector = Detector(HEADS, scorer)
-    with pytest.raises(ValueError, match=r"are not in the features \(3 layers x 3 heads\)"):
-        detector.expert_features(np.zeros((2, 3, 3, D)))
-    with pytest.raises(ValueError, match="do not make"):
-        detector.expert_features(np.zeros((2, L, H, D + 1)))
+    with pytest.raises(ValueError, match="the scorer was trained on 24"):
+        scores(detector, np.zeros((2, L, H, D + 1), np.float32))

@@ -15,8 +15,14 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from headhunt_jax.evaluation import (
+from headhunt_jax.annotations import (
     AnnotationError,
+    parse_ucf_crime_annotations,
+    parse_xd_violence_annotations,
+    video_key,
+    xd_violence_label,
+)
+from headhunt_jax.evaluation import (
     aggregate,
     best_threshold,
     binary_metrics,
@@ -25,13 +31,9 @@ from headhunt_jax.evaluation import (
     frame_scores,
     frame_scores_from_spans,
     max_f1,
-    parse_ucf_crime_annotations,
-    parse_xd_violence_annotations,
     per_video_frame_metrics,
     ranking_metrics,
-    video_key,
     video_level_metrics,
-    xd_violence_label,
 )
 
 

@@ -76,9 +76,31 @@ class Backbone:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the architecture (the config): the same for a model under any name."""
-        text = json.dumps(dataclasses.asdict(self.config), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """``fingerprint(self.config)``: the same for a model under any name or path."""
+        return fingerprint(self.config)
+
+
+def fingerprint(config) -> str:
+    """A short hash of an architecture, version 1 (the same since 0.1.0).
+
+    The sha256 of the config's fields as sorted JSON. A field added to a config after 0.1.0 is
+    declared with ``metadata={"added": True}`` and counts only where it differs from its default,
+    so that a new field keeps every existing fingerprint (and the stores and detectors that
+    record one) valid."""
+    text = json.dumps(_canonical(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _canonical(value):
+    if dataclasses.is_dataclass(value):
+        return {
+            f.name: _canonical(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (f.metadata.get("added") and getattr(value, f.name) == f.default)
+        }
+    if isinstance(value, tuple | list):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def _dtype(dtype) -> Any:

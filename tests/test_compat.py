@@ -5,7 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
+from headhunt_jax import pipeline
+from headhunt_jax.backbone import fingerprint, preset
 from headhunt_jax.detector import Detector
+from headhunt_jax.hunt import gather_heads
 from headhunt_jax.store import FeatureStore
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0_1_0"
@@ -24,6 +27,20 @@ def test_detector_of_0_1_0_scores_as_it_did():
     detector = Detector.load(FIXTURES / "detector")
     check = np.load(FIXTURES / "detector_check.npz")
     assert (detector.sigma, detector.tau) == (2.0, 0.4)
-    np.testing.assert_allclose(
-        detector.segment_scores(check["features"]), check["scores"], rtol=1e-6
-    )
+    experts = gather_heads(check["features"], detector.expert_heads)
+    scores = pipeline.detector_scores(detector, experts.reshape(len(experts), -1))
+    np.testing.assert_allclose(scores, check["scores"], rtol=1e-6)
+
+
+# Backbone fingerprints as 0.1.0 computed them (stores and detectors record them).
+FINGERPRINTS_0_1_0 = {
+    "InternVL3-1B": "4694617203437e19",
+    "InternVL3-2B": "34d647d76972e1d7",
+    "InternVL3-8B": "4f6203cdb6dd81b6",
+    "InternVL3-14B": "666af040808ac8af",
+}
+
+
+def test_fingerprints_of_0_1_0_architectures_are_unchanged():
+    assert {name: fingerprint(preset(name)) for name in FINGERPRINTS_0_1_0} == FINGERPRINTS_0_1_0
+    assert fingerprint(preset("InternVL3-1B").text) == "485229855744587b"

@@ -133,13 +133,16 @@ def make_model(cfg, dtype=jnp.float32, attention: str = "auto") -> nn.Module:
 
 
 def config_from_hf(cfg: dict):
-    """Our config for a HF ``config.json`` dict (internvl, qwen2 or llama)."""
+    """Our config for a HF ``config.json`` dict (internvl, qwen2, qwen3 or llama)."""
+    from headhunt_jax.models.decoder import SUPPORTED_TEXT
+
     model_type = cfg.get("model_type")
     if model_type == "internvl":
         return InternVLConfig.from_hf(cfg)
-    if model_type in ("qwen2", "llama"):
+    if model_type in SUPPORTED_TEXT:
         return DecoderConfig.from_hf(cfg)
-    raise ValueError(f"unsupported model_type {model_type!r} (supported: internvl, qwen2, llama)")
+    supported = ", ".join(("internvl", *SUPPORTED_TEXT))
+    raise ValueError(f"unsupported model_type {model_type!r} (supported: {supported})")
 
 
 def preset(name: str) -> InternVLConfig:

@@ -133,6 +133,11 @@ _TABLE: list[tuple[str, str, Callable | None]] = [
         _LM + r"/layers_\1/attn/o_proj/kernel",
         _heads_out,
     ),
+    (  # Qwen3's per-head q/k RMSNorms, [head_dim]
+        r"lm\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight",
+        _LM + r"/layers_\1/attn/\2_norm/scale",
+        None,
+    ),
     (
         r"lm\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight",
         _LM + r"/layers_\1/mlp/\2_proj/kernel",

@@ -26,6 +26,8 @@ def tiny_text_config(family="qwen2", **kw):
     base.update(kw)
     if family == "qwen2":
         return transformers.Qwen2Config(**base)
+    if family == "qwen3":
+        return transformers.Qwen3Config(**base)
     return transformers.LlamaConfig(**base)
 
 
@@ -50,13 +52,16 @@ def tiny_internvl_config(norm_type="layer_norm", use_qk_norm=False, text=None, i
 
 
 def build(config, seed=0):
-    """A model from config with all parameters random (incl. norms and layer scales)."""
+    """A model from config with all parameters random (incl. norms, Qwen3's q/k norms and layer
+    scales)."""
     torch.manual_seed(seed)
     config._attn_implementation = "eager"
     if isinstance(config, transformers.InternVLConfig):
         model = transformers.InternVLForConditionalGeneration(config)
     elif isinstance(config, transformers.LlamaConfig):
         model = transformers.LlamaForCausalLM(config)
+    elif isinstance(config, transformers.Qwen3Config):
+        model = transformers.Qwen3ForCausalLM(config)
     else:
         model = transformers.Qwen2ForCausalLM(config)
     with torch.no_grad():
@@ -104,6 +109,14 @@ def reference_head_features(model, input_ids, pixel_values=None):
     heads = cfg.num_attention_heads
     feats = torch.stack([captured[i] for i in range(len(layers))], 1)
     return feats.reshape(feats.shape[0], len(layers), heads, -1).numpy(), logits
+
+
+def tiny_internvl35_config(**kw):
+    """InternVL3.5's layout: a Qwen3 text config (GQA, head_dim 24 != 64 / 4, q/k norms) and, as
+    the released checkpoints have it, an untied head; ``kw`` go to ``tiny_internvl_config``."""
+    text = tiny_text_config("qwen3", head_dim=24).to_dict()
+    kw.setdefault("tie_word_embeddings", False)
+    return tiny_internvl_config(text=text, **kw)
 
 
 def random_ids(rng, batch, length, vocab=IMAGE_TOKEN):

@@ -4,6 +4,7 @@ Each model is random, saved with ``save_pretrained`` and loaded by ``hh.load_bac
 measure: max |jax - torch| / max |torch| over the whole output (float32, eager attention).
 """
 
+import dataclasses
 import json
 
 import jax
@@ -182,6 +183,113 @@ def test_converted_checkpoint_round_trip(tmp_path, internvl, rng):
     )
 
 
+# --- Qwen3 and InternVL3.5 ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_qwen3_parity(tmp_path, rng, tie):
+    """Qwen3ForCausalLM: per-head q/k RMSNorm before RoPE, GQA, head_dim 24 != 64 / 4, no bias;
+    tied as Qwen3-0.6B, untied as Qwen3-8B."""
+    cfg = hf.tiny_text_config(
+        "qwen3",
+        head_dim=24,
+        tie_word_embeddings=tie,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+    )
+    bb = check_parity(tmp_path, hf.build(cfg), hf.random_ids(rng, 3, 13))
+    text = bb.text_config
+    assert text.qk_norm and not text.attention_bias and text.head_dim == 24
+    assert text.tie_word_embeddings == tie
+    assert bb.params["language_model"]["layers_0"]["attn"]["q_norm"]["scale"].shape == (24,)
+
+
+@pytest.fixture(scope="module")
+def internvl35(tmp_path_factory):
+    model = hf.build(hf.tiny_internvl35_config(), seed=2)
+    path = hf.save(model, tmp_path_factory.mktemp("internvl35") / "ckpt")
+    return model, path
+
+
+def test_internvl35_parity(tmp_path, rng):
+    """InternVL3.5: InternVL whose text_config is a Qwen3 config; images, batch 2."""
+    model = hf.build(hf.tiny_internvl35_config(), seed=2)
+    ids, n_images = hf.multimodal_ids(rng, batch=2, images_per_sample=3, tokens_per_image=4)
+    pixels = rng.standard_normal((n_images, 3, 56, 56)).astype(np.float32)
+    bb = check_parity(tmp_path, model, ids, pixels)
+    assert bb.text_config.qk_norm and bb.text_config.head_dim == 24
+    assert not bb.text_config.tie_word_embeddings
+
+
+def test_internvl35_layers_subset(internvl35, rng):
+    model, path = internvl35
+    ids, pixels = multimodal_batch(rng)
+    want, _ = hf.reference_head_features(model, ids, pixels)
+    got = hh.head_features(hh.load_backbone(path), ids, pixels, layers=[1])
+    assert rel_err(got, want[:, [1]]) <= TOL
+
+
+def test_internvl35_converted_round_trip(tmp_path, internvl35, rng):
+    model, path = internvl35
+    bb = hh.load_backbone(path)
+    out = backbone.save_converted(bb, tmp_path / "converted")
+    restored = hh.load_backbone(out)
+    assert restored.model == bb.model and restored.text_config.qk_norm
+    assert restored.fingerprint == bb.fingerprint
+    ids, pixels = multimodal_batch(rng)
+    got = hh.head_features(restored, ids, pixels)
+    np.testing.assert_array_equal(got, hh.head_features(bb, ids, pixels))
+    assert rel_err(got, hf.reference_head_features(model, ids, pixels)[0]) <= TOL
+
+
+def test_internvl35_presets():
+    """Shapes of the released checkpoints: InternVL3_5-1B-HF stores 1,060,897,792 parameters
+    (304,012,288 vision, 5,253,120 projector, 751,632,384 language, its head untied); Qwen3-8B
+    has 8,190,735,360."""
+
+    def count(cfg):
+        shapes = backbone.param_shapes(backbone.make_model(cfg))
+        total = {}
+        for key, shape in shapes.items():
+            part = key.split("/")[0]
+            total[part] = total.get(part, 0) + int(np.prod(shape))
+        return total
+
+    small, large = backbone.preset("InternVL3.5-1B"), backbone.preset("InternVL3.5-8B")
+    assert count(small) == {
+        "vision": 304_012_288,
+        "projector": 5_253_120,
+        "language_model": 751_632_384,
+    }
+    assert count(large)["language_model"] == 8_190_735_360
+    for cfg in (small, large):
+        assert cfg.image_token_id == 151671 and cfg.downsample_ratio == 0.5
+        assert cfg.text.qk_norm and cfg.text.head_dim == 128 and cfg.text.vocab_size == 151936
+    # qk_norm counts in the fingerprint when set (test_compat: at its default, it changes none)
+    assert backbone.fingerprint(small.text) != backbone.fingerprint(
+        dataclasses.replace(small.text, qk_norm=False)
+    )
+
+
+def test_qwen3_config_from_hf(tmp_path):
+    """The config path: the Qwen3 class default head_dim (128) when absent, top-level rope_theta,
+    and the refusals."""
+    base = hf.tiny_text_config("qwen3", head_dim=24).to_dict()
+    cfg = dict(base, rope_theta=5000.0)
+    cfg.pop("rope_parameters")
+    cfg.pop("head_dim")
+    text = backbone.config_from_hf(cfg)
+    assert (text.head_dim, text.rope_theta, text.qk_norm) == (128, 5000.0, True)
+    with pytest.raises(ValueError, match="sliding-window"):
+        backbone.config_from_hf(dict(base, use_sliding_window=True))
+    with pytest.raises(ValueError, match="attention_bias"):
+        backbone.config_from_hf(dict(base, attention_bias=True))
+    internvl = hf.tiny_internvl35_config().to_dict()
+    assert backbone.config_from_hf(internvl).text.qk_norm
+    internvl["text_config"]["model_type"] = "gemma"
+    with pytest.raises(ValueError, match="unsupported text model_type 'gemma'.*qwen3"):
+        backbone.config_from_hf(internvl)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -195,6 +303,12 @@ def test_error_no_config(tmp_path):
 def test_error_unsupported_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="unsupported model_type 'gpt2'"):
+        hh.load_backbone(tmp_path)
+
+
+def test_error_unsupported_model_type_lists_the_supported(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match=r"supported: internvl, qwen2, qwen3, llama\)"):
         hh.load_backbone(tmp_path)
 
 

@@ -38,6 +38,31 @@ def test_prefix_reuse_equals_full_passes(internvl, layers):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.fixture(scope="module")
+def internvl35(tmp_path_factory):
+    """InternVL3.5 (Qwen3 text: q/k norms before RoPE, so the kept keys are normalised ones)."""
+    model = hf.build(hf.tiny_internvl35_config(), seed=4)
+    return model, hh.load_backbone(hf.save(model, tmp_path_factory.mktemp("m35") / "ckpt"))
+
+
+@pytest.mark.parametrize("layers", [None, [0, 2], [1]])
+def test_prefix_reuse_internvl35(internvl35, layers):
+    """Prefix reuse equals full passes, and full passes (all layers, or stopping early at the
+    deepest layer asked for) equal transformers."""
+    model, bb = internvl35
+    rng = np.random.default_rng(1)
+    ids, n_images = prompts(rng)
+    pixels = rng.standard_normal((n_images, 3, 56, 56)).astype(np.float32)
+    got = np.asarray(head_features_prompts(bb, ids, pixels, layers=layers))
+    want = np.stack([np.asarray(hh.head_features(bb, i, pixels, layers=layers)) for i in ids])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    picked = slice(None) if layers is None else layers
+    for m, prompt in enumerate(ids):
+        ref = hf.reference_head_features(model, prompt, pixels)[0][:, picked]
+        assert np.abs(want[m] - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
 def test_shared_prefix_length():
     a = np.array([[1, 2, 3, 4, 5]])
     b = np.array([[1, 2, 3, 9]])

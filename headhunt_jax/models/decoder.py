@@ -1,4 +1,5 @@
-"""Decoder-only transformer: Qwen2 / Qwen2.5 (q/k/v bias) and the Llama family (no bias).
+"""Decoder-only transformer: Qwen2 / Qwen2.5 (q/k/v bias), Qwen3 (no bias, per-head RMSNorm on
+q and k) and the Llama family (no bias).
 
 Heads are an axis: q/k/v kernels are [embed, heads, head_dim], the o kernel [heads, head_dim,
 embed]. Each layer's per-head attention output (the input of ``o_proj``) passes through a
@@ -16,6 +17,7 @@ import numpy as np
 from headhunt_jax.models.layers import Einsum, HeadOutputs, RMSNorm, attention
 
 SUPPORTED_ROPE = ("default", "linear", "llama3")
+SUPPORTED_TEXT = ("qwen2", "qwen3", "llama")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,17 +35,24 @@ class DecoderConfig:
     attention_bias: bool = True
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
+    # Qwen3: RMSNorm over head_dim on each head's q and k, after the projection, before RoPE.
+    # (Added after 0.1.0: fingerprints count it only when true.)
+    qk_norm: bool = dataclasses.field(default=False, metadata={"added": True})
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "DecoderConfig":
-        """Builds the config from a Qwen2/Llama ``config.json`` dict (either rope style)."""
+        """Builds the config from a Qwen2/Qwen3/Llama ``config.json`` dict (either rope style)."""
         model_type = cfg.get("model_type")
-        if model_type not in ("qwen2", "llama"):
+        if model_type not in SUPPORTED_TEXT:
             raise ValueError(
-                f"unsupported text model_type {model_type!r} (expected qwen2 or llama)"
+                f"unsupported text model_type {model_type!r} (supported: {', '.join(SUPPORTED_TEXT)})"
             )
         if cfg.get("use_sliding_window"):
             raise ValueError("sliding-window attention (use_sliding_window=true) is not supported")
+        qwen3 = model_type == "qwen3"
+        if qwen3 and cfg.get("attention_bias"):
+            # transformers' Qwen3 then biases o_proj too, which this decoder does not have
+            raise ValueError("qwen3 with attention_bias=true (q/k/v/o biases) is not supported")
         rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
         theta = rope.pop("rope_theta", None) or cfg.get("rope_theta") or 10000.0
         rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -58,7 +67,8 @@ class DecoderConfig:
             num_layers=cfg["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            # Qwen3Config's own default head_dim is 128, not hidden / heads
+            head_dim=cfg.get("head_dim") or (128 if qwen3 else cfg["hidden_size"] // heads),
             rope_theta=float(theta),
             rope_scaling=scaling,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
@@ -67,6 +77,7 @@ class DecoderConfig:
             else bool(cfg.get("attention_bias", False)),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qk_norm=qwen3,
         )
 
 
@@ -105,6 +116,9 @@ def apply_rope(x, positions, inv_freq):
 class Attention(nn.Module):
     """Causal GQA self-attention; returns (output, (keys, values)) with keys after RoPE.
 
+    With ``cfg.qk_norm`` (Qwen3) q and k pass through RMSNorms over head_dim (``q_norm``,
+    ``k_norm``: one [head_dim] weight shared by the heads) before RoPE.
+
     ``prefix_kv``: keys and values [B, P, K, H] of an earlier pass over the first P positions,
     attended to before this pass's own. ``kv_only``: return (None, (keys, values)) without
     attending (a prefix pass's deepest layer). ``last_query_only``: attend from the last
@@ -126,13 +140,19 @@ class Attention(nn.Module):
             shape, axes = (e, heads, h), ("embed", axis, "head_dim")
             return Einsum("BTE,ENH->BTNH", shape, axes, b, self.dtype, name=name)
 
+        def norm(name, y):
+            if not cfg.qk_norm:
+                return y
+            return RMSNorm(cfg.rms_norm_eps, axis_name="head_dim", dtype=self.dtype, name=name)(y)
+
         inv_freq = rope_inv_freq(cfg)
-        key = apply_rope(proj("k_proj", k, "kv_heads", kv_bias)(x), positions, inv_freq)
+        key = norm("k_norm", proj("k_proj", k, "kv_heads", kv_bias)(x))
+        key = apply_rope(key, positions, inv_freq)
         value = proj("v_proj", k, "kv_heads", kv_bias)(x)
         if kv_only:
             return None, (key, value)
         q_in, q_pos = (x[:, -1:], positions[:, -1:]) if last_query_only else (x, positions)
-        q = apply_rope(proj("q_proj", n, "heads", bias)(q_in), q_pos, inv_freq)
+        q = apply_rope(norm("q_norm", proj("q_proj", n, "heads", bias)(q_in)), q_pos, inv_freq)
         keys, values, impl = key, value, self.attention_impl
         if prefix_kv is not None:
             keys = jnp.concatenate([prefix_kv[0], key], axis=1)

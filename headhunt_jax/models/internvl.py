@@ -1,6 +1,6 @@
-"""InternVL3: InternViT -> pixel shuffle -> MLP projector -> image embeddings placed at the
-image-token positions of ``input_ids`` -> Qwen2 decoder. Also the text-only wrapper that gives
-Qwen2/Llama checkpoints the same interface.
+"""InternVL3 / InternVL3.5: InternViT -> pixel shuffle -> MLP projector -> image embeddings placed
+at the image-token positions of ``input_ids`` -> Qwen2 (InternVL3) or Qwen3 (InternVL3.5) decoder.
+Also the text-only wrapper that gives Qwen2/Qwen3/Llama checkpoints the same interface.
 """
 
 import dataclasses
@@ -39,6 +39,7 @@ class InternVLConfig:
         if cfg.get("projector_hidden_act", "gelu") != "gelu":
             raise ValueError(f"unsupported projector_hidden_act {cfg['projector_hidden_act']!r}")
         text = dict(cfg["text_config"])
+        # the text config's own type (qwen3 for InternVL3.5); transformers' default is qwen2
         text.setdefault("model_type", "qwen2")
         # transformers ties the head by the top-level flag (default true), not the text config's
         text["tie_word_embeddings"] = cfg.get("tie_word_embeddings", True)
@@ -63,12 +64,41 @@ def _qwen25(hidden, layers, heads, kv_heads, mlp, tie):
     )
 
 
-# Shapes of the released InternVL3 models (InternViT-300M + Qwen2.5), for benchmarks: no weights.
+def _qwen3(hidden, layers, heads, kv_heads, mlp):
+    return DecoderConfig(
+        vocab_size=151936,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=128,
+        rope_theta=1_000_000.0,
+        attention_bias=False,
+        tie_word_embeddings=False,
+        qk_norm=True,
+    )
+
+
+# InternVL3.5 (OpenGVLab/InternVL3_5-*-HF): InternViT-300M as in InternVL3 + Qwen3, <IMG_CONTEXT>
+# at 151671 (Qwen3's tokenizer has <think>/</think> at 151667/8). The 1B's head is untied, unlike
+# Qwen3-0.6B's: its checkpoint stores lm_head apart from embed_tokens (751,632,384 language
+# parameters = 28 layers + 2 x 151936 x 1024), and xtuner's InternVL3.5-1B config unties it too.
+_INTERNVL35_IMAGE_TOKEN = 151671
+
+# Shapes of the released InternVL3 models (InternViT-300M + Qwen2.5) and InternVL3.5 ones
+# (+ Qwen3), for benchmarks: no weights.
 PRESETS = {
     "InternVL3-1B": InternVLConfig(VisionConfig(), _qwen25(896, 24, 14, 2, 4864, True)),
     "InternVL3-2B": InternVLConfig(VisionConfig(), _qwen25(1536, 28, 12, 2, 8960, True)),
     "InternVL3-8B": InternVLConfig(VisionConfig(), _qwen25(3584, 28, 28, 4, 18944, False)),
     "InternVL3-14B": InternVLConfig(VisionConfig(), _qwen25(5120, 48, 40, 8, 13824, False)),
+    "InternVL3.5-1B": InternVLConfig(  # Qwen3-0.6B
+        VisionConfig(), _qwen3(1024, 28, 16, 8, 3072), image_token_id=_INTERNVL35_IMAGE_TOKEN
+    ),
+    "InternVL3.5-8B": InternVLConfig(  # Qwen3-8B
+        VisionConfig(), _qwen3(4096, 36, 32, 8, 12288), image_token_id=_INTERNVL35_IMAGE_TOKEN
+    ),
 }
 
 
@@ -132,7 +162,7 @@ class InternVL(nn.Module):
 
 
 class TextModel(nn.Module):
-    """A Qwen2/Llama causal LM with the same call signature as ``InternVL`` (no images)."""
+    """A Qwen2/Qwen3/Llama causal LM with the same call signature as ``InternVL`` (no images)."""
 
     cfg: DecoderConfig
     dtype: Any = jnp.float32

@@ -5,9 +5,9 @@ import time
 
 import numpy as np
 
+from headhunt_jax.backbones.internvl.modeling import InternVLConfig
+from headhunt_jax.backbones.internvl.vision import VisionConfig
 from headhunt_jax.models.decoder import DecoderConfig
-from headhunt_jax.models.intern_vit import VisionConfig
-from headhunt_jax.models.internvl import InternVLConfig
 
 # A mid-size model that a 2-core CPU runs in seconds: 224 px frames (64 image tokens each).
 MID = InternVLConfig(

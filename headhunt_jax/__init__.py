@@ -15,7 +15,7 @@ _PUBLIC = {
     "head_features_prompts": "headhunt_jax.prefix",
     "Backbone": "headhunt_jax.backbone",
     "make_mesh": "headhunt_jax.sharding",
-    "build_prompt_ids": "headhunt_jax.prompt",
+    "build_prompt_ids": "headhunt_jax.backbones.internvl.prompt",
     # head hunting
     "saliency": "headhunt_jax.hunt",
     "robust_saliency": "headhunt_jax.hunt",

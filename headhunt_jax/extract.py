@@ -27,9 +27,7 @@ from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone, head_features
 from headhunt_jax.hunt import check_heads, gather_heads
-from headhunt_jax.models.internvl import InternVLConfig
 from headhunt_jax.prefix import head_features_prompts
-from headhunt_jax.prompt import build_prompt_ids, load_tokenizer
 from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures
 from headhunt_jax.video import (
     CLIPS,
@@ -162,7 +160,7 @@ class _Row:
 
 @dataclasses.dataclass(frozen=True)
 class _Batch:
-    """``pixels`` [batch_size * frames, 3, S, S] in the backbone's dtype, of which the first
+    """``pixels`` [batch_size, frames, 3, S, S] in the backbone's dtype, of which the first
     ``len(rows)`` segments are real; ``closed``: videos whose last segment is in this batch or an
     earlier one, with their metadata, or the error that ended them."""
 
@@ -175,14 +173,14 @@ def _batches(paths: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> 
     frames, size = reader_kw["frames_per_segment"], reader_kw["image_size"]
 
     def blank():
-        return np.zeros((batch_size * frames, 3, size, size), dtype)
+        return np.zeros((batch_size, frames, 3, size, size), dtype)
 
     pixels, rows, closed = blank(), [], []
     for n, path in enumerate(paths):
         try:
             with VideoReader(path, **reader_kw) as reader:
                 for seg in reader:
-                    pixels[len(rows) * frames : (len(rows) + 1) * frames] = seg.pixels
+                    pixels[len(rows)] = seg.pixels
                     rows.append(_Row(n, seg.start_frame, seg.end_frame, seg.frame_indices))
                     if len(rows) == batch_size:
                         yield _Batch(pixels, rows, closed)
@@ -288,15 +286,10 @@ def extract_features(
     Videos already in the store are skipped; a store of other settings is an error. Unreadable
     videos are reported in ``failures``, never stored.
     """
-    cfg = bb.config
-    if not isinstance(cfg, InternVLConfig):
-        raise ValueError(f"{bb.name} is text-only: extraction needs a vision-language backbone")
-    if bb.path is None:
-        raise ValueError(f"{bb.name}: no checkpoint directory to read its tokenizer from")
+    processor = bb.processor(image_size)
+    image_size = processor.frames["image_size"]
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if image_size is None:
-        image_size = cfg.vision.image_size
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     out_dirs = [out_dir] if isinstance(out_dir, str | Path) else list(out_dir)
     if not prompts or len(prompts) != len(out_dirs):
@@ -311,16 +304,8 @@ def extract_features(
     ]
     paths = [Path(p) for p in videos]
     ids = video_ids(paths, root)
-    tokens_per_image = cfg.image_tokens(image_size)
-    tokenizer = load_tokenizer(bb.path)
     input_ids = [
-        np.tile(
-            build_prompt_ids(
-                tokenizer, p, frames_per_segment, tokens_per_image, cfg.image_token_id
-            )[None],
-            (batch_size, 1),
-        )
-        for p in prompts
+        np.tile(processor.prompt_ids(p, frames_per_segment)[None], (batch_size, 1)) for p in prompts
     ]
     stores = [FeatureStore.create(d, spec) for d, spec in zip(out_dirs, specs, strict=True)]
     layers = specs[0].layers
@@ -328,7 +313,7 @@ def extract_features(
     stored = {v for v in ids if all(v in store for store in stores)}
     todo = [(v, p) for v, p in zip(ids, paths, strict=True) if v not in stored]
     reader_kw = dict(
-        image_size=image_size,
+        **processor.frames,
         frames_per_segment=frames_per_segment,
         segment_length=segment_length,
         clip=clip,
@@ -346,10 +331,11 @@ def extract_features(
     ):
         for batch in stream:
             if batch.rows:
+                vision = processor.vision_inputs(batch.pixels)
                 if len(prompts) == 1:
-                    feats = head_features(bb, input_ids[0], batch.pixels, layers=layers)[None]
+                    feats = head_features(bb, input_ids[0], layers=layers, **vision)[None]
                 else:
-                    feats = head_features_prompts(bb, input_ids, batch.pixels, layers=layers)
+                    feats = head_features_prompts(bb, input_ids, layers=layers, **vision)
                 feats = np.asarray(feats)  # [prompts, batch, layers, heads, head_dim]
                 if heads is not None:
                     feats = gather_heads(feats, specs[0].heads, layers)

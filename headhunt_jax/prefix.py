@@ -6,72 +6,54 @@ up to the deepest layer asked for); each prompt then runs only its own suffix ag
 keys and values. The features equal M full passes.
 """
 
-import functools
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
-from headhunt_jax.backbone import Backbone, check_inputs, layer_indices, place_batch
-from headhunt_jax.models.decoder import last_position_heads
-from headhunt_jax.models.layers import is_head_outputs
+from headhunt_jax.backbone import (
+    Backbone,
+    check_inputs,
+    forward,
+    layer_indices,
+    place_batch,
+    vision_inputs,
+)
 
 
-def shared_prefix_length(prompt_ids: Sequence[np.ndarray], image_token_id: int | None) -> int:
+def shared_prefix_length(prompt_ids: Sequence[np.ndarray], vision_token_ids=()) -> int:
     """Length of the token prefix common to every prompt (and every row), leaving each prompt at
-    least one token of its own; it must hold all the image tokens."""
+    least one token of its own; it must hold every vision placeholder token."""
     n = min(ids.shape[1] for ids in prompt_ids) - 1
     reference = prompt_ids[0][0, :n]
     for ids in prompt_ids:
         same = (ids[:, :n] == reference[:n]).all(axis=0)
         n = n if same.all() else int(np.argmin(same))
-    if image_token_id is not None:
-        for ids in prompt_ids:
-            if (ids[:, n:] == image_token_id).any():
-                raise ValueError(
-                    "the prompts differ before the last image token: no shared frame prefix"
-                )
+    if isinstance(vision_token_ids, int):
+        vision_token_ids = (vision_token_ids,)
+    for ids in prompt_ids:
+        if np.isin(ids[:, n:], vision_token_ids).any():
+            raise ValueError(
+                "the prompts differ before the last image token: no shared frame prefix"
+            )
     return n
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layers", "prefix"))
-def _prompt_features(model, params, prompt_ids, pixel_values, layers, prefix):
-    depth = max(layers) + 1
-    variables = {"params": params}
-    cache = model.apply(
-        variables, prompt_ids[0][:, :prefix], pixel_values, depth=depth, kv_only=True
-    )
-    out = []
-    for ids in prompt_ids:
-        _, state = model.apply(
-            variables,
-            ids[:, prefix:],
-            None,
-            depth=depth,
-            prefix_kv=cache,
-            capture_intermediates=is_head_outputs,
-            mutable=["intermediates"],
-        )
-        out.append(last_position_heads(state["intermediates"], layers))
-    return jax.numpy.stack(out)
+def head_features_prompts(
+    bb: Backbone, prompt_ids: Sequence, pixel_values=None, layers=None, **inputs
+):
+    """``head_features`` for M prompts over the same vision inputs, sharing their common prefix.
 
-
-def head_features_prompts(bb: Backbone, prompt_ids: Sequence, pixel_values=None, layers=None):
-    """``head_features`` for M prompts over the same images, sharing their common prefix.
-
-    prompt_ids: M arrays [B, T_m] (same batch, any lengths); pixel_values as for
+    prompt_ids: M arrays [B, T_m] (same batch, any lengths); the vision inputs as for
     ``head_features``. Returns float32 [M, B, len(layers), heads, head_dim].
     """
     prompt_ids = tuple(np.asarray(ids, np.int32) for ids in prompt_ids)
     if len(prompt_ids) < 1 or len({ids.shape[0] for ids in prompt_ids}) != 1:
         raise ValueError("prompt_ids must be one or more [B, T] arrays with the same B")
+    vision = vision_inputs(pixel_values, **inputs)
     for ids in prompt_ids:
-        check_inputs(bb, ids, pixel_values)
-    image_token = getattr(bb.config, "image_token_id", None)
-    prefix = shared_prefix_length(prompt_ids, image_token)
-    ids, pixels = place_batch(bb, prompt_ids, pixel_values)
+        check_inputs(bb, ids, vision)
+    prefix = shared_prefix_length(prompt_ids, bb.config.vision_token_ids)
+    ids, placed = place_batch(bb, prompt_ids, vision)
     batch = prompt_ids[0].shape[0]
-    out = _prompt_features(
-        bb.model, bb.params, tuple(ids), pixels, layer_indices(bb, layers), prefix
-    )
+    out = forward(bb.model, bb.params, tuple(ids), placed, layer_indices(bb, layers), prefix)
     return out[:, :batch]

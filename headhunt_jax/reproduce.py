@@ -27,7 +27,6 @@ is refused rather than mixed.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -38,27 +37,6 @@ from headhunt_jax.datasets import VideoItem, calibration_subset, load_dataset
 from headhunt_jax.detector import Detector
 from headhunt_jax.extract import Failure, extract_features, video_ids
 from headhunt_jax.store import SPEC_FILE, FeatureStore
-
-PROMPTS_FILE = Path(str(importlib.resources.files("headhunt_jax.data"))) / "prompts.json"
-
-
-def load_prompts(path: str | Path | None = None) -> tuple[str, ...]:
-    """Prompts from a JSON file (``{"prompts": [{"text": ...}, ...]}`` as ``data/prompts.json``,
-    or a list of strings) or a text file (one prompt a line); default: the protocol's five."""
-    path = Path(path) if path is not None else PROMPTS_FILE
-    text = path.read_text()
-    if path.suffix == ".json":
-        try:
-            record = json.loads(text)
-            items = record["prompts"] if isinstance(record, dict) else record
-            prompts = [p["text"] if isinstance(p, dict) else p for p in items]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a prompts file ({e})") from None
-    else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(prompts) < 2 or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError(f"{path}: head hunting needs at least 2 non-empty prompts")
-    return tuple(prompts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Video decoding and InternVL3 frame preprocessing, streamed one segment at a time.
+"""Video decoding and frame preprocessing, streamed one segment at a time.
 
 The segmentation is the original HeadHunt-VAD pipeline's (``scripts/inference.py`` cutting a
 video into windows and ``data/video_loader.py`` sampling each one):
@@ -8,9 +8,10 @@ video into windows and ``data/video_loader.py`` sampling each one):
   shorter than one window is a single segment of all its frames;
 - ``frames_per_segment`` (16) frames per window, at the centres of equal parts of the window
   (:func:`segment_frame_indices` gives the exact arithmetic);
-- every sampled frame becomes one ``image_size`` (448) square tile: a bicubic Pillow resize of the
-  whole RGB frame (InternVL3's dynamic tiling with ``max_num=1``: one tile, aspect ratio not
-  kept), scaled to [0, 1] and normalised with the ImageNet mean and std.
+- every sampled frame becomes one ``image_size`` square tile: a bicubic Pillow resize of the
+  whole RGB frame (aspect ratio not kept), scaled to [0, 1] and normalised with a per-channel
+  ``mean`` and ``std``, as the backbone's processor asks (the defaults, 448 px and the ImageNet
+  statistics, are InternVL3's dynamic tiling with ``max_num=1``).
 
 Unlike the original, which reopens the video and seeks for every segment, a video is decoded once,
 front to back (:class:`VideoReader`); only the frames that a segment samples are converted to RGB
@@ -26,6 +27,7 @@ The original's head hunting and scorer training use another clip unit: one clip 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -123,6 +125,7 @@ def clip_frame_indices(total_frames: int, frames: int = FRAMES_PER_SEGMENT) -> n
     return segment_frame_indices(0, total_frames, total_frames, frames)
 
 
+@functools.cache
 def _normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """float32 [3, 256]: ``(level / 255 - mean[c]) / std[c]`` for every 8-bit level.
 
@@ -135,9 +138,6 @@ def _normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.
     return (levels[None, :] - mean32) / std32
 
 
-_NORMALIZED_LEVELS = _normalization_table(IMAGENET_MEAN, IMAGENET_STD)
-
-
 def _resized(image: Image.Image, image_size: int) -> np.ndarray:
     """The whole frame resized (bicubic, Pillow) to a square: uint8 [image_size, image_size, 3]."""
     return np.asarray(
@@ -145,11 +145,13 @@ def _resized(image: Image.Image, image_size: int) -> np.ndarray:
     )
 
 
-def _normalized(tiles: np.ndarray) -> np.ndarray:
-    """uint8 [..., S, S, 3] -> float32 [..., 3, S, S], scaled to [0, 1] and ImageNet-normalised."""
+def _normalized(tiles: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """uint8 [..., S, S, 3] -> float32 [..., 3, S, S], scaled to [0, 1] and normalised with the
+    channels' ``mean`` and ``std``."""
+    levels = _normalization_table(tuple(mean), tuple(std))
     out = np.empty((*tiles.shape[:-3], 3, *tiles.shape[-3:-1]), dtype=np.float32)
     for c in range(3):
-        out[..., c, :, :] = _NORMALIZED_LEVELS[c][tiles[..., c]]
+        out[..., c, :, :] = levels[c][tiles[..., c]]
     return out
 
 
@@ -206,6 +208,10 @@ class VideoReader:
     window, until the video proves longer than one segment) and then at most two segments' worth
     of candidate frames, plus the segment being built.
 
+    Each sampled frame is resized to ``image_size`` (bicubic) and normalised with ``mean`` and
+    ``std`` (a backbone's processor says which; the defaults are InternVL's and the ImageNet
+    statistics).
+
     ``fps`` is the stream's average frame rate, or ``FALLBACK_FPS`` when the stream has none
     (``fps_source`` says which); it does not affect which frames are sampled.
     ``expected_segments`` is the segment count implied by the container's stated frame count, or
@@ -247,6 +253,8 @@ class VideoReader:
         frames_per_segment: int = FRAMES_PER_SEGMENT,
         segment_length: int = SEGMENT_LENGTH,
         clip: Literal["segment", "video"] = "segment",
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ):
         if clip not in CLIPS:
             raise ValueError(f"clip must be one of {CLIPS}, got {clip!r}")
@@ -259,6 +267,7 @@ class VideoReader:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.path = Path(path)
         self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
         self.frames_per_segment = frames_per_segment
         self.segment_length = segment_length
         self.clip = clip
@@ -364,7 +373,7 @@ class VideoReader:
                 raise VideoError(
                     self.path, f"frame {i} ({held[i].format.name}) cannot be converted ({err})"
                 ) from err
-        return _normalized(np.stack([tiles[i] for i in sampled]))
+        return _normalized(np.stack([tiles[i] for i in sampled]), self.mean, self.std)
 
     def _decoded_frames(self) -> Iterator[av.VideoFrame]:
         started = False

@@ -1,7 +1,7 @@
 """Hugging Face safetensors checkpoints -> Flax parameter trees.
 
-One table maps each HF key (after the layout prefix is normalised) to a path in the params tree
-and a transform. Every tensor is checked: a missing, unexpected or wrongly shaped one is an error
+Each family's ``KeyTable`` maps each HF key (after its layout prefix is shortened) to a path in the
+params tree and a transform; the shared decoder's rows are ``DECODER_ROWS``. Every tensor is checked: a missing, unexpected or wrongly shaped one is an error
 that names it.
 """
 
@@ -87,51 +87,52 @@ def safetensors_files(directory: Path) -> list[Path]:
 # for a given param shape (so a wrong shape is caught before reshaping).
 
 
-def _linear(w, shape):
+def linear(w, shape):
     return w.T
 
 
-def _heads_in(w, shape):  # [N*H, E] -> [E, N, H]
+def heads_in(w, shape):  # [N*H, E] -> [E, N, H]
     return w.T.reshape(shape)
 
 
-def _heads_out(w, shape):  # [E, N*H] -> [N, H, E]
+def heads_out(w, shape):  # [E, N*H] -> [N, H, E]
     return w.T.reshape(shape)
 
 
-def _reshape(w, shape):
+def reshape(w, shape):
     return w.reshape(shape)
 
 
-def _conv(w, shape):  # [E, C, p, q] -> [C, p, q, E]
+def conv(w, shape):  # [E, C, p, q] -> [C, p, q, E]
     return w.transpose(1, 2, 3, 0)
 
 
 _HF_SHAPE: dict[Callable, Callable] = {
-    _linear: lambda s: (s[1], s[0]),
-    _heads_in: lambda s: (s[1] * s[2], s[0]),
-    _heads_out: lambda s: (s[2], s[0] * s[1]),
-    _conv: lambda s: (s[3], s[0], s[1], s[2]),
+    linear: lambda s: (s[1], s[0]),
+    heads_in: lambda s: (s[1] * s[2], s[0]),
+    heads_out: lambda s: (s[2], s[0] * s[1]),
+    conv: lambda s: (s[3], s[0], s[1], s[2]),
 }
 
 _LM = "language_model"
-_TABLE: list[tuple[str, str, Callable | None]] = [
-    # decoder
+# The shared decoder's keys (models/decoder.py), after a family's prefixes shorten its layout to
+# "lm." (and "lm_head.").
+DECODER_ROWS: list[tuple[str, str, Callable | None]] = [
     (r"lm\.embed_tokens\.weight", f"{_LM}/embed_tokens", None),
     (
         r"lm\.layers\.(\d+)\.self_attn\.([qkv])_proj\.weight",
         _LM + r"/layers_\1/attn/\2_proj/kernel",
-        _heads_in,
+        heads_in,
     ),
     (
         r"lm\.layers\.(\d+)\.self_attn\.([qkv])_proj\.bias",
         _LM + r"/layers_\1/attn/\2_proj/bias",
-        _reshape,
+        reshape,
     ),
     (
         r"lm\.layers\.(\d+)\.self_attn\.o_proj\.weight",
         _LM + r"/layers_\1/attn/o_proj/kernel",
-        _heads_out,
+        heads_out,
     ),
     (  # Qwen3's per-head q/k RMSNorms, [head_dim]
         r"lm\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight",
@@ -141,7 +142,7 @@ _TABLE: list[tuple[str, str, Callable | None]] = [
     (
         r"lm\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight",
         _LM + r"/layers_\1/mlp/\2_proj/kernel",
-        _linear,
+        linear,
     ),
     (
         r"lm\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.bias",
@@ -155,104 +156,34 @@ _TABLE: list[tuple[str, str, Callable | None]] = [
         None,
     ),
     (r"lm\.norm\.weight", f"{_LM}/norm/scale", None),
-    (r"lm_head\.weight", f"{_LM}/lm_head/kernel", _linear),
-    # vision tower
-    (r"vision\.embeddings\.cls_token", "vision/cls_token", _reshape),
-    (r"vision\.embeddings\.position_embeddings", "vision/position_embeddings", _reshape),
-    (
-        r"vision\.embeddings\.patch_embeddings\.projection\.weight",
-        "vision/patch_embed/kernel",
-        _conv,
-    ),
-    (r"vision\.embeddings\.patch_embeddings\.projection\.bias", "vision/patch_embed/bias", None),
-    (
-        r"vision\.encoder\.layer\.(\d+)\.attention\.([qkv])_proj\.weight",
-        r"vision/layers_\1/attn/\2_proj/kernel",
-        _heads_in,
-    ),
-    (
-        r"vision\.encoder\.layer\.(\d+)\.attention\.([qkv])_proj\.bias",
-        r"vision/layers_\1/attn/\2_proj/bias",
-        _reshape,
-    ),
-    (
-        r"vision\.encoder\.layer\.(\d+)\.attention\.projection_layer\.weight",
-        r"vision/layers_\1/attn/o_proj/kernel",
-        _heads_out,
-    ),
-    (
-        r"vision\.encoder\.layer\.(\d+)\.attention\.projection_layer\.bias",
-        r"vision/layers_\1/attn/o_proj/bias",
-        None,
-    ),
-    (
-        r"vision\.encoder\.layer\.(\d+)\.attention\.([qk])_norm\.weight",
-        r"vision/layers_\1/attn/\2_norm/scale",
-        None,
-    ),
-    (
-        r"vision\.encoder\.layer\.(\d+)\.layernorm_before\.weight",
-        r"vision/layers_\1/norm1/scale",
-        None,
-    ),
-    (
-        r"vision\.encoder\.layer\.(\d+)\.layernorm_before\.bias",
-        r"vision/layers_\1/norm1/bias",
-        None,
-    ),
-    (
-        r"vision\.encoder\.layer\.(\d+)\.layernorm_after\.weight",
-        r"vision/layers_\1/norm2/scale",
-        None,
-    ),
-    (r"vision\.encoder\.layer\.(\d+)\.layernorm_after\.bias", r"vision/layers_\1/norm2/bias", None),
-    (r"vision\.encoder\.layer\.(\d+)\.(lambda_[12])", r"vision/layers_\1/\2", None),
-    (
-        r"vision\.encoder\.layer\.(\d+)\.mlp\.(fc[12])\.weight",
-        r"vision/layers_\1/\2/kernel",
-        _linear,
-    ),
-    (r"vision\.encoder\.layer\.(\d+)\.mlp\.(fc[12])\.bias", r"vision/layers_\1/\2/bias", None),
-    (r"vision\.layernorm\.weight", "vision/final_norm/scale", None),
-    (r"vision\.layernorm\.bias", "vision/final_norm/bias", None),
-    # projector
-    (r"proj\.layer_norm\.weight", "projector/norm/scale", None),
-    (r"proj\.layer_norm\.bias", "projector/norm/bias", None),
-    (r"proj\.(linear_[12])\.weight", r"projector/\1/kernel", _linear),
-    (r"proj\.(linear_[12])\.bias", r"projector/\1/bias", None),
-]
-_COMPILED = [(re.compile(pattern + "$"), target, fn) for pattern, target, fn in _TABLE]
-
-# Both InternVL key layouts (transformers v5 and v4) and the plain causal-LM layout.
-_PREFIXES = [
-    ("model.language_model.", "lm."),
-    ("language_model.model.", "lm."),
-    ("language_model.lm_head.", "lm_head."),
-    ("model.vision_tower.", "vision."),
-    ("vision_tower.", "vision."),
-    ("model.multi_modal_projector.", "proj."),
-    ("multi_modal_projector.", "proj."),
-    ("model.", "lm."),
-    ("lm_head.", "lm_head."),
+    (r"lm_head\.weight", f"{_LM}/lm_head/kernel", linear),
 ]
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 
 
-def normalize_key(key: str) -> str:
-    for prefix, short in _PREFIXES:
-        if key.startswith(prefix):
-            return short + key[len(prefix) :]
-    return key
+class KeyTable:
+    """A family's HF keys -> param paths. ``prefixes``: (long, short) pairs that shorten the key
+    layouts its checkpoints use, the first that matches wins; ``rows``: (regex on the short key,
+    param path template, transform)."""
 
+    def __init__(self, rows, prefixes=()):
+        self.rows = [(re.compile(pattern + "$"), target, fn) for pattern, target, fn in rows]
+        self.prefixes = tuple(prefixes)
 
-def map_key(key: str) -> tuple[str, Callable | None] | None:
-    """HF key -> (param path 'a/b/c', transform), or None if the table has no rule for it."""
-    short = normalize_key(key)
-    for pattern, target, fn in _COMPILED:
-        m = pattern.match(short)
-        if m:
-            return m.expand(target), fn
-    return None
+    def normalize(self, key: str) -> str:
+        for prefix, short in self.prefixes:
+            if key.startswith(prefix):
+                return short + key[len(prefix) :]
+        return key
+
+    def map(self, key: str) -> tuple[str, Callable | None] | None:
+        """HF key -> (param path 'a/b/c', transform), or None if no row matches."""
+        short = self.normalize(key)
+        for pattern, target, fn in self.rows:
+            m = pattern.match(short)
+            if m:
+                return m.expand(target), fn
+        return None
 
 
 def convert(
@@ -262,30 +193,34 @@ def convert(
     source: str,
     tied_embeddings: bool = False,
     place: Callable[[str, np.ndarray], Any] | None = None,
+    table: KeyTable | None = None,
 ) -> dict[str, Any]:
-    """Maps HF tensors onto the expected flat param shapes {path: shape}; raises on any mismatch.
+    """Maps HF tensors onto the expected flat param shapes {path: shape} by ``table`` (a family's
+    ``KeyTable``; default: the text family's); raises on any mismatch.
 
     ``place(path, array)``, when given, receives each converted tensor as soon as it is ready
     (e.g. to put it on its devices) and its result is kept instead, so the host holds one
     converted tensor at a time, not the whole tree.
     """
+    if table is None:
+        table = TEXT_TABLE
     out: dict[str, Any] = {}
     unexpected = []
     for key, w in tensors:
         if _IGNORED.match(key):
             continue
-        mapped = map_key(key)
+        mapped = table.map(key)
         if mapped is None or mapped[0] not in expected:
-            if tied_embeddings and normalize_key(key) == "lm_head.weight":
+            if tied_embeddings and table.normalize(key) == "lm_head.weight":
                 continue  # a tied head saved explicitly is the embedding again
             unexpected.append(key)
             continue
         path, fn = mapped
         shape = tuple(expected[path])
         want = (
-            _HF_SHAPE[fn](shape) if fn in _HF_SHAPE else tuple(w.shape) if fn is _reshape else shape
+            _HF_SHAPE[fn](shape) if fn in _HF_SHAPE else tuple(w.shape) if fn is reshape else shape
         )
-        if tuple(w.shape) != tuple(want) or (fn is _reshape and w.size != int(np.prod(shape))):
+        if tuple(w.shape) != tuple(want) or (fn is reshape and w.size != int(np.prod(shape))):
             raise CheckpointError(
                 f"{source}: tensor {key} has shape {tuple(w.shape)}, expected {tuple(want)}"
             )
@@ -303,3 +238,7 @@ def convert(
             + (" ..." if len(missing) > 8 else "")
         )
     return out
+
+
+# Qwen2/Qwen3/Llama causal LMs: ``model.*`` is the decoder, ``lm_head.*`` its head.
+TEXT_TABLE = KeyTable(DECODER_ROWS, [("model.", "lm."), ("lm_head.", "lm_head.")])

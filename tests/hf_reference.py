@@ -147,7 +147,8 @@ def tiny_internvl_tokenizer(vocab_size=IMAGE_TOKEN + 1):
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from headhunt_jax.prompt import DEFAULT_PROMPTS, SYSTEM_MESSAGE, chat_query
+    from headhunt_jax.backbones.internvl.prompt import SYSTEM_MESSAGE, chat_query
+    from headhunt_jax.prompts import DEFAULT_PROMPTS
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

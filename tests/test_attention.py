@@ -64,3 +64,58 @@ def test_chunked_attention_memory_is_per_chunk():
     block = 4 * 128 * 4096 * 4
     assert chunked <= 3 * block
     assert one_shot >= 8 * block
+
+
+@pytest.mark.parametrize("impl", ["chunked", "xla"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_segment_ids_and_masks_attend_within_their_part(impl, causal):
+    """Two sequences packed into one row with segment ids attend as they do apart; a mask that
+    hides a left padding gives the unpadded result."""
+    rng = np.random.default_rng(3)
+    lengths = (5, 7)
+    q, k, v = (rng.standard_normal((1, 12, 4, 8)).astype(np.float32) for _ in range(3))
+    ids = np.repeat([0, 1], lengths)[None]
+    packed = np.asarray(
+        attention(q, k, v, causal=causal, impl=impl, chunk=4, segment_ids=(ids, ids))
+    )
+    for start, stop in ((0, 5), (5, 12)):
+        part = [x[:, start:stop] for x in (q, k, v)]
+        np.testing.assert_allclose(
+            packed[:, start:stop], reference(*part, causal), rtol=1e-5, atol=1e-6
+        )
+    visible = np.ones((1, 1, 12, 12), bool)
+    visible[..., :3] = False  # three padding keys on the left
+    padded = np.asarray(attention(q, k, v, causal=causal, impl=impl, chunk=4, mask=visible))
+    np.testing.assert_allclose(
+        padded[:, 3:], reference(q[:, 3:], k[:, 3:], v[:, 3:], causal), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_decoder_with_left_padding_and_explicit_positions():
+    """A left-padded row with its padding masked and positions counted from its first real token
+    gives the features of the unpadded sequence: the decoder's explicit positions and key mask."""
+    import jax
+    import jax.numpy as jnp
+
+    from headhunt_jax.models.decoder import Decoder, DecoderConfig
+
+    cfg = DecoderConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=8,
+    )  # fmt: skip
+    decoder = Decoder(cfg)
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(0, 50, (1, 9)), jnp.int32)
+    params = decoder.init(jax.random.key(0), jnp.zeros((1, 9, 32)), logits=True)
+
+    def run(embeds, **kw):
+        return np.asarray(decoder.apply(params, embeds, logits=True, **kw))
+
+    embeds = decoder.apply(params, ids, method=Decoder.embed)
+    want = run(embeds)
+    pad = 3
+    padded = jnp.concatenate([jnp.zeros((1, pad, 32)), embeds], axis=1)
+    key_mask = jnp.arange(9 + pad)[None] >= pad
+    positions = jnp.maximum(jnp.arange(9 + pad)[None] - pad, 0)
+    got = run(padded, positions=positions, key_mask=key_mask)
+    np.testing.assert_allclose(got[:, pad:], want, rtol=1e-4, atol=1e-5)

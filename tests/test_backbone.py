@@ -104,9 +104,9 @@ def test_layers_subset_and_no_retrace(internvl, rng):
     want, _ = hf.reference_head_features(model, ids, pixels)
     got = hh.head_features(bb, ids, pixels, layers=[1, 0])
     assert rel_err(got, want[:, [1, 0]]) <= TOL
-    before = backbone._head_features._cache_size()
+    before = backbone.forward._cache_size()
     hh.head_features(bb, ids + 0, pixels * 1.0, layers=[1, 0])
-    assert backbone._head_features._cache_size() == before
+    assert backbone.forward._cache_size() == before
     with pytest.raises(ValueError, match="layers"):
         hh.head_features(bb, ids, pixels, layers=[5])
 

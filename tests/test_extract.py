@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from headhunt_jax import backbone, extract
+from headhunt_jax.backbones.internvl.prompt import build_prompt_ids
 from headhunt_jax.extract import extract_features, video_ids
-from headhunt_jax.prompt import build_prompt_ids
 from headhunt_jax.store import FeatureStore, StoreError
 from headhunt_jax.video import VideoReader, clip_frame_indices
 
@@ -139,13 +139,13 @@ def test_expert_heads_equal_the_slice_of_all_heads(bb, clips, all_heads, tmp_pat
 
 def test_batches_never_retrace(bb, clips, all_heads, tmp_path):
     root, paths = clips
-    sizes = [backbone._head_features._cache_size()]
+    sizes = [backbone.forward._cache_size()]
     for out in ("first", "second"):
         report = extract_features(
             bb, paths, PROMPT, tmp_path / out, root=root, batch_size=2, progress=False, **SEGMENT
         )
         assert report.batches == 3
-        sizes.append(backbone._head_features._cache_size())
+        sizes.append(backbone.forward._cache_size())
     # At most one compilation for the batch size (none if an earlier test compiled it), none per
     # batch or per run.
     assert sizes[1] - sizes[0] <= 1 and sizes[2] == sizes[1]

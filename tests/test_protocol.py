@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from headhunt_jax import demo, synthetic
+from headhunt_jax import backbones, synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,8 @@ def cli(*args, check=True):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return demo.tiny_backbone(tmp_path_factory.mktemp("backbone") / "tiny", PROMPTS)
+    write = backbones.demo_backbone("internvl3")
+    return write(tmp_path_factory.mktemp("backbone") / "tiny", PROMPTS)
 
 
 @pytest.fixture(scope="module")

@@ -189,9 +189,9 @@ def test_on_mesh_features_match_one_device(divisible, batch, one_device_features
     assert got.shape == want.shape and got.dtype == np.float32
     assert rel_err(got, want) <= TOL
 
-    before = backbone._head_features._cache_size()
+    before = backbone.forward._cache_size()
     hh.head_features(bb, ids + 0, pixels * 1.0)
-    assert backbone._head_features._cache_size() == before
+    assert backbone.forward._cache_size() == before
 
     assert _placed_by_rules(bb)
     m = shape[1]

@@ -39,6 +39,22 @@ class DecoderConfig:
     # (Added after 0.1.0: fingerprints count it only when true.)
     qk_norm: bool = dataclasses.field(default=False, metadata={"added": True})
 
+    @property
+    def text(self) -> "DecoderConfig":
+        """The decoder's config: this one (a text-only backbone's config is its decoder's)."""
+        return self
+
+    @property
+    def vision_token_ids(self) -> tuple[int, ...]:
+        return ()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DecoderConfig":
+        """The inverse of ``dataclasses.asdict`` (converted checkpoints store that)."""
+        d = dict(d)
+        d["rope_scaling"] = tuple(tuple(x) for x in d.get("rope_scaling", ()))
+        return cls(**d)
+
     @classmethod
     def from_hf(cls, cfg: dict) -> "DecoderConfig":
         """Builds the config from a Qwen2/Qwen3/Llama ``config.json`` dict (either rope style)."""
@@ -130,7 +146,9 @@ class Attention(nn.Module):
     attention_impl: str = "chunked"
 
     @nn.compact
-    def __call__(self, x, positions, last_query_only=False, prefix_kv=None, kv_only=False):
+    def __call__(
+        self, x, positions, last_query_only=False, prefix_kv=None, kv_only=False, key_mask=None
+    ):
         cfg = self.cfg
         e, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         bias = ("heads", "head_dim") if cfg.attention_bias else None
@@ -159,7 +177,8 @@ class Attention(nn.Module):
             values = jnp.concatenate([prefix_kv[1], value], axis=1)
             impl = "chunked"  # queries sit after the prefix: only this path offsets the mask
         # The last-query pass sees every key: no mask needed.
-        out = attention(q, keys, values, causal=not last_query_only, impl=impl)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = attention(q, keys, values, causal=not last_query_only, impl=impl, mask=mask)
         out = HeadOutputs(name="head_outputs")(out)
         o_shape, o_axes = (n, h, e), ("heads", "head_dim", "embed")
         o = Einsum("BTNH,NHE->BTE", o_shape, o_axes, None, self.dtype, name="o_proj")
@@ -197,11 +216,13 @@ class DecoderLayer(nn.Module):
     attention_impl: str = "chunked"
 
     @nn.compact
-    def __call__(self, x, positions, attention_only=False, prefix_kv=None, kv_only=False):
+    def __call__(
+        self, x, positions, attention_only=False, prefix_kv=None, kv_only=False, key_mask=None
+    ):
         eps = self.cfg.rms_norm_eps
         h = RMSNorm(eps, dtype=self.dtype, name="input_norm")(x)
         attn = Attention(self.cfg, self.dtype, self.attention_impl, name="attn")
-        a, kv = attn(h, positions, attention_only, prefix_kv, kv_only)
+        a, kv = attn(h, positions, attention_only, prefix_kv, kv_only, key_mask)
         if kv_only:
             return x, kv
         if attention_only:
@@ -248,7 +269,14 @@ class Decoder(nn.Module):
         return jnp.take(self.embed_tokens, input_ids, axis=0)
 
     def __call__(
-        self, embeds, positions=None, depth=None, logits=False, prefix_kv=None, kv_only=False
+        self,
+        embeds,
+        positions=None,
+        depth=None,
+        logits=False,
+        prefix_kv=None,
+        kv_only=False,
+        key_mask=None,
     ):
         """embeds [B, T, E] -> logits [B, T, V] if ``logits``, else the hidden states after layer
         depth-1 (whose attention ran for the last position only, and whose MLP was skipped: head
@@ -257,6 +285,10 @@ class Decoder(nn.Module):
         ``kv_only``: a prefix pass; returns the keys and values of layers < depth, a list of
         ([B, T, K, H], [B, T, K, H]). ``prefix_kv``: that list, from a pass over the positions
         before these (``positions`` then start after the prefix).
+
+        ``positions`` [B, T]: each token's rotary position (default: consecutive, after the
+        prefix); ``key_mask`` bool [B, P + T]: False for keys no query may see (padding), as
+        transformers' ``attention_mask``.
         """
         cfg = self.cfg
         depth = cfg.num_layers if depth is None or logits else depth
@@ -268,7 +300,9 @@ class Decoder(nn.Module):
         for i in range(depth):
             last = i == depth - 1 and not logits
             layer_kv = None if prefix_kv is None else prefix_kv[i]
-            x, kv = self.layers[i](x, positions, last and not kv_only, layer_kv, last and kv_only)
+            x, kv = self.layers[i](
+                x, positions, last and not kv_only, layer_kv, last and kv_only, key_mask
+            )
             cache.append(kv)
         if kv_only:
             return cache

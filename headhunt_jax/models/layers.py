@@ -116,39 +116,54 @@ def is_head_outputs(module, method_name):
 ATTENTION_IMPLS = ("xla", "cudnn", "chunked")
 
 
-def attention(q, k, v, *, causal: bool, impl: str = "chunked", chunk: int = 128):
+def attention(
+    q, k, v, *, causal: bool, impl: str = "chunked", chunk: int = 128, mask=None, segment_ids=None
+):
     """Softmax attention. q [B, T, N, H], k/v [B, S, K, H] with K dividing N (query head n reads
     kv head n // (N / K)); a causal query i sits at key position S - T + i.
 
-    'xla' and 'cudnn' are ``jax.nn.dot_product_attention``'s implementations. 'chunked' splits the
-    queries into blocks of ``chunk``: a block scores only the keys it can see, so memory is
-    [B, N, chunk, S] instead of [B, N, T, S] and a causal pass does about half the work. Each
-    block's softmax is exact (it sees all of its keys), so no online rescaling is needed.
+    ``mask``: bool [B, 1 or N, T or 1, S], True where a query may see a key (e.g. left padding);
+    ``segment_ids``: (int [B, T], int [B, S]), a query sees only keys of its own segment (packed
+    sequences, windowed attention). Both combine with ``causal``.
+
+    'xla' and 'cudnn' are ``jax.nn.dot_product_attention``'s implementations (with a mask or
+    segment ids, 'xla'). 'chunked' splits the queries into blocks of ``chunk``: a block scores
+    only the keys it can see, so memory is [B, N, chunk, S] instead of [B, N, T, S] and a causal
+    pass does about half the work. Each block's softmax is exact (it sees all of its keys), so no
+    online rescaling is needed.
     """
     scale = q.shape[-1] ** -0.5
     t, s = q.shape[1], k.shape[1]
     offset = s - t
-    if impl == "cudnn" and t == 1:
-        impl = "xla"  # one query is a matrix-vector product; cuDNN's fused kernels want blocks
+    if segment_ids is not None:
+        q_ids, kv_ids = segment_ids
+        same = (q_ids[:, :, None] == kv_ids[:, None, :])[:, None]
+        mask = same if mask is None else mask & same
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, (*mask.shape[:2], t, s))
+    if impl == "cudnn" and (t == 1 or mask is not None):
+        # One query is a matrix-vector product; cuDNN's fused kernels want blocks, and no mask.
+        impl = "xla"
     if impl != "chunked":
         if causal and offset:
             raise ValueError("causal attention with fewer queries than keys needs impl='chunked'")
         return jax.nn.dot_product_attention(
-            q, k, v, scale=scale, is_causal=causal, implementation=impl
+            q, k, v, mask=mask, scale=scale, is_causal=causal, implementation=impl
         )
     outs = []
     for start in range(0, t, chunk):
         stop = min(start + chunk, t)
         keys = offset + stop if causal else s
-        mask = None
+        block_mask = None if mask is None else mask[:, :, start:stop, :keys]
         if causal:
             rows = offset + start + jnp.arange(stop - start)
-            mask = (rows[:, None] >= jnp.arange(keys)[None, :])[None, None]
+            seen = (rows[:, None] >= jnp.arange(keys)[None, :])[None, None]
+            block_mask = seen if block_mask is None else block_mask & seen
         q_block = q[:, start:stop]
         if outs:  # order the blocks, so that one block's scores are freed before the next
             outs[-1], q_block = jax.lax.optimization_barrier((outs[-1], q_block))
         out = jax.nn.dot_product_attention(
-            q_block, k[:, :keys], v[:, :keys], mask=mask, scale=scale, implementation="xla"
+            q_block, k[:, :keys], v[:, :keys], mask=block_mask, scale=scale, implementation="xla"
         )
         outs.append(out)
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)

@@ -13,12 +13,6 @@ import numpy as np
 SYSTEM_MESSAGE = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 
-DEFAULT_PROMPTS = (
-    "Identify any abnormal events or safety hazards in this video.",
-    "Analyze the video for anomalies. Describe any violent activities, accidents, or deviations "
-    "from normal patterns in detail.",
-)
-
 
 def video_question(prompt: str, num_frames: int) -> str:
     """``Frame1: <image>\\n ... FrameF: <image>\\n`` followed by the prompt."""

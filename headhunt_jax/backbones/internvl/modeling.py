@@ -1,6 +1,5 @@
 """InternVL3 / InternVL3.5: InternViT -> pixel shuffle -> MLP projector -> image embeddings placed
 at the image-token positions of ``input_ids`` -> Qwen2 (InternVL3) or Qwen3 (InternVL3.5) decoder.
-Also the text-only wrapper that gives Qwen2/Qwen3/Llama checkpoints the same interface.
 """
 
 import dataclasses
@@ -9,8 +8,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from headhunt_jax.backbones.internvl.vision import InternViT, VisionConfig
 from headhunt_jax.models.decoder import Decoder, DecoderConfig
-from headhunt_jax.models.intern_vit import InternViT, VisionConfig
 from headhunt_jax.models.layers import Einsum, LayerNorm
 
 
@@ -22,6 +21,10 @@ class InternVLConfig:
     image_token_id: int = 151667
 
     @property
+    def vision_token_ids(self) -> tuple[int, ...]:
+        return (self.image_token_id,)
+
+    @property
     def tokens_per_image(self) -> int:
         return self.image_tokens(self.vision.image_size)
 
@@ -29,6 +32,16 @@ class InternVLConfig:
         """Image tokens of one image of ``image_size`` pixels a side, after the pixel shuffle."""
         grid = image_size // self.vision.patch_size
         return int(grid * grid * self.downsample_ratio**2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InternVLConfig":
+        """The inverse of ``dataclasses.asdict`` (converted checkpoints store that)."""
+        return cls(
+            vision=VisionConfig(**d["vision"]),
+            text=DecoderConfig.from_dict(d["text"]),
+            downsample_ratio=d["downsample_ratio"],
+            image_token_id=d["image_token_id"],
+        )
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "InternVLConfig":
@@ -158,21 +171,4 @@ class InternVL(nn.Module):
             is_image = input_ids == self.cfg.image_token_id
             slot = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, images.shape[0] - 1)
             embeds = jnp.where(is_image[..., None], images[slot].reshape(embeds.shape), embeds)
-        return self.language_model(embeds, depth=depth, logits=logits, **kv)
-
-
-class TextModel(nn.Module):
-    """A Qwen2/Qwen3/Llama causal LM with the same call signature as ``InternVL`` (no images)."""
-
-    cfg: DecoderConfig
-    dtype: Any = jnp.float32
-    attention_impl: str = "chunked"
-
-    def setup(self):
-        self.language_model = Decoder(self.cfg, self.dtype, self.attention_impl)
-
-    def __call__(self, input_ids, pixel_values=None, depth=None, logits=False, **kv):
-        if pixel_values is not None:
-            raise ValueError("this backbone is text-only: pixel_values must be None")
-        embeds = self.language_model.embed(input_ids)
         return self.language_model(embeds, depth=depth, logits=logits, **kv)

@@ -1,0 +1,111 @@
+"""Backbone families, one folder each: its config (a frozen dataclass with a strict ``from_hf``,
+``from_dict`` and presets), its Flax module, its HF key table and its processor. ``FAMILIES``
+maps a checkpoint's ``model_type`` to its family; outside a family's folder nothing names one.
+
+The contract a family keeps:
+
+- config: ``from_hf(config.json dict)``, ``from_dict(dataclasses.asdict(config))``, ``text`` (the
+  decoder's ``DecoderConfig``) and ``vision_token_ids`` (the placeholder tokens that vision
+  inputs fill; empty for text-only);
+- module ``(cfg, dtype, attention_impl)`` called as ``(input_ids, depth=, logits=, prefix_kv=,
+  kv_only=, **vision_inputs)``, with the shared decoder as its ``language_model`` (whose
+  ``HeadOutputs`` give the head features); ``vision_inputs`` are the HF model's own keyword
+  arguments (``pixel_values``, ``pixel_values_videos``, ...);
+- ``init_inputs(cfg)``: the smallest call's keyword inputs (for shapes and random weights);
+- ``check_inputs(cfg, input_ids, vision_inputs)``: a clear ValueError when they do not fit;
+- ``processor(cfg, checkpoint_dir, image_size)``: decoded frames + a prompt -> the module's inputs
+  (``Processor``), or None for a text-only family;
+- ``demo_backbones``: tiny random-weight checkpoints of the family for ``demo --backbone``.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from headhunt_jax.weights import KeyTable
+
+
+class Processor(Protocol):
+    """Turns one segment's frames and a prompt into a family's inputs.
+
+    ``frames``: how the video reader prepares each sampled frame (``VideoReader`` keyword
+    arguments: ``image_size``, ``mean``, ``std``), giving float32 [F, 3, S, S] a segment;
+    ``prompt_ids(prompt, num_frames)``: input_ids [T] int32; ``vision_inputs(pixels)``: segments'
+    pixels [B, F, 3, S, S] -> the module's keyword inputs; ``spec``: what to record with features.
+    """
+
+    frames: Mapping[str, Any]
+    spec: Mapping[str, Any]
+
+    def prompt_ids(self, prompt: str, num_frames: int) -> np.ndarray: ...
+
+    def vision_inputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Family:
+    """A backbone family (see the module docstring for what each part does)."""
+
+    name: str  # recorded in converted checkpoints
+    model_types: tuple[str, ...]  # config.json's model_type values it reads
+    config_type: type
+    module: type
+    keys: KeyTable
+    init_inputs: Callable[[Any], dict]
+    check_inputs: Callable[[Any, np.ndarray, dict], None]
+    processor: Callable[..., Processor] | None = None
+    presets: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Tiny random-weight checkpoints for the demo, by name: (out_dir, prompts, seed) -> directory.
+    demo_backbones: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    for model_type in family.model_types:
+        if model_type in FAMILIES:
+            raise ValueError(f"model_type {model_type!r} has two families")
+        FAMILIES[model_type] = family
+    return family
+
+
+def for_model_type(model_type) -> Family:
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"unsupported model_type {model_type!r} (supported: {', '.join(FAMILIES)})"
+        )
+    return FAMILIES[model_type]
+
+
+def for_name(name: str) -> Family:
+    for family in FAMILIES.values():
+        if family.name == name:
+            return family
+    raise ValueError(f"unknown backbone family {name!r}")
+
+
+def for_config(cfg) -> Family:
+    for family in FAMILIES.values():
+        if type(cfg) is family.config_type:
+            return family
+    raise TypeError(f"no backbone family has the config type {type(cfg).__name__}")
+
+
+def demo_backbone(name: str) -> Callable[..., Any]:
+    """The writer of the tiny demo checkpoint ``name`` (``demo --backbone``)."""
+    known = {n: f for family in FAMILIES.values() for n, f in family.demo_backbones.items()}
+    if name not in known:
+        raise ValueError(f"no demo backbone {name!r} (known: {', '.join(sorted(known))})")
+    return known[name]
+
+
+def presets() -> dict[str, Any]:
+    """Every family's presets: {name: config}."""
+    return {name: cfg for f in FAMILIES.values() for name, cfg in f.presets.items()}
+
+
+# One line a family.
+from headhunt_jax.backbones import internvl, text  # noqa: E402, F401

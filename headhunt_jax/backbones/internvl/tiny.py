@@ -1,0 +1,67 @@
+"""Tiny InternVL backbones with fixed-seed random weights and a small byte-level BPE tokenizer, for
+the demo and the tests: the pipeline runs for real, the weights are not."""
+
+from pathlib import Path
+
+from headhunt_jax.backbones.internvl.modeling import InternVLConfig
+from headhunt_jax.backbones.internvl.prompt import IMG_CONTEXT, IMG_END, IMG_START, SYSTEM_MESSAGE
+from headhunt_jax.backbones.internvl.vision import VisionConfig
+from headhunt_jax.models.decoder import DecoderConfig
+
+SPECIAL_TOKENS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    IMG_START,
+    IMG_END,
+    IMG_CONTEXT,
+)
+
+
+def tiny_tokenizer(corpus):
+    """A byte-level BPE tokenizer with InternVL's special tokens, trained on ``corpus``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return tok
+
+
+def tiny_backbone(
+    out_dir, prompts, image_size: int = 112, seed: int = 0, text_model: str = "qwen2"
+) -> Path:
+    """Writes a tiny InternVL-architecture backbone (random weights, fixed seed; a Qwen2 decoder
+    as InternVL3's, or with ``text_model="qwen3"`` a Qwen3 one as InternVL3.5's) to ``out_dir``
+    as a converted checkpoint with its tokenizer; returns the directory."""
+    from headhunt_jax import backbone
+
+    out_dir = Path(out_dir)
+    corpus = [SYSTEM_MESSAGE, "system user assistant Frame1: Frame16:", *prompts]
+    tok = tiny_tokenizer(corpus)
+    cfg = InternVLConfig(
+        vision=VisionConfig(
+            hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=image_size
+        ),
+        text=DecoderConfig(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=128,
+            intermediate_size=256,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=32,
+            attention_bias=text_model == "qwen2",
+            qk_norm=text_model == "qwen3",
+        ),
+        image_token_id=tok.token_to_id(IMG_CONTEXT),
+    )
+    model = backbone.make_model(cfg)
+    name = {"qwen2": "tiny-internvl3-random", "qwen3": "tiny-internvl3.5-random"}[text_model]
+    bb = backbone.Backbone(model, backbone.random_params(model, seed), name)
+    backbone.save_converted(bb, out_dir)
+    tok.save(str(out_dir / "tokenizer.json"))
+    return out_dir

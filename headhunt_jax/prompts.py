@@ -1,0 +1,31 @@
+"""The prompts heads are hunted under: ``data/prompts.json`` (two published with the original, three
+written for this project), or a file of one's own."""
+
+import importlib.resources
+import json
+from pathlib import Path
+
+PROMPTS_FILE = Path(str(importlib.resources.files("headhunt_jax.data"))) / "prompts.json"
+
+
+def load_prompts(path: str | Path | None = None) -> tuple[str, ...]:
+    """Prompts from a JSON file (``{"prompts": [{"text": ...}, ...]}`` as ``data/prompts.json``,
+    or a list of strings) or a text file (one prompt a line); default: the protocol's five."""
+    path = Path(path) if path is not None else PROMPTS_FILE
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            record = json.loads(text)
+            items = record["prompts"] if isinstance(record, dict) else record
+            prompts = [p["text"] if isinstance(p, dict) else p for p in items]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a prompts file ({e})") from None
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(prompts) < 2 or not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError(f"{path}: head hunting needs at least 2 non-empty prompts")
+    return tuple(prompts)
+
+
+# The two prompts published with the original code.
+DEFAULT_PROMPTS = load_prompts()[:2]

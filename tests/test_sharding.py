@@ -19,7 +19,7 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 import headhunt_jax as hh
-from headhunt_jax import backbone, sharding
+from headhunt_jax import backbone, backbones, sharding
 from headhunt_jax.prefix import head_features_prompts
 
 hf = pytest.importorskip("hf_reference")
@@ -322,3 +322,25 @@ def test_on_mesh_cli_extract_uses_every_device(tmp_path):
     assert got.features.shape == want.features.shape and got.features.shape[:1] == (6,)
     assert got.features.shape[2] == 8  # heads
     assert rel_err(got.features, want.features) <= TOL
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    """A tiny LLaVA-OneVision checkpoint (the demo's) and a batch of 3 two-frame videos."""
+    path = tmp_path_factory.mktemp("llava") / "ckpt"
+    backbones.demo_backbone("llava-onevision")(path, ["Anything odd here?"], image_size=28)
+    bb = hh.load_backbone(path)
+    ids = np.tile(bb.processor().prompt_ids("Anything odd here?", 2)[None], (3, 1))
+    videos = np.random.default_rng(1).standard_normal((3, 2, 3, 28, 28)).astype(np.float32)
+    return path, ids, videos
+
+
+@on_mesh
+@pytest.mark.parametrize("shape", [(4, 2), (2, 4)])
+def test_on_mesh_llava_onevision_matches_one_device(llava, shape):
+    path, ids, videos = llava
+    want = np.asarray(hh.head_features(hh.load_backbone(path), ids, pixel_values_videos=videos))
+    bb = hh.load_backbone(path, mesh=sharding.make_mesh(*shape))
+    got = hh.head_features(bb, ids, pixel_values_videos=videos)
+    assert got.shape == want.shape and rel_err(got, want) <= TOL
+    assert _placed_by_rules(bb)

@@ -108,4 +108,4 @@ def presets() -> dict[str, Any]:
 
 
 # One line a family.
-from headhunt_jax.backbones import internvl, text  # noqa: E402, F401
+from headhunt_jax.backbones import internvl, llava_onevision, text  # noqa: E402, F401

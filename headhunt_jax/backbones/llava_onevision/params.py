@@ -1,0 +1,104 @@
+"""LLaVA-OneVision checkpoints' keys (``LlavaOnevisionForConditionalGeneration``) -> params, the
+dummy inputs that create every parameter, and a minimal loader.
+
+Key layouts: transformers v5's ``save_pretrained`` writes the legacy layout the released
+llava-hf checkpoints have (``language_model.model.*``, ``vision_tower.*``,
+``multi_modal_projector.*``, ``image_newline``; ``language_model.lm_head.*`` or ``lm_head.*``);
+its in-memory layout (``model.language_model.*``, ``model.vision_tower.*``, ...,
+``model.image_newline``) is read too. The tower's keys may carry SigLIP's ``vision_model.``
+(transformers v4 ``SiglipVisionModel``) or not (v5).
+"""
+
+import json
+from pathlib import Path
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from headhunt_jax import weights as w
+from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig
+from headhunt_jax.backbones.llava_onevision.modeling import LlavaOnevision
+
+_V = r"vision\.(?:vision_model\.)?"
+_L = _V + r"encoder\.layers\.(\d+)\."
+
+KEYS = w.KeyTable(
+    w.DECODER_ROWS
+    + [
+        # SigLIP tower
+        (_V + r"embeddings\.patch_embedding\.weight", "vision/patch_embed/kernel", w.conv),
+        (_V + r"embeddings\.patch_embedding\.bias", "vision/patch_embed/bias", None),
+        (_V + r"embeddings\.position_embedding\.weight", "vision/position_embedding", None),
+        (
+            _L + r"self_attn\.([qkv])_proj\.weight",
+            r"vision/layers_\1/attn/\2_proj/kernel",
+            w.heads_in,
+        ),
+        (_L + r"self_attn\.([qkv])_proj\.bias", r"vision/layers_\1/attn/\2_proj/bias", w.reshape),
+        (_L + r"self_attn\.out_proj\.weight", r"vision/layers_\1/attn/o_proj/kernel", w.heads_out),
+        (_L + r"self_attn\.out_proj\.bias", r"vision/layers_\1/attn/o_proj/bias", None),
+        (_L + r"layer_norm([12])\.weight", r"vision/layers_\1/norm\2/scale", None),
+        (_L + r"layer_norm([12])\.bias", r"vision/layers_\1/norm\2/bias", None),
+        (_L + r"mlp\.(fc[12])\.weight", r"vision/layers_\1/\2/kernel", w.linear),
+        (_L + r"mlp\.(fc[12])\.bias", r"vision/layers_\1/\2/bias", None),
+        (_V + r"post_layernorm\.weight", "vision/post_layernorm/scale", None),
+        (_V + r"post_layernorm\.bias", "vision/post_layernorm/bias", None),
+        # projector and the newline embedding
+        (r"proj\.(linear_[12])\.weight", r"projector/\1/kernel", w.linear),
+        (r"proj\.(linear_[12])\.bias", r"projector/\1/bias", None),
+        (r"image_newline", "image_newline", None),
+    ],
+    [
+        ("model.language_model.", "lm."),
+        ("language_model.model.", "lm."),
+        ("language_model.lm_head.", "lm_head."),
+        ("model.vision_tower.", "vision."),
+        ("vision_tower.", "vision."),
+        ("model.multi_modal_projector.", "proj."),
+        ("multi_modal_projector.", "proj."),
+        ("model.image_newline", "image_newline"),
+        ("lm_head.", "lm_head."),
+    ],
+)
+
+
+def init_inputs(cfg: LlavaOnevisionConfig) -> dict:
+    """The smallest call that creates every parameter: a one-frame video (the video path uses
+    the tower, the projector and ``image_newline``), for ``model.init(key, **inputs,
+    logits=True)``."""
+    v = cfg.vision
+    return {
+        "input_ids": jnp.full((1, cfg.video_tokens(1)), cfg.video_token_id, jnp.int32),
+        "pixel_values_videos": jnp.zeros(
+            (1, 1, v.num_channels, v.image_size, v.image_size), jnp.float32
+        ),
+    }
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def load(path, dtype="float32", attention_impl: str = "chunked"):
+    """A HF checkpoint directory -> (module, params): ``config.json`` through
+    ``LlavaOnevisionConfig.from_hf``, the safetensors through ``KEYS`` (every tensor checked).
+    ``dtype``: 'float32', 'bfloat16' or a jnp dtype (parameters and compute)."""
+    path = Path(path)
+    dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    cfg = LlavaOnevisionConfig.from_hf(json.loads((path / "config.json").read_text()))
+    model = LlavaOnevision(cfg, dtype, attention_impl)
+    inputs = init_inputs(cfg)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs, logits=True))
+    flat_shapes = flax.traverse_util.flatten_dict(nn.meta.unbox(shapes["params"]), sep="/")
+    tensors = (item for f in w.safetensors_files(path) for item in w.read_safetensors(f))
+    flat = w.convert(
+        tensors,
+        {k: tuple(v.shape) for k, v in flat_shapes.items()},
+        jnp.dtype(dtype),
+        str(path),
+        cfg.text.tie_word_embeddings,
+        place=lambda _, a: jnp.asarray(a),
+        table=KEYS,
+    )
+    return model, flax.traverse_util.unflatten_dict(flat, sep="/")

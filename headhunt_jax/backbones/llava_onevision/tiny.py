@@ -1,0 +1,56 @@
+"""A tiny LLaVA-OneVision backbone with fixed-seed random weights and a small byte-level BPE
+tokenizer, for the demo and the tests: the pipeline runs for real, the weights are not."""
+
+from pathlib import Path
+
+from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig, SiglipConfig
+from headhunt_jax.backbones.llava_onevision.processor import VIDEO_TOKEN, chat_text
+from headhunt_jax.models.decoder import DecoderConfig
+
+SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<image>", VIDEO_TOKEN)
+
+
+def tiny_tokenizer(corpus):
+    """A byte-level BPE tokenizer with the chat template's special tokens, trained on ``corpus``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return tok
+
+
+def tiny_backbone(out_dir, prompts, image_size: int = 112, seed: int = 0) -> Path:
+    """Writes a tiny LLaVA-OneVision-architecture backbone (SigLIP, projector, 2x2 pooling and
+    newline, Qwen2; random weights, fixed seed) to ``out_dir`` as a converted checkpoint with
+    its tokenizer; returns the directory."""
+    from headhunt_jax import backbone
+
+    out_dir = Path(out_dir)
+    tok = tiny_tokenizer([chat_text(p) for p in prompts])
+    cfg = LlavaOnevisionConfig(
+        vision=SiglipConfig(
+            hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=image_size
+        ),
+        text=DecoderConfig(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=128,
+            intermediate_size=256,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=32,
+        ),
+        image_token_id=tok.token_to_id("<image>"),
+        video_token_id=tok.token_to_id(VIDEO_TOKEN),
+    )
+    model = backbone.make_model(cfg)
+    params = backbone.random_params(model, seed)
+    bb = backbone.Backbone(model, params, "tiny-llava-onevision-random")
+    backbone.save_converted(bb, out_dir)
+    tok.save(str(out_dir / "tokenizer.json"))
+    return out_dir

@@ -1,5 +1,5 @@
-"""Shared pieces of the extraction benchmarks: the same InternVL-shaped model for headhunt_jax
-and transformers, synthetic segments, and the FLOP count of one extraction."""
+"""Shared pieces of the extraction benchmarks: the same mid-size model of a family for
+headhunt_jax and transformers, synthetic segments, and the FLOP count of one extraction."""
 
 import time
 
@@ -7,6 +7,7 @@ import numpy as np
 
 from headhunt_jax.backbones.internvl.modeling import InternVLConfig
 from headhunt_jax.backbones.internvl.vision import VisionConfig
+from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig, SiglipConfig
 from headhunt_jax.models.decoder import DecoderConfig
 
 # A mid-size model that a 2-core CPU runs in seconds: 224 px frames (64 image tokens each).
@@ -25,6 +26,67 @@ MID = InternVLConfig(
     ),
     image_token_id=8000,
 )
+
+
+# The same decoder behind a SigLIP tower at 224 px (patch 14: 256 patches, 64 pooled tokens a
+# frame, as MID's 64 image tokens).
+MID_LLAVA = LlavaOnevisionConfig(
+    vision=SiglipConfig(
+        hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4, image_size=224
+    ),
+    text=MID.text,
+    image_token_id=8000,
+    video_token_id=8001,
+)
+
+
+def hf_llava_config(cfg: LlavaOnevisionConfig, attn: str):
+    """transformers' LlavaOnevisionConfig with the same shapes."""
+    import transformers
+
+    v, t = cfg.vision, cfg.text
+    config = transformers.LlavaOnevisionConfig(
+        vision_config=dict(
+            hidden_size=v.hidden_size,
+            intermediate_size=v.intermediate_size,
+            num_hidden_layers=v.num_layers,
+            num_attention_heads=v.num_heads,
+            image_size=v.image_size,
+            patch_size=v.patch_size,
+            vision_use_head=False,
+        ),
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=t.vocab_size,
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_layers,
+            num_attention_heads=t.num_heads,
+            num_key_value_heads=t.num_kv_heads,
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta},
+            rms_norm_eps=t.rms_norm_eps,
+            tie_word_embeddings=t.tie_word_embeddings,
+        ),
+        image_token_index=cfg.image_token_id,
+        video_token_index=cfg.video_token_id,
+        vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        image_grid_pinpoints=[[v.image_size, v.image_size]],
+        tie_word_embeddings=t.tie_word_embeddings,
+    )
+    config._attn_implementation = attn
+    return config
+
+
+def video_ids(cfg: LlavaOnevisionConfig, frames: int, batch: int, seed: int = 0) -> np.ndarray:
+    """[batch, T] ids shaped like the LLaVA-OneVision prompt: a user turn's opening, one video,
+    a prompt and the assistant turn's opening."""
+    rng = np.random.default_rng(seed)
+    vocab = min(cfg.text.vocab_size, cfg.image_token_id)
+    video = [cfg.video_token_id] * cfg.video_tokens(frames)
+    rows = [list(rng.integers(0, vocab, 4)) + video + list(rng.integers(0, vocab, 30))]
+    return np.asarray(rows * batch, np.int32)
 
 
 def hf_config(cfg: InternVLConfig, attn: str):

@@ -6,7 +6,8 @@ Early exit: the published XD-Violence experts' deepest layer is 23 of 28, so det
 layers 0-22 and only the attention of layer 23; prints the time against reading all 28 layers
 (the original's forward runs them all) on a 28-layer model, vision tower included.
 
-    python benchmarks/prefix_reuse.py [--prompts 2,5] [--batch 1] [--repeats 3]
+    python benchmarks/prefix_reuse.py [--family internvl|llava-onevision] [--prompts 2,5]
+        [--batch 1] [--repeats 3]
 """
 
 import argparse
@@ -28,22 +29,29 @@ XD_VIOLENCE_EXPERT_LAYERS = (18, 20, 23)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", default="internvl", choices=["internvl", "llava-onevision"])
     ap.add_argument("--prompts", default="2,5")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    cfg = _models.MID
-    bb = backbone.Backbone(
-        backbone.make_model(cfg), backbone.random_params(backbone.make_model(cfg)), "mid"
-    )
     rng = np.random.default_rng(0)
-    head = _models.segment_ids(cfg, args.frames, args.batch)[:, :-30]  # system turn + frames
-    size = cfg.vision.image_size
-    pixels = rng.standard_normal((args.batch * args.frames, 3, size, size)).astype(np.float32)
+    if args.family == "internvl":
+        cfg = _models.MID
+        make_ids, key, shape = _models.segment_ids, "pixel_values", (args.batch * args.frames,)
+        size = cfg.vision.image_size
+    else:
+        cfg = _models.MID_LLAVA
+        make_ids, key, shape = _models.video_ids, "pixel_values_videos", (args.batch, args.frames)
+        size = cfg.image_size
+    model = backbone.make_model(cfg)
+    bb = backbone.Backbone(model, backbone.random_params(model), "mid")
+    head = make_ids(cfg, args.frames, args.batch)[:, :-30]  # everything before the prompt
+    vision = {key: rng.standard_normal((*shape, 3, size, size)).astype(np.float32)}
     print(
-        f"mid-size InternVL-shaped model, {args.frames} frames ({head.shape[1]} prefix tokens), batch {args.batch}"
+        f"mid-size {args.family}-shaped model, {args.frames} frames ({head.shape[1]} prefix "
+        f"tokens), batch {args.batch}"
     )
     for m in (int(x) for x in args.prompts.split(",")):
         tails = [
@@ -52,10 +60,10 @@ def main():
         ids = [np.concatenate([head, t], axis=1).astype(np.int32) for t in tails]
 
         def separate(ids=ids):
-            return [backbone.head_features(bb, i, pixels) for i in ids]
+            return [backbone.head_features(bb, i, **vision) for i in ids]
 
         def shared(ids=ids):
-            return head_features_prompts(bb, ids, pixels)
+            return head_features_prompts(bb, ids, **vision)
 
         t_sep, t_shared = (
             _models.median_time(separate, jax.block_until_ready, args.repeats),
@@ -68,12 +76,12 @@ def main():
     deep = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, num_layers=28))
     model = backbone.make_model(deep)
     bb = backbone.Backbone(model, backbone.random_params(model), "mid-28")
-    ids = _models.segment_ids(deep, args.frames, args.batch)
+    ids = make_ids(deep, args.frames, args.batch)
     full = _models.median_time(
-        lambda: backbone.head_features(bb, ids, pixels), jax.block_until_ready, args.repeats
+        lambda: backbone.head_features(bb, ids, **vision), jax.block_until_ready, args.repeats
     )
     exit_23 = _models.median_time(
-        lambda: backbone.head_features(bb, ids, pixels, layers=XD_VIOLENCE_EXPERT_LAYERS),
+        lambda: backbone.head_features(bb, ids, layers=XD_VIOLENCE_EXPERT_LAYERS, **vision),
         jax.block_until_ready,
         args.repeats,
     )

@@ -6,6 +6,7 @@ In a run over many videos the good ones finish and the failures are listed at th
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -50,6 +51,17 @@ def _load_backbone(args):
     return load_backbone(
         args.model, dtype=_dtype(args.dtype), mesh=_local_mesh(args.model_parallel)
     )
+
+
+@contextlib.contextmanager
+def _names(detector_dir):
+    """A backbone that the detector refuses is an error that names the detector."""
+    from headhunt_jax.pipeline import IncompatibleBackbone
+
+    try:
+        yield
+    except IncompatibleBackbone as e:
+        raise CliError(f"{detector_dir}: {e}") from None
 
 
 def _dtype(dtype: str) -> str:
@@ -275,7 +287,7 @@ def _detect(args):
         )
     videos, root = _video_list(args.videos)
     bb = _load_backbone(args)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _names(args.detector):
         results, failures = pipeline.detect(
             bb,
             detector,
@@ -312,7 +324,7 @@ def _evaluate(args):
         )
     root, items = _dataset(args)
     bb = _load_backbone(args)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _names(args.detector):
         results, failures = pipeline.detect(
             bb,
             detector,

@@ -329,12 +329,16 @@ def detector_scores(detector: Detector, x) -> np.ndarray:
     return np.asarray(score(detector.scorer, padded))[:n]
 
 
+class IncompatibleBackbone(ValueError):
+    """A backbone of another architecture than the detector's."""
+
+
 def check_compatible(bb: Backbone, detector: Detector) -> None:
     """A detector only reads the backbone it was fitted on: another architecture is an error; the
     same architecture under another name (a renamed folder, or a fine-tune) is a warning. (Its
     heads are checked against the backbone by the extraction.)"""
     if detector.backbone_fingerprint and detector.backbone_fingerprint != bb.fingerprint:
-        raise ValueError(
+        raise IncompatibleBackbone(
             f"the detector was fitted on backbone {detector.backbone!r}, not {bb.name!r} "
             "(another architecture)"
         )

@@ -183,7 +183,7 @@ def test_one_line_errors(work, detector, tmp_path):
         sorted(clips.glob("*.mp4"))[0],
         check=False,
     )
-    assert_one_line_error(run, "fitted on backbone")
+    assert_one_line_error(run, f"{detector}: the detector was fitted on backbone")
     assert_one_line_error(
         cli("hunt", root / "store0", "--out", tmp_path / "h.json", check=False),
         "at least 2 prompts",

@@ -17,6 +17,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+import headhunt_jax as hh  # noqa: E402
 from headhunt_jax.backbones.llava_onevision import params as lov_params  # noqa: E402
 from headhunt_jax.backbones.llava_onevision import processor as lov_processor  # noqa: E402
 from headhunt_jax.backbones.llava_onevision.config import (  # noqa: E402
@@ -75,6 +76,12 @@ def tiny_config(vision_feature_layer=-1, kv_heads=2, strategy="full", **kw):
         image_grid_pinpoints=[[SIZE, SIZE], [SIZE, 2 * SIZE], [2 * SIZE, SIZE]],
         **kw,
     )
+
+
+def load(path):
+    """(module, params) of a checkpoint read by ``load_backbone``, as users read it."""
+    bb = hh.load_backbone(path)
+    return bb.model, bb.params
 
 
 def build(config, seed=0):
@@ -168,7 +175,7 @@ def rng():
 def test_video_parity(tmp_path, rng, vision_feature_layer, kv_heads, frame_counts):
     torch_model = build(tiny_config(vision_feature_layer, kv_heads))
     torch_model.save_pretrained(tmp_path / "ckpt")
-    model, params = lov_params.load(tmp_path / "ckpt")
+    model, params = load(tmp_path / "ckpt")
     assert model.cfg.text.num_kv_heads == kv_heads
     for frames in frame_counts:
         ids = video_ids(rng, model.cfg, batch=2, frames=frames)
@@ -204,7 +211,7 @@ def test_base_size_image_parity(image_model, rng, sizes):
     """One image a sample, no larger than the base resolution: transformers' base view + one
     unpadded tile with a newline a row; image_sizes traced under jit."""
     torch_model, path = image_model
-    model, params = lov_params.load(path)
+    model, params = load(path)
     ids = image_ids(rng, model.cfg, sizes)
     pixels = rng.standard_normal((len(sizes), 2, 3, SIZE, SIZE)).astype(np.float32)
     check_parity(
@@ -214,7 +221,7 @@ def test_base_size_image_parity(image_model, rng, sizes):
 
 def test_image_and_video_in_one_batch(image_model, rng):
     torch_model, path = image_model
-    model, params = lov_params.load(path)
+    model, params = load(path)
     cfg = model.cfg
     row = [1, *[IMAGE_ID] * cfg.image_tokens(20, SIZE), 2, *[VIDEO_ID] * cfg.video_tokens(2), 3]
     pixels = rng.standard_normal((1, 2, 3, SIZE, SIZE)).astype(np.float32)
@@ -232,7 +239,7 @@ def test_image_and_video_in_one_batch(image_model, rng):
 
 def test_larger_image_and_token_counts_refused(image_model, rng):
     _, path = image_model
-    model, _ = lov_params.load(path)
+    model, _ = load(path)
     pixels = np.zeros((1, 2, 3, SIZE, SIZE), np.float32)
     ids = image_ids(rng, model.cfg, [(SIZE, SIZE)])
     with pytest.raises(ValueError, match="anyres tiling is not implemented"):
@@ -287,7 +294,7 @@ def test_key_layouts(tmp_path, image_model, rng):
             ("image_newline", "model.image_newline"),
         ],
     }
-    _, want = lov_params.load(path)
+    _, want = load(path)
     for name, renames in layouts.items():
         renamed = {}
         for k, v in tensors.items():
@@ -305,21 +312,20 @@ def test_key_layouts(tmp_path, image_model, rng):
         weight_map = {k: shard for shard, ks in shards.items() for k in ks}
         (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
         (out / "config.json").write_text((path / "config.json").read_text())
-        _, got = lov_params.load(out)
+        _, got = load(out)
         jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 def test_tied_head_and_registry(tmp_path, rng):
     """A tied head (the text config's flag, which transformers forwards to the top level),
     read through the registry: ``load_backbone`` + ``head_features`` with a video."""
-    import headhunt_jax as hh
 
     config = tiny_config(-1)
     config.text_config.tie_word_embeddings = True
     config.tie_word_embeddings = True
     torch_model = build(config, seed=2)
     torch_model.save_pretrained(tmp_path / "ckpt")
-    model, params = lov_params.load(tmp_path / "ckpt")
+    model, params = load(tmp_path / "ckpt")
     assert model.cfg.text.tie_word_embeddings and "lm_head" not in params["language_model"]
     ids = video_ids(rng, model.cfg, batch=2, frames=2)
     videos = rng.standard_normal((2, 2, 3, SIZE, SIZE)).astype(np.float32)
@@ -524,7 +530,6 @@ def test_family_processor(tmp_path, checkpoint_tokenizer, rng):
 def test_prefix_reuse_and_early_exit_on_the_demo_checkpoint(tmp_path):
     """Two prompts after the same video share its prefix: their features equal separate full
     passes; a layer subset equals the slice of all layers (the forward stops early)."""
-    import headhunt_jax as hh
     from headhunt_jax import backbones
     from headhunt_jax.prefix import head_features_prompts
 
@@ -542,3 +547,22 @@ def test_prefix_reuse_and_early_exit_on_the_demo_checkpoint(tmp_path):
         np.testing.assert_allclose(shared[m], full, rtol=1e-5, atol=1e-6)
         part = np.asarray(hh.head_features(bb, prompt_ids, layers=[2, 0], **vision))
         np.testing.assert_allclose(part, full[:, [2, 0]], rtol=1e-5, atol=1e-6)
+
+
+def test_converted_round_trip(image_model, tmp_path, rng):
+    """``headhunt-jax convert``'s orbax checkpoint of the family gives the same features."""
+    from headhunt_jax import backbone
+
+    _, path = image_model
+    bb = hh.load_backbone(path)
+    out = backbone.save_converted(bb, tmp_path / "converted")
+    again = hh.load_backbone(out)
+    assert again.family.name == "llava_onevision" and again.fingerprint == bb.fingerprint
+    sizes = [(SIZE, SIZE)]
+    ids = image_ids(rng, bb.config, sizes)
+    pixels = rng.standard_normal((1, 2, 3, SIZE, SIZE)).astype(np.float32)
+    vision = dict(pixel_values=pixels, image_sizes=np.asarray(sizes))
+    np.testing.assert_array_equal(
+        np.asarray(hh.head_features(again, ids, **vision)),
+        np.asarray(hh.head_features(bb, ids, **vision)),
+    )

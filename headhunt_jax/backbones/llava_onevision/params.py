@@ -1,5 +1,5 @@
 """LLaVA-OneVision checkpoints' keys (``LlavaOnevisionForConditionalGeneration``) -> params, the
-dummy inputs that create every parameter, and a minimal loader.
+dummy inputs that create every parameter (``backbone.load_backbone`` reads checkpoints with them).
 
 Key layouts: transformers v5's ``save_pretrained`` writes the legacy layout the released
 llava-hf checkpoints have (``language_model.model.*``, ``vision_tower.*``,
@@ -9,17 +9,10 @@ its in-memory layout (``model.language_model.*``, ``model.vision_tower.*``, ...,
 (transformers v4 ``SiglipVisionModel``) or not (v5).
 """
 
-import json
-from pathlib import Path
-
-import flax
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from headhunt_jax import weights as w
 from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig
-from headhunt_jax.backbones.llava_onevision.modeling import LlavaOnevision
 
 _V = r"vision\.(?:vision_model\.)?"
 _L = _V + r"encoder\.layers\.(\d+)\."
@@ -78,27 +71,3 @@ def init_inputs(cfg: LlavaOnevisionConfig) -> dict:
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def load(path, dtype="float32", attention_impl: str = "chunked"):
-    """A HF checkpoint directory -> (module, params): ``config.json`` through
-    ``LlavaOnevisionConfig.from_hf``, the safetensors through ``KEYS`` (every tensor checked).
-    ``dtype``: 'float32', 'bfloat16' or a jnp dtype (parameters and compute)."""
-    path = Path(path)
-    dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-    cfg = LlavaOnevisionConfig.from_hf(json.loads((path / "config.json").read_text()))
-    model = LlavaOnevision(cfg, dtype, attention_impl)
-    inputs = init_inputs(cfg)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs, logits=True))
-    flat_shapes = flax.traverse_util.flatten_dict(nn.meta.unbox(shapes["params"]), sep="/")
-    tensors = (item for f in w.safetensors_files(path) for item in w.read_safetensors(f))
-    flat = w.convert(
-        tensors,
-        {k: tuple(v.shape) for k, v in flat_shapes.items()},
-        jnp.dtype(dtype),
-        str(path),
-        cfg.text.tie_word_embeddings,
-        place=lambda _, a: jnp.asarray(a),
-        table=KEYS,
-    )
-    return model, flax.traverse_util.unflatten_dict(flat, sep="/")

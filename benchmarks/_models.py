@@ -40,6 +40,23 @@ MID_LLAVA = LlavaOnevisionConfig(
 )
 
 
+def _hf_text(t: DecoderConfig) -> dict:
+    """transformers' Qwen2 config dict with the decoder's shapes."""
+    return dict(
+        model_type="qwen2",
+        vocab_size=t.vocab_size,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta},
+        rms_norm_eps=t.rms_norm_eps,
+        tie_word_embeddings=t.tie_word_embeddings,
+    )
+
+
 def hf_llava_config(cfg: LlavaOnevisionConfig, attn: str):
     """transformers' LlavaOnevisionConfig with the same shapes."""
     import transformers
@@ -55,19 +72,7 @@ def hf_llava_config(cfg: LlavaOnevisionConfig, attn: str):
             patch_size=v.patch_size,
             vision_use_head=False,
         ),
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=t.vocab_size,
-            hidden_size=t.hidden_size,
-            intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_layers,
-            num_attention_heads=t.num_heads,
-            num_key_value_heads=t.num_kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta},
-            rms_norm_eps=t.rms_norm_eps,
-            tie_word_embeddings=t.tie_word_embeddings,
-        ),
+        text_config=_hf_text(t),
         image_token_index=cfg.image_token_id,
         video_token_index=cfg.video_token_id,
         vision_feature_layer=cfg.vision_feature_layer,
@@ -107,19 +112,7 @@ def hf_config(cfg: InternVLConfig, attn: str):
             use_qk_norm=v.use_qk_norm,
             layer_norm_eps=v.layer_norm_eps,
         ),
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=t.vocab_size,
-            hidden_size=t.hidden_size,
-            intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_layers,
-            num_attention_heads=t.num_heads,
-            num_key_value_heads=t.num_kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta},
-            rms_norm_eps=t.rms_norm_eps,
-            tie_word_embeddings=t.tie_word_embeddings,
-        ),
+        text_config=_hf_text(t),
         image_token_id=cfg.image_token_id,
         downsample_ratio=cfg.downsample_ratio,
         tie_word_embeddings=t.tie_word_embeddings,

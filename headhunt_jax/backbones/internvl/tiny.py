@@ -7,6 +7,7 @@ from headhunt_jax.backbones.internvl.modeling import InternVLConfig
 from headhunt_jax.backbones.internvl.prompt import IMG_CONTEXT, IMG_END, IMG_START, SYSTEM_MESSAGE
 from headhunt_jax.backbones.internvl.vision import VisionConfig
 from headhunt_jax.models.decoder import DecoderConfig
+from headhunt_jax.models.tokenizer import tiny_tokenizer
 
 SPECIAL_TOKENS = (
     "<|im_start|>",
@@ -15,20 +16,6 @@ SPECIAL_TOKENS = (
     IMG_END,
     IMG_CONTEXT,
 )
-
-
-def tiny_tokenizer(corpus):
-    """A byte-level BPE tokenizer with InternVL's special tokens, trained on ``corpus``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=alphabet, show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return tok
 
 
 def tiny_backbone(
@@ -41,7 +28,7 @@ def tiny_backbone(
 
     out_dir = Path(out_dir)
     corpus = [SYSTEM_MESSAGE, "system user assistant Frame1: Frame16:", *prompts]
-    tok = tiny_tokenizer(corpus)
+    tok = tiny_tokenizer(corpus, SPECIAL_TOKENS)
     cfg = InternVLConfig(
         vision=VisionConfig(
             hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=image_size

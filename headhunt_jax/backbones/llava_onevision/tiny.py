@@ -6,22 +6,9 @@ from pathlib import Path
 from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig, SiglipConfig
 from headhunt_jax.backbones.llava_onevision.processor import VIDEO_TOKEN, chat_text
 from headhunt_jax.models.decoder import DecoderConfig
+from headhunt_jax.models.tokenizer import tiny_tokenizer
 
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<image>", VIDEO_TOKEN)
-
-
-def tiny_tokenizer(corpus):
-    """A byte-level BPE tokenizer with the chat template's special tokens, trained on ``corpus``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=alphabet, show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return tok
 
 
 def tiny_backbone(out_dir, prompts, image_size: int = 112, seed: int = 0) -> Path:
@@ -31,7 +18,7 @@ def tiny_backbone(out_dir, prompts, image_size: int = 112, seed: int = 0) -> Pat
     from headhunt_jax import backbone
 
     out_dir = Path(out_dir)
-    tok = tiny_tokenizer([chat_text(p) for p in prompts])
+    tok = tiny_tokenizer([chat_text(p) for p in prompts], SPECIAL_TOKENS)
     cfg = LlavaOnevisionConfig(
         vision=SiglipConfig(
             hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=image_size

@@ -7,6 +7,7 @@ In a run over many videos the good ones finish and the failures are listed at th
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import tempfile
@@ -62,6 +63,30 @@ def _names(detector_dir):
         yield
     except IncompatibleBackbone as e:
         raise CliError(f"{detector_dir}: {e}") from None
+
+
+def _detector(args):
+    """``--detector``, with ``--sigma``/``--tau`` applied; ``--model`` defaults to the backbone
+    the detector's features were extracted with."""
+    from headhunt_jax.detector import Detector
+
+    detector = Detector.load(args.detector)
+    changes = {k: getattr(args, k) for k in ("sigma", "tau") if getattr(args, k, None) is not None}
+    if changes:
+        detector = dataclasses.replace(detector, **changes)
+    if args.model is None:
+        path = detector.backbone_path
+        if not path:
+            raise CliError(
+                f"pass --model: the backbone the detector was fitted on ({detector.backbone})"
+            )
+        if not Path(path).is_dir():
+            raise CliError(
+                f"{args.detector}: the backbone it was fitted on is no longer at {path}; pass "
+                "--model with its directory"
+            )
+        args.model = path
+    return detector
 
 
 def _dtype(dtype: str) -> str:
@@ -278,13 +303,8 @@ def _fmt(x) -> str:
 
 def _detect(args):
     from headhunt_jax import pipeline, plots
-    from headhunt_jax.detector import Detector
 
-    detector = Detector.load(args.detector)
-    if args.model is None:
-        raise CliError(
-            f"pass --model: the backbone the detector was fitted on ({detector.backbone})"
-        )
+    detector = _detector(args)
     videos, root = _video_list(args.videos)
     bb = _load_backbone(args)
     with tempfile.TemporaryDirectory() as tmp, _names(args.detector):
@@ -297,14 +317,30 @@ def _detect(args):
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
-    text = json.dumps({"videos": results, "failures": [f.__dict__ for f in failures]}, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
+    summary = {
+        "videos": len(results),
+        "anomalous": sum(r["is_anomaly"] for r in results),
+        "events": sum(len(r["events"]) for r in results),
+        "failed": len(failures),
+    }
+    record = {"summary": summary, "videos": results, "failures": [f.__dict__ for f in failures]}
+    if args.per_video:
+        folder = Path(args.per_video)
+        folder.mkdir(parents=True, exist_ok=True)
+        for r in results:
+            (folder / (quote(r["video"], safe="") + ".json")).write_text(json.dumps(r, indent=1))
+    if args.out or args.per_video:
+        if args.out:
+            Path(args.out).write_text(json.dumps(record, indent=1))
         for r in results:
             events = ", ".join(f"{e['start_s']}-{e['end_s']} s" for e in r["events"]) or "none"
             print(f"{r['video']}: score {r['video_score']:.3f}, events: {events}")
+        print(
+            f"{summary['videos']} videos scored, {summary['anomalous']} with events "
+            f"({summary['events']} events), {summary['failed']} failed"
+        )
     else:
-        print(text)
+        print(json.dumps(record, indent=1))
     if args.plot:
         Path(args.plot).mkdir(parents=True, exist_ok=True)
         for r in results:
@@ -315,13 +351,8 @@ def _detect(args):
 
 def _evaluate(args):
     from headhunt_jax import pipeline
-    from headhunt_jax.detector import Detector
 
-    detector = Detector.load(args.detector)
-    if args.model is None:
-        raise CliError(
-            f"pass --model: the backbone the detector was fitted on ({detector.backbone})"
-        )
+    detector = _detector(args)
     root, items = _dataset(args)
     bb = _load_backbone(args)
     with tempfile.TemporaryDirectory() as tmp, _names(args.detector):
@@ -407,6 +438,10 @@ def _demo(args):
         f"frame-level ROC AUC {report['auc']:.3f}, AP {report['ap']:.3f} on {report['num_videos']} "
         f"held-out videos in {report['seconds']} s -> {Path(args.out) / 'report.json'}"
     )
+    print(
+        "score a video of your own with the demo's detector and backbone: headhunt-jax detect "
+        f"--detector {Path(args.out) / 'detector'} VIDEO.mp4"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,11 +449,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="headhunt-jax",
         description="Video anomaly detection from single attention heads of a frozen MLLM.",
     )
+    ap.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not keep compiled programs between runs (default: in HEADHUNT_CACHE_DIR or "
+        "~/.cache/headhunt-jax)",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
     def backbone_args(p, required=True):
         p.add_argument(
-            "--model", required=required, help="backbone: HF checkpoint or converted directory"
+            "--model",
+            required=required,
+            help="backbone: HF checkpoint or converted directory"
+            + ("" if required else " (default: the one the detector was fitted on)"),
         )
         p.add_argument(
             "--dtype",
@@ -559,8 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="anomaly scores and events of videos")
     backbone_args(p, required=False)
     p.add_argument("--detector", required=True)
+    p.add_argument("--sigma", type=float, help="override the detector's smoothing sigma")
+    p.add_argument("--tau", type=float, help="override the detector's threshold tau")
     p.add_argument("videos", nargs="+", help="videos, directories or list files")
     p.add_argument("--out", help="JSON results (default: stdout)")
+    p.add_argument("--per-video", help="directory for one JSON file a video")
     p.add_argument("--plot", help="directory for a PNG timeline per video")
     p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
     p.set_defaults(func=_detect)
@@ -570,6 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backbone_args(p, required=False)
     p.add_argument("--detector", required=True)
+    p.add_argument("--sigma", type=float, help="override the detector's smoothing sigma")
+    p.add_argument("--tau", type=float, help="override the detector's threshold tau")
     dataset_args(p, "test")
     p.add_argument("--out", help="JSON report")
     p.add_argument("--per-video", help="JSON file of each video's frame-level metrics")
@@ -615,8 +664,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _compile_cache(enabled: bool) -> None:
+    """JAX's persistent compilation cache, so that a command compiles a backbone once for every
+    later run: in ``HEADHUNT_CACHE_DIR`` or the user's cache folder."""
+    if not enabled:
+        return
+    import os
+
+    import jax
+
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "headhunt-jax"
+    folder = Path(os.environ.get("HEADHUNT_CACHE_DIR", default)) / "jax"
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _compile_cache(not args.no_compile_cache)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

@@ -28,7 +28,8 @@ class Detector:
     that model's architecture ("" when unknown, as for published heads); dtype: the compute dtype
     the training features came from ("float32", "bfloat16"; "" when unknown); training: how it
     was fitted (``pipeline.fit``: the store, rows, held-out metrics, what sigma and tau were
-    chosen on; empty when unknown).
+    chosen on; empty when unknown); backbone_path: the directory the backbone was loaded from
+    when its features were extracted ("" when unknown), which ``detect`` uses without --model.
     """
 
     expert_heads: np.ndarray
@@ -40,6 +41,7 @@ class Detector:
     backbone_fingerprint: str = ""
     dtype: str = ""
     training: dict = dataclasses.field(default_factory=dict)
+    backbone_path: str = ""
 
     def __post_init__(self):
         heads = check_heads(self.expert_heads)
@@ -66,6 +68,7 @@ class Detector:
             "backbone_fingerprint": self.backbone_fingerprint,
             "dtype": self.dtype,
             "training": self.training,
+            "backbone_path": self.backbone_path,
         }
         write_bundle(path, arrays, meta, overwrite)
 
@@ -83,6 +86,7 @@ class Detector:
             backbone_fingerprint=meta.get("backbone_fingerprint", ""),
             dtype=meta.get("dtype", ""),
             training=meta.get("training", {}),
+            backbone_path=meta.get("backbone_path", ""),
         )
 
     @classmethod

@@ -308,6 +308,8 @@ def extract_features(
         np.tile(processor.prompt_ids(p, frames_per_segment)[None], (batch_size, 1)) for p in prompts
     ]
     stores = [FeatureStore.create(d, spec) for d, spec in zip(out_dirs, specs, strict=True)]
+    for store in stores:
+        store.record_backbone(bb.path)
     layers = specs[0].layers
 
     stored = {v for v in ids if all(v in store for store in stores)}

@@ -291,6 +291,7 @@ def fit(
         prompt=spec.prompt,
         backbone_fingerprint=spec.backbone_fingerprint,
         dtype=spec.dtype,
+        backbone_path=store.backbone_path or "",
     )
     training = {
         "store": str(store.path),
@@ -390,7 +391,9 @@ def detections(detector: Detector, store: FeatureStore, video_ids=None) -> list[
 
 
 def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) -> dict:
-    """One video's detection: segment scores, smoothed scores, events in segments and seconds."""
+    """One video's detection: segment scores, smoothed scores, events (segments, frames [start,
+    end), seconds, duration, peak score and segment), ``is_anomaly`` (an event was found) and
+    ``video_score`` (the highest smoothed score)."""
     scores = detector_scores(detector, expert_features(video, store, detector.expert_heads))
     smoothed = np.asarray(smooth(scores, detector.sigma))
     meta = video.metadata
@@ -406,6 +409,9 @@ def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) 
                 "end_frame": last,
                 "start_s": round(first * seconds, 3),
                 "end_s": round(last * seconds, 3),
+                "duration_s": round((last - first) * seconds, 3),
+                "peak_score": round(float(smoothed[start:end].max()), 6),
+                "peak_segment": start + int(np.argmax(smoothed[start:end])),
             }
         )
     return {
@@ -418,9 +424,10 @@ def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) 
         "segment_frames": [
             [int(s), int(e)] for s, e in zip(video.start_frames, video.end_frames, strict=True)
         ],
-        "segment_scores": np.round(scores, 6).tolist(),
-        "smoothed_scores": np.round(smoothed, 6).tolist(),
+        "segment_scores": np.round(scores.astype(np.float64), 6).tolist(),
+        "smoothed_scores": np.round(smoothed.astype(np.float64), 6).tolist(),
         "events": events,
+        "is_anomaly": bool(events),
         "video_score": round(float(smoothed.max()), 6),
         "sigma": detector.sigma,
         "tau": detector.tau,

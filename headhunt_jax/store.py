@@ -4,6 +4,8 @@ Layout::
 
     store.json            what every file holds: backbone, prompt, clip unit, segment shape,
                           heads, dtype
+    backbone.json         where the backbone was loaded from (not part of the settings: a moved
+                          checkpoint leaves the features valid)
     <video file>.npz      one video: features float32 [num_segments, *feature_shape], the
                           segments' frame ranges and sampled frames, and a JSON ``meta`` entry
                           (video id, source path, fps, frame counts, short flag, label)
@@ -38,6 +40,7 @@ from headhunt_jax.video import VideoMetadata
 
 FORMAT_VERSION = 1
 SPEC_FILE = "store.json"
+BACKBONE_FILE = "backbone.json"
 SUFFIX = ".npz"
 
 
@@ -200,6 +203,16 @@ class FeatureStore:
         if store.spec != spec:
             raise _mismatch(spec_file, store.spec, spec)
         return store
+
+    @property
+    def backbone_path(self) -> str | None:
+        """The directory the backbone was loaded from at the last extraction, if recorded."""
+        file = self.path / BACKBONE_FILE
+        return json.loads(file.read_text())["path"] if file.exists() else None
+
+    def record_backbone(self, path) -> None:
+        text = json.dumps({"path": str(Path(path).absolute())}).encode()
+        _atomic_write(self.path / BACKBONE_FILE, lambda f: f.write(text))
 
     def video_ids(self) -> list[str]:
         """Ids of the complete videos, sorted."""

@@ -308,7 +308,9 @@ def test_error_unsupported_model_type(tmp_path):
 
 def test_error_unsupported_model_type_lists_the_supported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(ValueError, match=r"supported: internvl, llava_onevision, qwen2, qwen3, llama\)"):
+    with pytest.raises(
+        ValueError, match=r"supported: internvl, llava_onevision, qwen2, qwen3, llama\)"
+    ):
         hh.load_backbone(tmp_path)
 
 

@@ -1,5 +1,6 @@
 """The console script end to end on a tiny checkpoint and small real clips, and its bad inputs."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from headhunt_jax import synthetic
+from headhunt_jax.detector import Detector
 
 hf = pytest.importorskip("hf_reference")
 
@@ -107,6 +109,31 @@ def test_extract_hunt_fit_detect(work, detector):
         assert r["fps"] == 25 and r["fps_source"] == "stream"
         assert (root / "plots" / f"{r['video']}.png").exists()
     assert results["failures"] == []
+    assert results["summary"] == {
+        "videos": 3,
+        "anomalous": sum(r["is_anomaly"] for r in results["videos"]),
+        "events": sum(len(r["events"]) for r in results["videos"]),
+        "failed": 0,
+    }
+
+
+def test_detect_overrides_and_one_file_a_video(work, detector, tmp_path):
+    """--tau 0 flags every segment (probabilities are positive): one event a video, spanning it,
+    with its peak; --per-video writes a JSON a video."""
+    root, model, clips = work
+    videos = sorted(clips.glob("*.mp4"))[:2]
+    run = cli(
+        "detect", "--detector", detector, *videos, "--tau", 0, "--sigma", 1.0,
+        "--per-video", tmp_path / "each", "--quiet",
+    )  # fmt: skip
+    assert "2 videos scored, 2 with events (2 events), 0 failed" in run.stdout
+    for video in videos:
+        r = json.loads((tmp_path / "each" / f"{video.name}.json").read_text())
+        assert r["is_anomaly"] and (r["sigma"], r["tau"]) == (1.0, 0.0)
+        (event,) = r["events"]
+        assert (event["start_frame"], event["end_frame"]) == (0, r["segment_frames"][-1][1])
+        assert event["peak_score"] == max(r["smoothed_scores"])
+        assert event["duration_s"] == round(event["end_frame"] / r["fps"], 3)
 
 
 def test_detect_bad_inputs_finish_the_good_ones(work, detector, tmp_path):
@@ -167,8 +194,15 @@ def test_one_line_errors(work, detector, tmp_path):
         "no such file",
     )
     assert_one_line_error(cli("convert", tmp_path, tmp_path / "out", check=False), "config.json")
+    # The detector records its backbone's folder; one that is gone is named.
+    moved = Detector.load(detector)
+    moved = dataclasses.replace(moved, backbone_path=str(tmp_path / "gone"))
+    moved.save(tmp_path / "moved")
     assert_one_line_error(
-        cli("detect", "--detector", detector, sorted(clips.glob("*.mp4"))[0], check=False),
+        cli(
+            "detect", "--detector", tmp_path / "moved", sorted(clips.glob("*.mp4"))[0], check=False
+        ),
+        "moved: the backbone it was fitted on is no longer at",
         "--model",
     )
     other = hf.save_tiny_internvl(

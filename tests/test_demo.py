@@ -24,6 +24,28 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert len(list((tmp_path / "timelines").glob("*.png"))) == 16
     assert (tmp_path / "detector").is_dir() and (tmp_path / "heads.json").exists()
     assert "frame-level ROC AUC" in run.stdout
+    assert f"headhunt-jax detect --detector {tmp_path / 'detector'} VIDEO.mp4" in run.stdout
+
+    # The detector knows its backbone: detect needs no --model.
+    good = sorted((tmp_path / "clips").glob("*.mp4"))[0]
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video\n")
+    detect = [script, "detect", "--detector", tmp_path / "detector", good, bad, "--quiet"]
+    run = subprocess.run(detect, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    record = json.loads(run.stdout)
+    assert [r["video"] for r in record["videos"]] == [good.name]
+    assert record["summary"] == {
+        "videos": 1,
+        "anomalous": int(bool(record["videos"][0]["events"])),
+        "events": len(record["videos"][0]["events"]),
+        "failed": 1,
+    }
+    assert "notes.mp4" in run.stderr
+    (tmp_path / "backbone").rename(tmp_path / "elsewhere")
+    run = subprocess.run(detect, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"no longer at {tmp_path / 'backbone'}; pass --model" in run.stderr
 
 
 @pytest.mark.slow

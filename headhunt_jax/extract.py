@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from headhunt_jax.backbone import Backbone, head_features
 from headhunt_jax.hunt import check_heads, gather_heads
 from headhunt_jax.prefix import head_features_prompts
-from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures
+from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures, processor_spec
 from headhunt_jax.video import (
     CLIPS,
     FRAMES_PER_SEGMENT,
@@ -123,6 +123,7 @@ def store_spec(
     frames_per_segment: int,
     segment_length: int,
     clip: str = "segment",
+    processor: tuple = (),
 ) -> StoreSpec:
     """The spec of a store of ``bb``'s features for ``prompt`` (all heads when ``heads`` is None)."""
     if heads is None:
@@ -145,6 +146,7 @@ def store_spec(
         heads=pairs,
         feature_shape=shape,
         clip=clip,
+        processor=processor,
     )
 
 
@@ -299,7 +301,16 @@ def extract_features(
     if clip not in CLIPS:
         raise ValueError(f"clip must be one of {', '.join(CLIPS)}, got {clip!r}")
     specs = [
-        store_spec(bb, p, heads, image_size, frames_per_segment, segment_length, clip)
+        store_spec(
+            bb,
+            p,
+            heads,
+            image_size,
+            frames_per_segment,
+            segment_length,
+            clip,
+            processor_spec(processor.spec),
+        )
         for p in prompts
     ]
     paths = [Path(p) for p in videos]

@@ -31,7 +31,7 @@ import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -73,6 +73,9 @@ class StoreSpec:
     format_version: int = FORMAT_VERSION
     backbone_fingerprint: str = ""
     clip: str = "segment"
+    # The backbone family's processor spec (resolution, normalisation, tokens per frame,
+    # template) as sorted (key, value) pairs; () in stores written before it was recorded.
+    processor: tuple[tuple[str, Any], ...] = ()
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -81,6 +84,8 @@ class StoreSpec:
         for name, default in _ADDED_FIELDS.items():
             if d[name] == default:
                 del d[name]
+        if "processor" in d:
+            d["processor"] = dict(self.processor)
         return d
 
     @classmethod
@@ -89,6 +94,7 @@ class StoreSpec:
         d["layers"] = tuple(d["layers"])
         d["heads"] = None if d["heads"] is None else tuple(tuple(h) for h in d["heads"])
         d["feature_shape"] = tuple(d["feature_shape"])
+        d["processor"] = _frozen(d.get("processor", {}))
         return cls(**d)
 
     def digest(self) -> str:
@@ -96,7 +102,19 @@ class StoreSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_ADDED_FIELDS = {"clip": "segment"}
+_ADDED_FIELDS = {"clip": "segment", "processor": ()}
+
+
+def _frozen(spec) -> tuple[tuple[str, Any], ...]:
+    """A processor spec (a mapping) as sorted pairs, lists as tuples: comparable and hashable."""
+    return tuple(
+        sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in dict(spec).items())
+    )
+
+
+def processor_spec(spec) -> tuple[tuple[str, Any], ...]:
+    """The ``StoreSpec.processor`` value of a processor's ``spec`` mapping."""
+    return _frozen(spec)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +218,10 @@ class FeatureStore:
             _atomic_write(spec_file, lambda f: f.write(text))
         # Read back: another writer may have put its own description there first.
         store = cls(path)
-        if store.spec != spec:
+        found = store.spec
+        if not found.processor:  # written before processor specs were recorded (0.1.0)
+            found = dataclasses.replace(found, processor=spec.processor)
+        if found != spec:
             raise _mismatch(spec_file, store.spec, spec)
         return store
 

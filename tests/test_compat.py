@@ -4,12 +4,13 @@ load and give the same numbers."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from headhunt_jax import pipeline
 from headhunt_jax.backbone import fingerprint, preset
 from headhunt_jax.detector import Detector
 from headhunt_jax.hunt import gather_heads
-from headhunt_jax.store import FeatureStore
+from headhunt_jax.store import FeatureStore, StoreError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0_1_0"
 
@@ -44,3 +45,24 @@ FINGERPRINTS_0_1_0 = {
 def test_fingerprints_of_0_1_0_architectures_are_unchanged():
     assert {name: fingerprint(preset(name)) for name in FINGERPRINTS_0_1_0} == FINGERPRINTS_0_1_0
     assert fingerprint(preset("InternVL3-1B").text) == "485229855744587b"
+
+
+def test_a_store_of_0_1_0_resumes_under_a_processor_spec(tmp_path):
+    """Stores now record the processor's spec; one written before (no spec) is taken as it is
+    when the rest of its settings match, and keeps its files' digests."""
+    import dataclasses
+    import shutil
+
+    from headhunt_jax.store import processor_spec
+
+    old = shutil.copytree(FIXTURES / "store", tmp_path / "store")
+    spec = dataclasses.replace(
+        FeatureStore(old).spec, processor=processor_spec({"image_size": 56, "mean": [0.5] * 3})
+    )
+    store = FeatureStore.create(old, spec)
+    assert store.read("normal/b_label_A.mp4").features.shape == (2, 2, 2, 4)
+    new = FeatureStore.create(tmp_path / "new", spec)
+    assert FeatureStore(new.path).spec == spec
+    other = dataclasses.replace(spec, processor=processor_spec({"image_size": 28}))
+    with pytest.raises(StoreError, match="processor"):
+        FeatureStore.create(new.path, other)

@@ -256,6 +256,37 @@ def _expected_segments(paths: Sequence[Path], reader_kw: dict) -> int | None:
     return total
 
 
+def _batch_features(bb, processor, input_ids, pixels, spec: StoreSpec) -> np.ndarray:
+    """The stored features of a batch's segments under each prompt: float32 [prompts, batch,
+    *spec.feature_shape] (every head of ``spec.layers``, or the expert heads)."""
+    vision = processor.vision_inputs(pixels)
+    if len(input_ids) == 1:
+        feats = head_features(bb, input_ids[0], layers=spec.layers, **vision)[None]
+    else:
+        feats = head_features_prompts(bb, input_ids, layers=spec.layers, **vision)
+    feats = np.asarray(feats)  # [prompts, batch, layers, heads, head_dim]
+    return feats if spec.heads is None else gather_heads(feats, spec.heads, spec.layers)
+
+
+def _write_video(stores, video_id, done, metadata, label) -> None:
+    """One finished video's rows ``done`` [(row, features [prompts, ...])] into every store
+    that lacks it (store m takes prompt m's features)."""
+    for m, store in enumerate(stores):
+        if video_id in store:
+            continue
+        store.write(
+            VideoFeatures(
+                video_id=video_id,
+                features=np.stack([f[m] for _, f in done]),
+                start_frames=np.asarray([r.start_frame for r, _ in done]),
+                end_frames=np.asarray([r.end_frame for r, _ in done]),
+                frame_indices=np.stack([r.frame_indices for r, _ in done]),
+                metadata=metadata,
+                label=label,
+            )
+        )
+
+
 def extract_features(
     bb: Backbone,
     videos: Sequence[str | Path],
@@ -321,7 +352,6 @@ def extract_features(
     stores = [FeatureStore.create(d, spec) for d, spec in zip(out_dirs, specs, strict=True)]
     for store in stores:
         store.record_backbone(bb.path)
-    layers = specs[0].layers
 
     stored = {v for v in ids if all(v in store for store in stores)}
     todo = [(v, p) for v, p in zip(ids, paths, strict=True) if v not in stored]
@@ -344,14 +374,7 @@ def extract_features(
     ):
         for batch in stream:
             if batch.rows:
-                vision = processor.vision_inputs(batch.pixels)
-                if len(prompts) == 1:
-                    feats = head_features(bb, input_ids[0], layers=layers, **vision)[None]
-                else:
-                    feats = head_features_prompts(bb, input_ids, layers=layers, **vision)
-                feats = np.asarray(feats)  # [prompts, batch, layers, heads, head_dim]
-                if heads is not None:
-                    feats = gather_heads(feats, specs[0].heads, layers)
+                feats = _batch_features(bb, processor, input_ids, batch.pixels, specs[0])
                 for i, row in enumerate(batch.rows):
                     pending[row.video].append((row, feats[:, i]))
                 segments += len(batch.rows)
@@ -364,20 +387,8 @@ def extract_features(
                     failures.append(Failure(str(path), outcome.problem))
                     log.warning("skipping %s: %s", path, outcome.problem)
                     continue
-                for m, store in enumerate(stores):
-                    if vid in store:
-                        continue
-                    store.write(
-                        VideoFeatures(
-                            video_id=vid,
-                            features=np.stack([f[m] for _, f in done]),
-                            start_frames=np.asarray([r.start_frame for r, _ in done]),
-                            end_frames=np.asarray([r.end_frame for r, _ in done]),
-                            frame_indices=np.stack([r.frame_indices for r, _ in done]),
-                            metadata=outcome,
-                            label=None if labels is None else labels.get(vid),
-                        )
-                    )
+                label = None if labels is None else labels.get(vid)
+                _write_video(stores, vid, done, outcome, label)
                 written.append(vid)
                 if outcome.short:
                     short.append(vid)

@@ -44,3 +44,20 @@ FINGERPRINTS_0_1_0 = {
 def test_fingerprints_of_0_1_0_architectures_are_unchanged():
     assert {name: fingerprint(preset(name)) for name in FINGERPRINTS_0_1_0} == FINGERPRINTS_0_1_0
     assert fingerprint(preset("InternVL3-1B").text) == "485229855744587b"
+
+
+# A converted backbone with one ``layers_N`` subtree per layer, as 0.1.0 wrote them (the layout
+# until the layers were stacked for scanning; tests/fixtures/unstacked/make.py wrote it).
+UNSTACKED = Path(__file__).parent / "fixtures" / "unstacked"
+
+
+def test_unstacked_converted_backbone_loads_and_gives_the_same_features():
+    import headhunt_jax as hh
+
+    check = np.load(UNSTACKED / "features.npz")
+    bb = hh.load_backbone(UNSTACKED / "backbone")
+    ids, pixels = check["input_ids"], check["pixel_values"]
+    got = hh.head_features(bb, ids, pixels)
+    np.testing.assert_allclose(got, check["all_layers"], rtol=1e-5, atol=1e-6)
+    got = hh.head_features(bb, ids, pixels, layers=[2, 0])
+    np.testing.assert_allclose(got, check["layers_2_0"], rtol=1e-5, atol=1e-6)

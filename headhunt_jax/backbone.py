@@ -13,11 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from headhunt_jax import backbones, sharding, weights
 from headhunt_jax.models.decoder import DecoderConfig, last_position_heads
-from headhunt_jax.models.layers import ATTENTION_IMPLS, is_head_outputs
+from headhunt_jax.models.layers import ATTENTION_IMPLS
 
 CONVERTED_CONFIG = "headhunt_backbone.json"
 TOKENIZER_FILES = (
@@ -221,10 +221,10 @@ def load_backbone(
     tensors = (
         item for f in weights.safetensors_files(path) for item in weights.read_safetensors(f)
     )
+    shardings = _flat_shardings(model, mesh)
     if mesh is None:
         place = lambda _, w: jnp.asarray(w)  # noqa: E731
     else:  # each tensor straight to its shards: the host never holds the converted tree
-        shardings = flax.traverse_util.flatten_dict(_param_shardings(model, mesh), sep="/")
         place = lambda key, w: sharding.put_sharded(w, shardings[key])  # noqa: E731
     flat = weights.convert(
         tensors,
@@ -234,9 +234,32 @@ def load_backbone(
         tied,
         place,
         table=backbones.for_config(model.cfg).keys,
+        stack=_stacker(shardings),
     )
-    params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    params = flax.traverse_util.unflatten_dict(flat, sep="/")
     return Backbone(model, params, name or cfg.get("_name_or_path") or path.name, path, mesh)
+
+
+def _flat_shardings(model: nn.Module, mesh: Mesh | None) -> dict:
+    """{path: NamedSharding} of every parameter, and of every layer of a stacked one under its
+    layer's path ('.../layers_N/...': the stacked sharding without its layer axis, which the
+    rules keep whole); empty without a mesh."""
+    if mesh is None:
+        return {}
+    flat = flax.traverse_util.flatten_dict(_param_shardings(model, mesh), sep="/")
+    for key in weights.unstack_shapes(param_shapes(model)):
+        slot = weights.layer_slot(key)
+        if slot is not None:
+            flat[key] = NamedSharding(mesh, PartitionSpec(*flat[slot[0]].spec[1:]))
+    return flat
+
+
+def _stacker(shardings: dict):
+    """``stack`` for ``weights.convert`` / ``weights.stack_layers``: placed layers -> the stacked
+    parameter, on each device from its own shards of the layers (with a mesh)."""
+    if not shardings:
+        return lambda _, parts: jnp.stack(parts)
+    return lambda key, parts: jax.jit(jnp.stack, out_shardings=shardings[key])(parts)
 
 
 def save_converted(bb: Backbone, out) -> Path:
@@ -281,8 +304,30 @@ def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
             _param_shardings(model, mesh),
         )
     with ocp.StandardCheckpointer() as ckpt:
-        params = ckpt.restore(path.absolute() / "params", target)
+        stored = flax.traverse_util.flatten_dict(
+            dict(ckpt.metadata(path.absolute() / "params").item_metadata), sep="/"
+        )
+        if any(weights.layer_slot(key) for key in stored):
+            params = _restore_unstacked(ckpt, path.absolute() / "params", target, model, mesh)
+        else:
+            params = ckpt.restore(path.absolute() / "params", target)
     return Backbone(model, params, name or meta["name"], path, mesh)
+
+
+def _restore_unstacked(ckpt, where: Path, target, model: nn.Module, mesh: Mesh | None):
+    """Parameters saved with one ``layers_N`` subtree per layer (0.1.0 up to the stacked layers):
+    each layer restored into its own shards, then stacked."""
+    flat = flax.traverse_util.flatten_dict(target, sep="/")
+    shardings = _flat_shardings(model, mesh)
+    layers = {}
+    for key, shape in weights.unstack_shapes({k: v.shape for k, v in flat.items()}).items():
+        dtype = flat[key if key in flat else weights.layer_slot(key)[0]].dtype
+        layers[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=shardings.get(key))
+    restored = ckpt.restore(where, flax.traverse_util.unflatten_dict(layers, sep="/"))
+    restored = flax.traverse_util.flatten_dict(restored, sep="/")
+    return flax.traverse_util.unflatten_dict(
+        weights.stack_layers(restored, _stacker(shardings)), sep="/"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,16 +361,8 @@ def forward(model, params, prompt_ids, vision_inputs, layers, prefix=None):
         prompt_ids, vision = tuple(ids[:, prefix:] for ids in prompt_ids), {}
     out = []
     for ids in prompt_ids:
-        _, state = model.apply(
-            variables,
-            ids,
-            depth=depth,
-            prefix_kv=cache,
-            capture_intermediates=is_head_outputs,
-            mutable=["intermediates"],
-            **vision,
-        )
-        out.append(last_position_heads(state["intermediates"], layers))
+        heads = model.apply(variables, ids, depth=depth, prefix_kv=cache, **vision)
+        out.append(last_position_heads(heads, layers))
     return jnp.stack(out)
 
 

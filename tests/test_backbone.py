@@ -200,7 +200,8 @@ def test_qwen3_parity(tmp_path, rng, tie):
     text = bb.text_config
     assert text.qk_norm and not text.attention_bias and text.head_dim == 24
     assert text.tie_word_embeddings == tie
-    assert bb.params["language_model"]["layers_0"]["attn"]["q_norm"]["scale"].shape == (24,)
+    # the layers' parameters are stacked: [3 layers, head_dim]
+    assert bb.params["language_model"]["layers"]["attn"]["q_norm"]["scale"].shape == (3, 24)
 
 
 @pytest.fixture(scope="module")

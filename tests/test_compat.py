@@ -4,6 +4,7 @@ load and give the same numbers."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from headhunt_jax import pipeline
 from headhunt_jax.backbone import fingerprint, preset
@@ -51,11 +52,14 @@ def test_fingerprints_of_0_1_0_architectures_are_unchanged():
 UNSTACKED = Path(__file__).parent / "fixtures" / "unstacked"
 
 
-def test_unstacked_converted_backbone_loads_and_gives_the_same_features():
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_unstacked_converted_backbone_loads_and_gives_the_same_features(on_mesh):
+    """Restored layer by layer and stacked (on a mesh: each layer into its shards)."""
     import headhunt_jax as hh
 
     check = np.load(UNSTACKED / "features.npz")
-    bb = hh.load_backbone(UNSTACKED / "backbone")
+    bb = hh.load_backbone(UNSTACKED / "backbone", mesh=hh.make_mesh() if on_mesh else None)
+    assert bb.params["language_model"]["layers"]["attn"]["q_proj"]["kernel"].shape[0] == 4
     ids, pixels = check["input_ids"], check["pixel_values"]
     got = hh.head_features(bb, ids, pixels)
     np.testing.assert_allclose(got, check["all_layers"], rtol=1e-5, atol=1e-6)

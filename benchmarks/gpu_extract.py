@@ -40,7 +40,7 @@ import transformers  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
 
-from headhunt_jax import backbone, weights  # noqa: E402
+from headhunt_jax import backbone, backbones, weights  # noqa: E402
 from headhunt_jax.prefix import head_features_prompts  # noqa: E402
 
 # Layers of the published XD-Violence expert heads (checkpoints/xd_violence_internvl3_8b.json).
@@ -115,6 +115,7 @@ def main():
         np.dtype(model.dtype),
         "torch model",
         cfg.text.tie_word_embeddings,
+        table=backbones.for_config(cfg).keys,
     )
     params = jax.device_put(
         flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})

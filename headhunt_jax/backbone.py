@@ -294,40 +294,24 @@ def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
     meta = json.loads((path / CONVERTED_CONFIG).read_text())
     config = backbones.for_name(meta["kind"]).config_type.from_dict(meta["config"])
     model = make_model(config, dtype, attention)
-    target = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, model.dtype), abstract_params(model)
-    )
-    if mesh is not None:  # orbax reads each device's shards straight into place
-        target = jax.tree.map(
-            lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
-            target,
-            _param_shardings(model, mesh),
-        )
+    where = path.absolute() / "params"
     with ocp.StandardCheckpointer() as ckpt:
-        stored = flax.traverse_util.flatten_dict(
-            dict(ckpt.metadata(path.absolute() / "params").item_metadata), sep="/"
-        )
-        if any(weights.layer_slot(key) for key in stored):
-            params = _restore_unstacked(ckpt, path.absolute() / "params", target, model, mesh)
-        else:
-            params = ckpt.restore(path.absolute() / "params", target)
+        stored = flax.traverse_util.flatten_dict(dict(ckpt.metadata(where).item_metadata), sep="/")
+        # Written before the layers were stacked (0.1.0 on): one layers_N subtree a layer.
+        unstacked = any(weights.layer_slot(key) for key in stored)
+        shapes = param_shapes(model)
+        shapes = weights.unstack_shapes(shapes) if unstacked else shapes
+        shardings = _flat_shardings(model, mesh)  # orbax reads each device's shards into place
+        target = {
+            key: jax.ShapeDtypeStruct(shape, model.dtype, sharding=shardings.get(key))
+            for key, shape in shapes.items()
+        }
+        flat = ckpt.restore(where, flax.traverse_util.unflatten_dict(target, sep="/"))
+    flat = flax.traverse_util.flatten_dict(flat, sep="/")
+    if unstacked:
+        flat = weights.stack_layers(flat, _stacker(shardings))
+    params = flax.traverse_util.unflatten_dict(flat, sep="/")
     return Backbone(model, params, name or meta["name"], path, mesh)
-
-
-def _restore_unstacked(ckpt, where: Path, target, model: nn.Module, mesh: Mesh | None):
-    """Parameters saved with one ``layers_N`` subtree per layer (0.1.0 up to the stacked layers):
-    each layer restored into its own shards, then stacked."""
-    flat = flax.traverse_util.flatten_dict(target, sep="/")
-    shardings = _flat_shardings(model, mesh)
-    layers = {}
-    for key, shape in weights.unstack_shapes({k: v.shape for k, v in flat.items()}).items():
-        dtype = flat[key if key in flat else weights.layer_slot(key)[0]].dtype
-        layers[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=shardings.get(key))
-    restored = ckpt.restore(where, flax.traverse_util.unflatten_dict(layers, sep="/"))
-    restored = flax.traverse_util.flatten_dict(restored, sep="/")
-    return flax.traverse_util.unflatten_dict(
-        weights.stack_layers(restored, _stacker(shardings)), sep="/"
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ class Attention(nn.Module):
     ``k_norm``: one [head_dim] weight shared by the heads) before RoPE.
 
     ``prefix_kv``: keys and values [B, P, K, H] of an earlier pass over the first P positions,
-    attended to before this pass's own. ``kv_only``: return (None, (keys, values)) without
+    attended to before this pass's own. ``kv_only``: return (None, (keys, values), None) without
     attending (a prefix pass's deepest layer; heads None). ``last_query_only``: attend from the last
     position only.
     """

@@ -61,7 +61,7 @@ def main():
         )
         from headhunt_jax.models.decoder import MLP, Attention
 
-        layer0 = params["language_model"]["layers_0"]
+        layer0 = jax.tree.map(lambda a: a[0], params["language_model"]["layers"])  # stacked
         mlp = MLP(t, model.dtype)
         attn = Attention(t, model.dtype, model.attention_impl)
         positions = jnp.broadcast_to(jnp.arange(seq), (args.batch, seq))

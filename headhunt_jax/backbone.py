@@ -13,11 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from headhunt_jax import backbones, sharding, weights
 from headhunt_jax.models.decoder import DecoderConfig, last_position_heads
-from headhunt_jax.models.layers import ATTENTION_IMPLS, is_head_outputs
+from headhunt_jax.models.layers import ATTENTION_IMPLS
 
 CONVERTED_CONFIG = "headhunt_backbone.json"
 TOKENIZER_FILES = (
@@ -221,10 +221,10 @@ def load_backbone(
     tensors = (
         item for f in weights.safetensors_files(path) for item in weights.read_safetensors(f)
     )
+    shardings = _flat_shardings(model, mesh)
     if mesh is None:
         place = lambda _, w: jnp.asarray(w)  # noqa: E731
     else:  # each tensor straight to its shards: the host never holds the converted tree
-        shardings = flax.traverse_util.flatten_dict(_param_shardings(model, mesh), sep="/")
         place = lambda key, w: sharding.put_sharded(w, shardings[key])  # noqa: E731
     flat = weights.convert(
         tensors,
@@ -234,9 +234,32 @@ def load_backbone(
         tied,
         place,
         table=backbones.for_config(model.cfg).keys,
+        stack=_stacker(shardings),
     )
-    params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    params = flax.traverse_util.unflatten_dict(flat, sep="/")
     return Backbone(model, params, name or cfg.get("_name_or_path") or path.name, path, mesh)
+
+
+def _flat_shardings(model: nn.Module, mesh: Mesh | None) -> dict:
+    """{path: NamedSharding} of every parameter, and of every layer of a stacked one under its
+    layer's path ('.../layers_N/...': the stacked sharding without its layer axis, which the
+    rules keep whole); empty without a mesh."""
+    if mesh is None:
+        return {}
+    flat = flax.traverse_util.flatten_dict(_param_shardings(model, mesh), sep="/")
+    for key in weights.unstack_shapes(param_shapes(model)):
+        slot = weights.layer_slot(key)
+        if slot is not None:
+            flat[key] = NamedSharding(mesh, PartitionSpec(*flat[slot[0]].spec[1:]))
+    return flat
+
+
+def _stacker(shardings: dict):
+    """``stack`` for ``weights.convert`` / ``weights.stack_layers``: placed layers -> the stacked
+    parameter, on each device from its own shards of the layers (with a mesh)."""
+    if not shardings:
+        return lambda _, parts: jnp.stack(parts)
+    return lambda key, parts: jax.jit(jnp.stack, out_shardings=shardings[key])(parts)
 
 
 def save_converted(bb: Backbone, out) -> Path:
@@ -271,17 +294,23 @@ def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
     meta = json.loads((path / CONVERTED_CONFIG).read_text())
     config = backbones.for_name(meta["kind"]).config_type.from_dict(meta["config"])
     model = make_model(config, dtype, attention)
-    target = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, model.dtype), abstract_params(model)
-    )
-    if mesh is not None:  # orbax reads each device's shards straight into place
-        target = jax.tree.map(
-            lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
-            target,
-            _param_shardings(model, mesh),
-        )
+    where = path.absolute() / "params"
     with ocp.StandardCheckpointer() as ckpt:
-        params = ckpt.restore(path.absolute() / "params", target)
+        stored = flax.traverse_util.flatten_dict(dict(ckpt.metadata(where).item_metadata), sep="/")
+        # Written before the layers were stacked (0.1.0 on): one layers_N subtree a layer.
+        unstacked = any(weights.layer_slot(key) for key in stored)
+        shapes = param_shapes(model)
+        shapes = weights.unstack_shapes(shapes) if unstacked else shapes
+        shardings = _flat_shardings(model, mesh)  # orbax reads each device's shards into place
+        target = {
+            key: jax.ShapeDtypeStruct(shape, model.dtype, sharding=shardings.get(key))
+            for key, shape in shapes.items()
+        }
+        flat = ckpt.restore(where, flax.traverse_util.unflatten_dict(target, sep="/"))
+    flat = flax.traverse_util.flatten_dict(flat, sep="/")
+    if unstacked:
+        flat = weights.stack_layers(flat, _stacker(shardings))
+    params = flax.traverse_util.unflatten_dict(flat, sep="/")
     return Backbone(model, params, name or meta["name"], path, mesh)
 
 
@@ -316,16 +345,8 @@ def forward(model, params, prompt_ids, vision_inputs, layers, prefix=None):
         prompt_ids, vision = tuple(ids[:, prefix:] for ids in prompt_ids), {}
     out = []
     for ids in prompt_ids:
-        _, state = model.apply(
-            variables,
-            ids,
-            depth=depth,
-            prefix_kv=cache,
-            capture_intermediates=is_head_outputs,
-            mutable=["intermediates"],
-            **vision,
-        )
-        out.append(last_position_heads(state["intermediates"], layers))
+        heads = model.apply(variables, ids, depth=depth, prefix_kv=cache, **vision)
+        out.append(last_position_heads(heads, layers))
     return jnp.stack(out)
 
 

@@ -11,7 +11,9 @@ choice is made per parameter from its shape. A rule applies only if its mesh axi
 dimension and is not yet used by that parameter; a dimension that no rule fits is replicated.
 A matrix that the rules leave whole along 'model' falls back to ``MATRIX_FALLBACK`` (its
 ``embed`` axis on 'model'), so no large weight is held whole by every device; vectors (norm
-scales, biases) are small and stay replicated. E.g. InternVL3-8B (28 heads, 4 kv heads,
+scales, biases) are small and stay replicated. A stack of layers' parameters (leading axis
+``layers``, ``models/stack.py``) is placed as one layer's: its layer axis stays whole, so every
+device holds its share of every layer and a scan over the layers needs no communication. E.g. InternVL3-8B (28 heads, 4 kv heads,
 vocabulary 151674, odd): on model=4 every head axis splits and the embedding table falls back;
 on model=8 the attention matrices fall back too, which costs an all-reduce per projection, so
 a model size that divides the head counts is the faster choice.
@@ -25,12 +27,15 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from headhunt_jax.models.stack import LAYERS
+
 AXES = ("data", "model")
 BATCH_AXIS = "data"
 
 # (logical axis, mesh axis or None = replicated), highest priority first; every logical name
 # used by the models is listed, so a new one cannot be replicated silently.
 RULES: tuple[tuple[str, str | None], ...] = (
+    (LAYERS, None),
     ("heads", "model"),
     ("kv_heads", "model"),
     ("mlp", "model"),
@@ -92,7 +97,8 @@ def partition_spec(
     if unknown:
         raise ValueError(f"logical axes {unknown} have no sharding rule (rules cover {known})")
     spec: list[str | None] = [None] * len(names)
-    matrix_rules = tuple(MATRIX_FALLBACK) if len(names) >= 2 else ()
+    # a matrix is two axes or more besides the layer axis: a stack of vectors is still vectors
+    matrix_rules = tuple(MATRIX_FALLBACK) if sum(n != LAYERS for n in names) >= 2 else ()
     for logical, mesh_axis in (*rules, *matrix_rules):
         if mesh_axis is None or mesh_axis in spec:
             continue

@@ -1,8 +1,13 @@
 """Hugging Face safetensors checkpoints -> Flax parameter trees.
 
 Each family's ``KeyTable`` maps each HF key (after its layout prefix is shortened) to a path in the
-params tree and a transform; the shared decoder's rows are ``DECODER_ROWS``. Every tensor is checked: a missing, unexpected or wrongly shaped one is an error
-that names it.
+params tree and a transform; the shared decoder's rows are ``DECODER_ROWS``. Every tensor is
+checked: a missing, unexpected or wrongly shaped one is an error that names it.
+
+Layers: the tree stacks each stack's layers on a leading axis (a subtree named ``layers``,
+``models/stack.py``), while a checkpoint holds one tensor a layer. The tables address layer N's
+tensors as ``.../layers_N/...`` (the layout of 0.1.0's trees), and ``convert`` puts each into
+slice N of its stacked parameter (``layer_slot``, ``unstack_shapes``, ``stack_layers``).
 """
 
 import json
@@ -161,6 +166,52 @@ DECODER_ROWS: list[tuple[str, str, Callable | None]] = [
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 
 
+_LAYER = re.compile(r"(^|/)layers_(\d+)/")
+_STACKED = re.compile(r"(^|/)layers/")
+
+
+def layer_slot(path: str) -> tuple[str, int] | None:
+    """A layer's path -> (its stacked parameter's path, the layer), e.g.
+    'vision/layers_3/fc1/kernel' -> ('vision/layers/fc1/kernel', 3); None if not a layer's."""
+    m = _LAYER.search(path)
+    if m is None:
+        return None
+    return path[: m.start()] + m.group(1) + "layers/" + path[m.end() :], int(m.group(2))
+
+
+def unstack_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """{path: shape} with each stacked parameter [L, ...] replaced by its L layers' paths."""
+    out = {}
+    for path, shape in shapes.items():
+        if _STACKED.search(path):
+            for i in range(shape[0]):
+                out[_STACKED.sub(rf"\1layers_{i}/", path, count=1)] = tuple(shape[1:])
+        else:
+            out[path] = tuple(shape)
+    return out
+
+
+def stack_layers(flat: dict[str, Any], stack: Callable[[str, list], Any] | None = None) -> dict:
+    """{path: array} with layers' paths ('.../layers_N/...') -> stacked parameters: each stacked
+    path gets ``stack(path, [layer 0, layer 1, ...])`` (default ``np.stack``); a gap in a stack's
+    layers is an error (``convert`` checks them all against the model's shapes). Other paths are
+    kept. The layers are taken out of ``flat`` as they
+    are stacked, so that their memory is freed one parameter at a time."""
+    stack = stack or (lambda _, parts: np.stack(parts))
+    by_stack: dict[str, dict[int, str]] = {}
+    for path in flat:
+        slot = layer_slot(path)
+        if slot is not None:
+            by_stack.setdefault(slot[0], {})[slot[1]] = path
+    out = {path: v for path, v in flat.items() if layer_slot(path) is None}
+    for path, layers in by_stack.items():
+        if sorted(layers) != list(range(len(layers))):
+            gaps = sorted(set(range(max(layers) + 1)) - set(layers))
+            raise CheckpointError(f"{path}: layers {gaps} missing (have {len(layers)})")
+        out[path] = stack(path, [flat.pop(layers[i]) for i in range(len(layers))])
+    return out
+
+
 class KeyTable:
     """A family's HF keys -> param paths. ``prefixes``: (long, short) pairs that shorten the key
     layouts its checkpoints use, the first that matches wins; ``rows``: (regex on the short key,
@@ -194,16 +245,20 @@ def convert(
     tied_embeddings: bool = False,
     place: Callable[[str, np.ndarray], Any] | None = None,
     table: KeyTable | None = None,
+    stack: Callable[[str, list], Any] | None = None,
 ) -> dict[str, Any]:
     """Maps HF tensors onto the expected flat param shapes {path: shape} by ``table`` (a family's
     ``KeyTable``; default: the text family's); raises on any mismatch.
 
     ``place(path, array)``, when given, receives each converted tensor as soon as it is ready
     (e.g. to put it on its devices) and its result is kept instead, so the host holds one
-    converted tensor at a time, not the whole tree.
+    converted tensor at a time, not the whole tree. A layer's tensor comes with its layer's path
+    ('.../layers_N/...'); once all are in, ``stack(path, placed layers)`` (default ``np.stack``)
+    makes each stacked parameter.
     """
     if table is None:
         table = TEXT_TABLE
+    expected = unstack_shapes(expected)  # each layer's tensor is checked on its own
     out: dict[str, Any] = {}
     unexpected = []
     for key, w in tensors:
@@ -237,7 +292,7 @@ def convert(
             f"{source}: missing tensors for parameters: {', '.join(missing[:8])}"
             + (" ..." if len(missing) > 8 else "")
         )
-    return out
+    return stack_layers(out, stack)
 
 
 # Qwen2/Qwen3/Llama causal LMs: ``model.*`` is the decoder, ``lm_head.*`` its head.

@@ -200,7 +200,8 @@ def test_qwen3_parity(tmp_path, rng, tie):
     text = bb.text_config
     assert text.qk_norm and not text.attention_bias and text.head_dim == 24
     assert text.tie_word_embeddings == tie
-    assert bb.params["language_model"]["layers_0"]["attn"]["q_norm"]["scale"].shape == (24,)
+    # the layers' parameters are stacked: [3 layers, head_dim]
+    assert bb.params["language_model"]["layers"]["attn"]["q_norm"]["scale"].shape == (3, 24)
 
 
 @pytest.fixture(scope="module")
@@ -343,6 +344,23 @@ def test_error_bad_tensors(tmp_path, internvl, change):
     (tmp_path / "config.json").write_text((path / "config.json").read_text())
     with pytest.raises(weights.CheckpointError, match=match):
         hh.load_backbone(tmp_path)
+
+
+def test_layers_stacked_from_their_own_tensors():
+    """Checkpoints hold one tensor a layer ('.../layers_N/...'); the tree stacks them."""
+    assert weights.layer_slot("vision/layers_3/fc1/kernel") == ("vision/layers/fc1/kernel", 3)
+    assert weights.layer_slot("language_model/embed_tokens") is None
+    shapes = {"lm/layers/k": (2, 3), "lm/norm": (4,)}
+    assert weights.unstack_shapes(shapes) == {
+        "lm/layers_0/k": (3,),
+        "lm/layers_1/k": (3,),
+        "lm/norm": (4,),
+    }
+    flat = {"lm/layers_1/k": np.ones(3), "lm/layers_0/k": np.zeros(3), "lm/norm": np.ones(4)}
+    out = weights.stack_layers(flat)
+    assert set(out) == {"lm/layers/k", "lm/norm"} and out["lm/layers/k"][:, 0].tolist() == [0, 1]
+    with pytest.raises(weights.CheckpointError, match=r"lm/layers/k: layers \[1\] missing"):
+        weights.stack_layers({"lm/layers_0/k": np.ones(3), "lm/layers_2/k": np.ones(3)})
 
 
 def test_error_image_token_count(internvl, rng):

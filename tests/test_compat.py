@@ -66,3 +66,23 @@ def test_a_store_of_0_1_0_resumes_under_a_processor_spec(tmp_path):
     other = dataclasses.replace(spec, processor=processor_spec({"image_size": 28}))
     with pytest.raises(StoreError, match="processor"):
         FeatureStore.create(new.path, other)
+
+
+# A converted backbone with one ``layers_N`` subtree per layer, as 0.1.0 wrote them (the layout
+# until the layers were stacked for scanning; tests/fixtures/unstacked/make.py wrote it).
+UNSTACKED = Path(__file__).parent / "fixtures" / "unstacked"
+
+
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_unstacked_converted_backbone_loads_and_gives_the_same_features(on_mesh):
+    """Restored layer by layer and stacked (on a mesh: each layer into its shards)."""
+    import headhunt_jax as hh
+
+    check = np.load(UNSTACKED / "features.npz")
+    bb = hh.load_backbone(UNSTACKED / "backbone", mesh=hh.make_mesh() if on_mesh else None)
+    assert bb.params["language_model"]["layers"]["attn"]["q_proj"]["kernel"].shape[0] == 4
+    ids, pixels = check["input_ids"], check["pixel_values"]
+    got = hh.head_features(bb, ids, pixels)
+    np.testing.assert_allclose(got, check["all_layers"], rtol=1e-5, atol=1e-6)
+    got = hh.head_features(bb, ids, pixels, layers=[2, 0])
+    np.testing.assert_allclose(got, check["layers_2_0"], rtol=1e-5, atol=1e-6)

@@ -30,7 +30,6 @@ from headhunt_jax.backbones.llava_onevision.modeling import (  # noqa: E402
     check_inputs,
 )
 from headhunt_jax.models.decoder import last_position_heads  # noqa: E402
-from headhunt_jax.models.layers import is_head_outputs  # noqa: E402
 
 TOL = 1e-4
 VOCAB = 300
@@ -122,21 +121,16 @@ def reference(model, input_ids, **vision):
 
 
 def jax_outputs(model, params, input_ids, **vision):
-    """(head features [B, L, N, H], logits) of the Flax model, one jitted full pass (the vision
-    inputs traced, image_sizes included)."""
+    """(head features [B, L, N, H], logits) of the Flax model, one jitted function (the vision
+    inputs traced, image_sizes included): the head-features pass and the full pass."""
     layers = tuple(range(model.cfg.text.num_layers))
 
     @jax.jit
     def run(params, ids, vision):
-        logits, state = model.apply(
-            {"params": params},
-            ids,
-            logits=True,
-            capture_intermediates=is_head_outputs,
-            mutable=["intermediates"],
-            **vision,
-        )
-        return last_position_heads(state["intermediates"], layers), logits
+        variables = {"params": params}
+        heads = model.apply(variables, ids, depth=len(layers), **vision)
+        logits = model.apply(variables, ids, logits=True, **vision)
+        return last_position_heads(heads, layers), logits
 
     vision = {k: jnp.asarray(v) for k, v in vision.items()}
     return run(params, jnp.asarray(input_ids, jnp.int32), vision)

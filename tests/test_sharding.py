@@ -80,14 +80,15 @@ def internvl3_8b_params():
 @pytest.mark.parametrize("model_size", [2, 8, 16])
 def test_internvl3_8b_nothing_large_replicated(internvl3_8b_params, model_size):
     """28 heads, 4 kv heads and an odd vocabulary: every large weight is still split over
-    'model'; what stays whole is vectors (norm scales, biases)."""
+    'model'; what stays whole is vectors (norm scales, biases; a stacked one per layer)."""
     mesh = AbstractMesh((1, model_size), sharding.AXES, axis_types=(AxisType.Auto,) * 2)
     shardings = sharding.param_shardings(internvl3_8b_params, mesh)
     shapes = flax.traverse_util.flatten_dict(flax.linen.meta.unbox(internvl3_8b_params))
     total = per_device = 0
     for key, where in flax.traverse_util.flatten_dict(shardings).items():
         shape = shapes[key].shape
-        assert "model" in where.spec or np.prod(shape) <= 4096, (key, shape, where.spec)
+        one = shape[1:] if "layers" in key else shape  # one layer's, of a stacked parameter
+        assert "model" in where.spec or np.prod(one) <= 4096, (key, shape, where.spec)
         total += np.prod(shape)
         per_device += np.prod(where.shard_shape(shape))
     assert per_device <= 1.002 * total / model_size  # within 0.2% of an even split
@@ -196,14 +197,23 @@ def test_on_mesh_features_match_one_device(divisible, batch, one_device_features
     assert _placed_by_rules(bb)
     m = shape[1]
     for path, spec, shard in [
-        ("language_model/layers_0/attn/q_proj/kernel", (None, "model", None), (64, 8 // m, 8)),
-        ("language_model/layers_1/attn/k_proj/kernel", (None, "model", None), (64, 4 // m, 8)),
-        ("language_model/layers_2/mlp/gate_proj/kernel", (None, "model"), (64, 96 // m)),
-        ("language_model/layers_2/mlp/down_proj/kernel", ("model", None), (96 // m, 64)),
+        # the layers' parameters are stacked (3 text layers, 2 vision ones), the layer axis whole
+        (
+            "language_model/layers/attn/q_proj/kernel",
+            (None, None, "model", None),
+            (3, 64, 8 // m, 8),
+        ),
+        (
+            "language_model/layers/attn/k_proj/kernel",
+            (None, None, "model", None),
+            (3, 64, 4 // m, 8),
+        ),
+        ("language_model/layers/mlp/gate_proj/kernel", (None, None, "model"), (3, 64, 96 // m)),
+        ("language_model/layers/mlp/down_proj/kernel", (None, "model", None), (3, 96 // m, 64)),
         ("language_model/embed_tokens", ("model", None), (300 // m, 64)),
-        ("vision/layers_1/fc1/kernel", (None, "model"), (32, 64 // m)),
+        ("vision/layers/fc1/kernel", (None, None, "model"), (2, 32, 64 // m)),
         ("projector/linear_1/kernel", ("model", None), (128 // m, 64)),
-        ("language_model/layers_0/input_norm/scale", (None,), (64,)),
+        ("language_model/layers/input_norm/scale", (None, None), (3, 64)),
     ]:
         param = _param(bb, path)
         assert param.sharding.spec == PartitionSpec(*spec), path
@@ -236,9 +246,9 @@ def test_on_mesh_kv_heads_and_vocab_not_dividing(indivisible, batch, rng):
     assert rel_err(hh.head_features(bb, text_ids), hh.head_features(one, text_ids)) <= TOL
     assert _placed_by_rules(bb)
     for path, spec, shard in [
-        ("language_model/layers_0/attn/q_proj/kernel", (None, "model", None), (64, 1, 16)),
-        ("language_model/layers_0/attn/k_proj/kernel", ("model", None, None), (16, 2, 16)),
-        ("language_model/layers_0/attn/k_proj/bias", (None, None), (2, 16)),
+        ("language_model/layers/attn/q_proj/kernel", (None, None, "model", None), (3, 64, 1, 16)),
+        ("language_model/layers/attn/k_proj/kernel", (None, "model", None, None), (3, 16, 2, 16)),
+        ("language_model/layers/attn/k_proj/bias", (None, None, None), (3, 2, 16)),
         ("language_model/embed_tokens", (None, "model"), (302, 16)),
     ]:
         param = _param(bb, path)
@@ -253,11 +263,26 @@ def test_on_mesh_converted_round_trip_restores_into_shards(tmp_path, divisible, 
     out = backbone.save_converted(saved, tmp_path / "converted")
     bb = hh.load_backbone(out, mesh=sharding.make_mesh(2, 4))
     assert bb.mesh.devices.shape == (2, 4) and _placed_by_rules(bb)
-    assert _shard_shape(_param(bb, "language_model/layers_0/attn/q_proj/kernel")) == (64, 2, 8)
+    assert _shard_shape(_param(bb, "language_model/layers/attn/q_proj/kernel")) == (3, 64, 2, 8)
     direct = hh.load_backbone(divisible, mesh=sharding.make_mesh(2, 4))
     np.testing.assert_array_equal(
         hh.head_features(bb, ids, pixels), hh.head_features(direct, ids, pixels)
     )
+
+
+@on_mesh
+def test_on_mesh_unstacked_converted_backbone_restores_into_shards():
+    """A converted backbone with one ``layers_N`` subtree per layer (tests/test_compat.py):
+    each layer goes into its shards on a (2, 4) mesh, then the stacks; the features are the
+    ones it gave when written."""
+    from test_compat import UNSTACKED
+
+    check = np.load(UNSTACKED / "features.npz")
+    bb = hh.load_backbone(UNSTACKED / "backbone", mesh=sharding.make_mesh(2, 4))
+    assert _placed_by_rules(bb)
+    assert _shard_shape(_param(bb, "language_model/layers/mlp/gate_proj/kernel")) == (4, 128, 64)
+    got = hh.head_features(bb, check["input_ids"], check["pixel_values"])
+    assert rel_err(got, check["all_layers"]) <= TOL
 
 
 # --- head hunting on a mesh ---------------------------------------------------------------------

@@ -8,9 +8,10 @@ The contract a family keeps:
   decoder's ``DecoderConfig``) and ``vision_token_ids`` (the placeholder tokens that vision
   inputs fill; empty for text-only);
 - module ``(cfg, dtype, attention_impl)`` called as ``(input_ids, depth=, logits=, prefix_kv=,
-  kv_only=, **vision_inputs)``, with the shared decoder as its ``language_model`` (whose
-  ``HeadOutputs`` give the head features); ``vision_inputs`` are the HF model's own keyword
-  arguments (``pixel_values``, ``pixel_values_videos``, ...);
+  kv_only=, **vision_inputs)``, returning what its ``language_model``, the shared decoder,
+  returns (the last position's head outputs of layers < depth, logits, or a prefix's keys and
+  values); ``vision_inputs`` are the HF model's own keyword arguments (``pixel_values``,
+  ``pixel_values_videos``, ...);
 - ``init_inputs(cfg)``: the smallest call's keyword inputs (for shapes and random weights);
 - ``check_inputs(cfg, input_ids, vision_inputs)``: a clear ValueError when they do not fit;
 - ``processor(cfg, checkpoint_dir, image_size)``: decoded frames + a prompt -> the module's inputs

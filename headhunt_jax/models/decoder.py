@@ -2,8 +2,9 @@
 q and k) and the Llama family (no bias).
 
 Heads are an axis: q/k/v kernels are [embed, heads, head_dim], the o kernel [heads, head_dim,
-embed]. Each layer's per-head attention output (the input of ``o_proj``) passes through a
-``HeadOutputs`` submodule so ``capture_intermediates`` can return it.
+embed]. The layers' parameters are stacked (``models/stack.py``: ``layers/...`` with a leading
+layer axis) and the layers run as a scan; each returns its per-head attention output (the input
+of ``o_proj``) at the last position, which is what head features are.
 """
 
 import dataclasses
@@ -14,7 +15,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from headhunt_jax.models.layers import Einsum, HeadOutputs, RMSNorm, attention
+from headhunt_jax.models import stack
+from headhunt_jax.models.layers import Einsum, RMSNorm, attention
 
 SUPPORTED_ROPE = ("default", "linear", "llama3")
 SUPPORTED_TEXT = ("qwen2", "qwen3", "llama")
@@ -130,14 +132,15 @@ def apply_rope(x, positions, inv_freq):
 
 
 class Attention(nn.Module):
-    """Causal GQA self-attention; returns (output, (keys, values)) with keys after RoPE.
+    """Causal GQA self-attention; returns (output, (keys, values), heads): keys after RoPE, heads
+    the per-head output [B, N, H] (before ``o_proj``) at the last position.
 
     With ``cfg.qk_norm`` (Qwen3) q and k pass through RMSNorms over head_dim (``q_norm``,
     ``k_norm``: one [head_dim] weight shared by the heads) before RoPE.
 
     ``prefix_kv``: keys and values [B, P, K, H] of an earlier pass over the first P positions,
-    attended to before this pass's own. ``kv_only``: return (None, (keys, values)) without
-    attending (a prefix pass's deepest layer). ``last_query_only``: attend from the last
+    attended to before this pass's own. ``kv_only``: return (None, (keys, values), None) without
+    attending (a prefix pass's deepest layer; heads None). ``last_query_only``: attend from the last
     position only.
     """
 
@@ -168,7 +171,7 @@ class Attention(nn.Module):
         key = apply_rope(key, positions, inv_freq)
         value = proj("v_proj", k, "kv_heads", kv_bias)(x)
         if kv_only:
-            return None, (key, value)
+            return None, (key, value), None
         q_in, q_pos = (x[:, -1:], positions[:, -1:]) if last_query_only else (x, positions)
         q = apply_rope(norm("q_norm", proj("q_proj", n, "heads", bias)(q_in)), q_pos, inv_freq)
         keys, values, impl = key, value, self.attention_impl
@@ -179,10 +182,9 @@ class Attention(nn.Module):
         # The last-query pass sees every key: no mask needed.
         mask = None if key_mask is None else key_mask[:, None, None, :]
         out = attention(q, keys, values, causal=not last_query_only, impl=impl, mask=mask)
-        out = HeadOutputs(name="head_outputs")(out)
         o_shape, o_axes = (n, h, e), ("heads", "head_dim", "embed")
         o = Einsum("BTNH,NHE->BTE", o_shape, o_axes, None, self.dtype, name="o_proj")
-        return o(out), (key, value)
+        return o(out), (key, value), out[:, -1]
 
 
 class MLP(nn.Module):
@@ -205,7 +207,7 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block -> (hidden states, (keys, values)).
+    """Pre-norm block -> (hidden states, (keys, values), last position's heads [B, N, H]).
 
     ``attention_only``: the deepest layer asked for needs no MLP and only the last position.
     ``kv_only``: a prefix pass's deepest layer needs its keys and values only.
@@ -222,14 +224,14 @@ class DecoderLayer(nn.Module):
         eps = self.cfg.rms_norm_eps
         h = RMSNorm(eps, dtype=self.dtype, name="input_norm")(x)
         attn = Attention(self.cfg, self.dtype, self.attention_impl, name="attn")
-        a, kv = attn(h, positions, attention_only, prefix_kv, kv_only, key_mask)
+        a, kv, heads = attn(h, positions, attention_only, prefix_kv, kv_only, key_mask)
         if kv_only:
-            return x, kv
+            return x, kv, heads
         if attention_only:
-            return x[:, -1:] + a, kv
+            return x[:, -1:] + a, kv, heads
         x = x + a
         h = RMSNorm(eps, dtype=self.dtype, name="post_attention_norm")(x)
-        return x + MLP(self.cfg, self.dtype, name="mlp")(h), kv
+        return x + MLP(self.cfg, self.dtype, name="mlp")(h), kv, heads
 
 
 class Decoder(nn.Module):
@@ -238,6 +240,9 @@ class Decoder(nn.Module):
     ``attention_impl``: 'chunked' (query blocks, causal blocks skip unseen keys), 'xla' (one
     XLA softmax over [T, T]) or 'cudnn' (fused flash attention on NVIDIA GPUs, bf16/fp16); see
     ``layers.attention``.
+
+    Parameters: ``embed_tokens``, ``layers`` (every layer's, stacked: ``layers/attn/q_proj/kernel``
+    is [num_layers, embed, heads, head_dim], see ``models/stack.py``), ``norm``, ``lm_head``.
     """
 
     cfg: DecoderConfig
@@ -252,9 +257,10 @@ class Decoder(nn.Module):
             (cfg.vocab_size, cfg.hidden_size),
             self.dtype,
         )
-        self.layers = [
-            DecoderLayer(cfg, self.dtype, self.attention_impl) for _ in range(cfg.num_layers)
-        ]
+        example = (jnp.zeros((1, 1, cfg.hidden_size), self.dtype), jnp.zeros((1, 1), jnp.int32))
+        self.layers = self.param(
+            stack.LAYERS, stack.stacked(self.block(), cfg.num_layers, *example)
+        )
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype=self.dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = Einsum(
@@ -264,6 +270,10 @@ class Decoder(nn.Module):
                 None,
                 self.dtype,
             )
+
+    def block(self) -> DecoderLayer:
+        """One layer, unbound: it runs on a slice of ``layers`` (``stack.layer``)."""
+        return DecoderLayer(self.cfg, self.dtype, self.attention_impl, parent=None)
 
     def embed(self, input_ids):
         return jnp.take(self.embed_tokens, input_ids, axis=0)
@@ -278,13 +288,15 @@ class Decoder(nn.Module):
         kv_only=False,
         key_mask=None,
     ):
-        """embeds [B, T, E] -> logits [B, T, V] if ``logits``, else the hidden states after layer
-        depth-1 (whose attention ran for the last position only, and whose MLP was skipped: head
-        features need nothing more).
+        """embeds [B, T, E] -> logits [B, T, V] if ``logits``, else the per-head attention outputs
+        (the input of ``o_proj``) at the last position of layers < depth, [B, depth, N, H].
 
-        ``kv_only``: a prefix pass; returns the keys and values of layers < depth, a list of
-        ([B, T, K, H], [B, T, K, H]). ``prefix_kv``: that list, from a pass over the positions
-        before these (``positions`` then start after the prefix).
+        Layers [0, depth - 1) run as one scan; the deepest, depth - 1, runs on its own and
+        attends from the last query only, without its MLP (head features need nothing more).
+
+        ``kv_only``: a prefix pass; returns the keys and values of layers < depth, stacked:
+        ([depth, B, T, K, H], [depth, B, T, K, H]). ``prefix_kv``: those, from a pass over the
+        positions before these (``positions`` then start after the prefix).
 
         ``positions`` [B, T]: each token's rotary position (default: consecutive, after the
         prefix); ``key_mask`` bool [B, P + T]: False for keys no query may see (padding), as
@@ -293,30 +305,32 @@ class Decoder(nn.Module):
         cfg = self.cfg
         depth = cfg.num_layers if depth is None or logits else depth
         if positions is None:
-            start = 0 if prefix_kv is None else prefix_kv[0][0].shape[1]
+            start = 0 if prefix_kv is None else prefix_kv[0].shape[2]
             positions = jnp.broadcast_to(start + jnp.arange(embeds.shape[1]), embeds.shape[:2])
-        x = embeds.astype(self.dtype)
-        cache = []
-        for i in range(depth):
-            last = i == depth - 1 and not logits
-            layer_kv = None if prefix_kv is None else prefix_kv[i]
-            x, kv = self.layers[i](
-                x, positions, last and not kv_only, layer_kv, last and kv_only, key_mask
+        block = self.block()
+
+        def run(params, i, x, **deepest):
+            layer_kv = None if prefix_kv is None else stack.layer(prefix_kv, i)
+            x, kv, heads = block.apply(
+                {"params": params}, x, positions, prefix_kv=layer_kv, key_mask=key_mask, **deepest
             )
-            cache.append(kv)
-        if kv_only:
-            return cache
-        if not logits:
-            return x
-        x = self.norm(x)
-        if cfg.tie_word_embeddings:
-            return jnp.einsum("BTE,VE->BTV", x, self.embed_tokens)
-        return self.lm_head(x)
+            # a scan stacks what leaves it by layer: only what this pass returns
+            return x, (kv if kv_only else heads)
+
+        x = embeds.astype(self.dtype)
+        x, outs = stack.scan(run, self.layers, x, 0, depth if logits else depth - 1)
+        if logits:
+            x = self.norm(x)
+            if cfg.tie_word_embeddings:
+                return jnp.einsum("BTE,VE->BTV", x, self.embed_tokens)
+            return self.lm_head(x)
+        last = stack.layer(self.layers, depth - 1)
+        _, out = run(last, depth - 1, x, attention_only=not kv_only, kv_only=kv_only)
+        outs = stack.append(outs, out)
+        return outs if kv_only else jnp.swapaxes(outs, 0, 1)
 
 
-def last_position_heads(intermediates, layers):
-    """Captured ``HeadOutputs`` of a model with a ``language_model`` -> [B, len(layers), N, H]
-    at the last position, float32."""
-    per_layer = intermediates["language_model"]
-    out = [per_layer[f"layers_{i}"]["attn"]["head_outputs"]["__call__"][0][:, -1] for i in layers]
-    return jnp.stack(out, axis=1).astype(jnp.float32)
+def last_position_heads(heads, layers):
+    """The decoder's head outputs [B, depth, N, H] -> those of ``layers``, [B, len(layers), N, H],
+    float32."""
+    return heads[:, list(layers)].astype(jnp.float32)

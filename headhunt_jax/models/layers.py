@@ -97,22 +97,6 @@ class LayerNorm(nn.Module):
         return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
 
-class HeadOutputs(nn.Module):
-    """Marks the per-head attention output [B, T, heads, head_dim] (the input of ``o_proj``).
-
-    It is the identity; it exists so that ``apply(..., capture_intermediates=is_head_outputs)``
-    returns exactly these tensors, one per layer.
-    """
-
-    @nn.compact
-    def __call__(self, x):
-        return x
-
-
-def is_head_outputs(module, method_name):
-    return isinstance(module, HeadOutputs) and method_name == "__call__"
-
-
 ATTENTION_IMPLS = ("xla", "cudnn", "chunked")
 
 

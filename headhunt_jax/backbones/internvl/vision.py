@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from headhunt_jax.models import stack
 from headhunt_jax.models.layers import Einsum, LayerNorm, RMSNorm, attention
 
 
@@ -201,7 +202,10 @@ class PatchEmbed(nn.Module):
 
 
 class InternViT(nn.Module):
-    """pixel_values [N, C, H, W] (HF layout) -> last hidden states [N, 1 + (H/p)*(W/p), E]."""
+    """pixel_values [N, C, H, W] (HF layout) -> last hidden states [N, 1 + (H/p)*(W/p), E].
+
+    The layers' parameters are stacked (``layers/...``, see ``models/stack.py``) and run as a scan.
+    """
 
     cfg: VisionConfig
     dtype: Any = jnp.float32
@@ -233,8 +237,12 @@ class InternViT(nn.Module):
         patch_pos = pos[1:] if grid * grid == num_pos else interpolate_positions(pos[1:], grid)
         x = jnp.concatenate([jnp.broadcast_to(cls_token, (n, 1, e)), x], axis=1)
         x = x + jnp.concatenate([pos[:1], patch_pos], axis=0)[None]
-        for i in range(cfg.num_layers):
-            x = VisionLayer(cfg, self.dtype, self.attention_impl, name=f"layers_{i}")(x)
+        block = VisionLayer(cfg, self.dtype, self.attention_impl, parent=None)
+        example = jnp.zeros((1, 1, e), self.dtype)
+        layers = self.param(stack.LAYERS, stack.stacked(block, cfg.num_layers, example))
+        x, _ = stack.scan(
+            lambda p, _, x: (block.apply({"params": p}, x), None), layers, x, 0, cfg.num_layers
+        )
         if not cfg.use_mean_pooling:
             x = LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="final_norm")(x)
         return x

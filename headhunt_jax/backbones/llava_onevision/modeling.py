@@ -26,6 +26,7 @@ from headhunt_jax.backbones.llava_onevision.config import (
     LlavaOnevisionConfig,
     SiglipConfig,
 )
+from headhunt_jax.models import stack
 from headhunt_jax.models.decoder import Decoder
 from headhunt_jax.models.layers import Einsum, LayerNorm, attention
 
@@ -118,8 +119,9 @@ class SiglipLayer(nn.Module):
 class SiglipVisionTower(nn.Module):
     """pixel_values [B, C, S, S] (HF layout, S the base resolution) -> the hidden states asked
     for: a tuple, one [B, (S//p)^2, E] per index of ``layers`` (0: the embeddings, i: after
-    layer i). Layers after the deepest one asked for are skipped, except at init, where every
-    layer and ``post_layernorm`` run so that each checkpoint tensor has its parameter."""
+    layer i). Layers after the deepest one asked for are skipped. The layers' parameters are
+    stacked (``layers/...``, see ``models/stack.py``) and run as scans; ``post_layernorm`` runs
+    only at init, so that each checkpoint tensor has its parameter."""
 
     cfg: SiglipConfig
     dtype: Any = jnp.float32
@@ -142,12 +144,15 @@ class SiglipVisionTower(nn.Module):
             self.dtype,
         )
         x = x + pos[None]
-        kept = {0: x} if 0 in layers else {}
-        deepest = cfg.num_layers if self.is_initializing() else max(layers)
-        for i in range(deepest):
-            x = SiglipLayer(cfg, self.dtype, self.attention_impl, name=f"layers_{i}")(x)
-            if i + 1 in layers:
-                kept[i + 1] = x
+        block = SiglipLayer(cfg, self.dtype, self.attention_impl, parent=None)
+        example = jnp.zeros((1, 1, e), self.dtype)
+        params = self.param(stack.LAYERS, stack.stacked(block, cfg.num_layers, example))
+        kept, done = {0: x}, 0
+        for stop in sorted(set(layers) - {0}):  # one scan up to each kept layer
+            x, _ = stack.scan(
+                lambda p, _, x: (block.apply({"params": p}, x), None), params, x, done, stop
+            )
+            kept[stop], done = x, stop
         if self.is_initializing():
             LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="post_layernorm")(x)
         return tuple(kept[i] for i in layers)
@@ -208,8 +213,8 @@ def _place(embeds, input_ids, token_id, features):
 
 
 class LlavaOnevision(nn.Module):
-    """The whole model; ``language_model`` is the shared ``Decoder``, so ``HeadOutputs`` capture
-    and ``last_position_heads`` work as for every other backbone."""
+    """The whole model; ``language_model`` is the shared ``Decoder``, so head features come out
+    as for every other backbone."""
 
     cfg: LlavaOnevisionConfig
     dtype: Any = jnp.float32

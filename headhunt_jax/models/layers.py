@@ -97,6 +97,32 @@ class LayerNorm(nn.Module):
         return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
 
+def qkv_projections(x, heads: int, head_dim: int, bias: bool, dtype):
+    """q, k, v [B, T, N, H] of x [B, T, E] through ``q_proj``/``k_proj``/``v_proj`` kernels
+    [E, N, H] (biases [N, H] with ``bias``), created in the calling module's scope: the vision
+    towers' attention projections, one definition for every family."""
+    shape = (x.shape[-1], heads, head_dim)
+    axes, bias_axes = ("embed", "heads", "head_dim"), ("heads", "head_dim") if bias else None
+    return tuple(
+        Einsum("BTE,ENH->BTNH", shape, axes, bias_axes, dtype, name=f"{p}_proj")(x) for p in "qkv"
+    )
+
+
+def output_projection(out, embed: int, dtype):
+    """[B, T, N, H] -> [B, T, E] through the ``o_proj`` kernel [N, H, E] and bias [E], created
+    in the calling module's scope."""
+    n, h = out.shape[-2:]
+    o = Einsum(
+        "BTNH,NHE->BTE",
+        (n, h, embed),
+        ("heads", "head_dim", "embed"),
+        ("embed",),
+        dtype,
+        name="o_proj",
+    )
+    return o(out)
+
+
 ATTENTION_IMPLS = ("xla", "cudnn", "chunked")
 
 

@@ -15,7 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from headhunt_jax.models import stack
-from headhunt_jax.models.layers import Einsum, LayerNorm, RMSNorm, attention
+from headhunt_jax.models.layers import (
+    Einsum,
+    LayerNorm,
+    RMSNorm,
+    attention,
+    output_projection,
+    qkv_projections,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,19 +122,7 @@ class VisionAttention(nn.Module):
     def __call__(self, x):
         cfg = self.cfg
         e, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-        bias = ("heads", "head_dim") if cfg.attention_bias else None
-
-        def proj(name):
-            return Einsum(
-                "BTE,ENH->BTNH",
-                (e, n, h),
-                ("embed", "heads", "head_dim"),
-                bias,
-                self.dtype,
-                name=name,
-            )
-
-        q, k, v = proj("q_proj")(x), proj("k_proj")(x), proj("v_proj")(x)
+        q, k, v = qkv_projections(x, n, h, cfg.attention_bias, self.dtype)
         if cfg.use_qk_norm:  # the norm spans all heads together
 
             def norm(name, y):
@@ -136,15 +131,7 @@ class VisionAttention(nn.Module):
 
             q, k = norm("q_norm", q), norm("k_norm", k)
         out = attention(q, k, v, causal=False, impl=self.attention_impl)
-        o = Einsum(
-            "BTNH,NHE->BTE",
-            (n, h, e),
-            ("heads", "head_dim", "embed"),
-            ("embed",),
-            self.dtype,
-            name="o_proj",
-        )
-        return o(out)
+        return output_projection(out, e, self.dtype)
 
 
 class VisionLayer(nn.Module):

@@ -28,7 +28,13 @@ from headhunt_jax.backbones.llava_onevision.config import (
 )
 from headhunt_jax.models import stack
 from headhunt_jax.models.decoder import Decoder
-from headhunt_jax.models.layers import Einsum, LayerNorm, attention
+from headhunt_jax.models.layers import (
+    Einsum,
+    LayerNorm,
+    attention,
+    output_projection,
+    qkv_projections,
+)
 
 
 def _gelu(name: str):
@@ -79,23 +85,9 @@ class SiglipAttention(nn.Module):
         cfg = self.cfg
         e, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
 
-        def proj(name):
-            axes = ("embed", "heads", "head_dim")
-            return Einsum(
-                "BTE,ENH->BTNH", (e, n, h), axes, ("heads", "head_dim"), self.dtype, name=name
-            )
-
-        q, k, v = proj("q_proj")(x), proj("k_proj")(x), proj("v_proj")(x)
+        q, k, v = qkv_projections(x, n, h, True, self.dtype)
         out = attention(q, k, v, causal=False, impl=self.attention_impl)
-        o = Einsum(
-            "BTNH,NHE->BTE",
-            (n, h, e),
-            ("heads", "head_dim", "embed"),
-            ("embed",),
-            self.dtype,
-            name="o_proj",
-        )
-        return o(out)
+        return output_projection(out, e, self.dtype)
 
 
 class SiglipLayer(nn.Module):

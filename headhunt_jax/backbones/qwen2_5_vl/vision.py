@@ -23,7 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VisionConfig
-from headhunt_jax.models.layers import Einsum, RMSNorm, attention
+from headhunt_jax.models.layers import (
+    Einsum,
+    RMSNorm,
+    attention,
+    output_projection,
+    qkv_projections,
+)
 
 _ACT = {
     "silu": nn.silu,
@@ -145,26 +151,12 @@ class VisionAttention(nn.Module):
         cfg = self.cfg
         e, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
 
-        def proj(name):
-            axes = ("embed", "heads", "head_dim")
-            return Einsum(
-                "BTE,ENH->BTNH", (e, n, h), axes, ("heads", "head_dim"), self.dtype, name=name
-            )
-
-        q, k, v = proj("q_proj")(x), proj("k_proj")(x), proj("v_proj")(x)
+        q, k, v = qkv_projections(x, n, h, True, self.dtype)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         out = attention(
             q, k, v, causal=False, impl=self.attention_impl, segment_ids=(segments, segments)
         )
-        o = Einsum(
-            "BTNH,NHE->BTE",
-            (n, h, e),
-            ("heads", "head_dim", "embed"),
-            ("embed",),
-            self.dtype,
-            name="o_proj",
-        )
-        return o(out)
+        return output_projection(out, e, self.dtype)
 
 
 class VisionBlock(nn.Module):

@@ -330,22 +330,29 @@ def layer_indices(bb: Backbone, layers) -> tuple[int, ...]:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "layers", "prefix"))
-def forward(model, params, prompt_ids, vision_inputs, layers, prefix=None):
+def forward(model, params, prompt_ids, vision_inputs, layers, prefix=None, positions=None):
     """The one forward path: per-head features [M, B, len(layers), N, H] at the last position of
     each of M prompts' ids [B, T_m]. ``prefix`` None: one pass over each prompt (M = 1) with the
     vision inputs; else the first ``prefix`` tokens (the same in every prompt, holding every
     vision placeholder) run once with the vision inputs, keeping each layer's keys and values up
-    to the deepest layer asked for, and each prompt's remaining tokens run against them."""
+    to the deepest layer asked for, and each prompt's remaining tokens run against them.
+    ``positions``: each prompt's rotary positions [B, T_m(, 3)] (a family's ``prepare``), or None
+    for consecutive ones."""
     depth = max(layers) + 1
     variables = {"params": params}
+    positions = (None,) * len(prompt_ids) if positions is None else positions
     cache, vision = None, vision_inputs
     if prefix is not None:
         head = prompt_ids[0][:, :prefix]
-        cache = model.apply(variables, head, depth=depth, kv_only=True, **vision_inputs)
+        first = None if positions[0] is None else positions[0][:, :prefix]
+        cache = model.apply(
+            variables, head, depth=depth, kv_only=True, positions=first, **vision_inputs
+        )
         prompt_ids, vision = tuple(ids[:, prefix:] for ids in prompt_ids), {}
+        positions = tuple(None if p is None else p[:, prefix:] for p in positions)
     out = []
-    for ids in prompt_ids:
-        heads = model.apply(variables, ids, depth=depth, prefix_kv=cache, **vision)
+    for ids, pos in zip(prompt_ids, positions, strict=True):
+        heads = model.apply(variables, ids, depth=depth, prefix_kv=cache, positions=pos, **vision)
         out.append(last_position_heads(heads, layers))
     return jnp.stack(out)
 
@@ -360,6 +367,14 @@ def check_inputs(bb: Backbone, input_ids, vision: dict) -> None:
     if np.ndim(input_ids) != 2:
         raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
     bb.family.check_inputs(bb.config, input_ids, vision)
+
+
+def prepare_inputs(bb: Backbone, prompt_ids, vision: dict):
+    """The checked HF keyword inputs -> (the module's vision inputs, each prompt's positions or
+    None), by the family's ``prepare`` (on the host)."""
+    if bb.family.prepare is None:
+        return vision, None
+    return bb.family.prepare(bb.config, [np.asarray(i) for i in prompt_ids], vision)
 
 
 def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None, **inputs):
@@ -378,33 +393,38 @@ def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None, **inp
     """
     vision = vision_inputs(pixel_values, **inputs)
     check_inputs(bb, input_ids, vision)
-    (ids,), placed = place_batch(bb, [input_ids], vision)
-    out = forward(bb.model, bb.params, (ids,), placed, layer_indices(bb, layers))
+    vision, positions = prepare_inputs(bb, [input_ids], vision)
+    (ids,), placed, positions = place_batch(bb, [input_ids], vision, positions)
+    out = forward(bb.model, bb.params, (ids,), placed, layer_indices(bb, layers), None, positions)
     return out[0, : len(input_ids)]
 
 
-def place_batch(bb: Backbone, ids_list, vision: dict):
-    """input_ids arrays and vision inputs on the backbone's devices: split over the mesh's 'data'
-    axis (each padded with zeros to a multiple of its size) when it has a mesh. Returns
-    (list of ids, dict of vision inputs; empty ones dropped)."""
+def place_batch(bb: Backbone, ids_list, vision: dict, positions=None):
+    """input_ids arrays, vision inputs and positions (one a prompt, or None) on the backbone's
+    devices: split over the mesh's 'data' axis (each padded with zeros to a multiple of its size)
+    when it has a mesh. Returns (tuple of ids, dict of vision inputs; empty ones dropped,
+    tuple of positions or None)."""
     if bb.mesh is not None and bb.mesh.is_multi_process:
         raise ValueError(
             "head features need a mesh of this process's own devices (make_mesh() without "
             "devices); with several processes, each extracts its own share of the videos"
         )
     place = jnp.asarray if bb.mesh is None else functools.partial(sharding.shard_batch, bb.mesh)
-    ids = [place(np.asarray(i, np.int32)) for i in ids_list]
-    return ids, {k: place(v) for k, v in vision.items() if np.shape(v)[0] > 0}
+    ids = tuple(place(np.asarray(i, np.int32)) for i in ids_list)
+    placed = {k: place(v) for k, v in vision.items() if np.shape(v)[0] > 0}
+    return ids, placed, None if positions is None else tuple(place(p) for p in positions)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _logits(model, params, input_ids, vision):
-    return model.apply({"params": params}, input_ids, logits=True, **vision)
+def _logits(model, params, input_ids, vision, positions):
+    return model.apply({"params": params}, input_ids, logits=True, positions=positions, **vision)
 
 
 def logits(bb: Backbone, input_ids, pixel_values=None, **inputs):
     """Full-model logits [B, T, vocab] (for checking the port; detection never needs them)."""
     vision = vision_inputs(pixel_values, **inputs)
     check_inputs(bb, input_ids, vision)
+    vision, positions = prepare_inputs(bb, [input_ids], vision)
     placed = {k: jnp.asarray(v) for k, v in vision.items()}
-    return _logits(bb.model, bb.params, jnp.asarray(input_ids, jnp.int32), placed)
+    positions = None if positions is None else jnp.asarray(positions[0])
+    return _logits(bb.model, bb.params, jnp.asarray(input_ids, jnp.int32), placed, positions)

@@ -16,6 +16,7 @@ from headhunt_jax.backbone import (
     forward,
     layer_indices,
     place_batch,
+    prepare_inputs,
     vision_inputs,
 )
 
@@ -53,7 +54,9 @@ def head_features_prompts(
     for ids in prompt_ids:
         check_inputs(bb, ids, vision)
     prefix = shared_prefix_length(prompt_ids, bb.config.vision_token_ids)
-    ids, placed = place_batch(bb, prompt_ids, vision)
+    vision, positions = prepare_inputs(bb, prompt_ids, vision)
+    ids, placed, positions = place_batch(bb, prompt_ids, vision, positions)
     batch = prompt_ids[0].shape[0]
-    out = forward(bb.model, bb.params, tuple(ids), placed, layer_indices(bb, layers), prefix)
+    layer_set = layer_indices(bb, layers)
+    out = forward(bb.model, bb.params, ids, placed, layer_set, prefix, positions)
     return out[:, :batch]

@@ -43,6 +43,7 @@ RULES: tuple[tuple[str, str | None], ...] = (
     ("vocab", "model"),
     ("embed", None),
     ("head_dim", None),
+    ("qkv", None),
     ("positions", None),
     ("channels", None),
     ("patch", None),

@@ -108,15 +108,20 @@ def reshape(w, shape):
     return w.reshape(shape)
 
 
-def conv(w, shape):  # [E, C, p, q] -> [C, p, q, E]
-    return w.transpose(1, 2, 3, 0)
+def conv(w, shape):  # [E, C, p, q] -> [C, p, q, E] (and [E, C, t, p, q] -> [C, t, p, q, E])
+    return w.transpose(*range(1, w.ndim), 0)
+
+
+def fused_heads_in(w, shape):  # [3*N*H, E] (q | k | v rows) -> [E, 3, N, H]
+    return w.reshape(shape[1:] + shape[:1]).transpose(3, 0, 1, 2)
 
 
 _HF_SHAPE: dict[Callable, Callable] = {
     linear: lambda s: (s[1], s[0]),
     heads_in: lambda s: (s[1] * s[2], s[0]),
     heads_out: lambda s: (s[2], s[0] * s[1]),
-    conv: lambda s: (s[3], s[0], s[1], s[2]),
+    conv: lambda s: (s[-1], *s[:-1]),
+    fused_heads_in: lambda s: (s[1] * s[2] * s[3], s[0]),
 }
 
 _LM = "language_model"

@@ -51,6 +51,42 @@ def tiny_internvl_config(norm_type="layer_norm", use_qk_norm=False, text=None, i
     )
 
 
+QWEN_VL_TOKENS = dict(
+    image_token_id=295, video_token_id=296, vision_start_token_id=297, vision_end_token_id=298
+)
+
+
+def tiny_qwen2_5_vl_config(text=None, vision=None, **kw):
+    """Qwen2.5-VL: a 3-block tower (patch 2, 8-px windows: 2 x 2 merged tokens, block 1 full)
+    and a GQA Qwen2 decoder with M-RoPE sections (4, 2, 2) of head_dim 16."""
+    text_cfg = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "mrope_section": [4, 2, 2], "rope_theta": 1e4},
+    )
+    text_cfg.update(text or {})
+    vision_cfg = dict(
+        depth=3,
+        hidden_size=32,
+        intermediate_size=40,
+        num_heads=4,
+        patch_size=2,
+        window_size=8,
+        fullatt_block_indexes=[1],
+        out_hidden_size=text_cfg["hidden_size"],
+        tokens_per_second=2,
+    )
+    vision_cfg.update(vision or {})
+    return transformers.Qwen2_5_VLConfig(
+        text_config=text_cfg, vision_config=vision_cfg, **{**QWEN_VL_TOKENS, **kw}
+    )
+
+
 def build(config, seed=0):
     """A model from config with all parameters random (incl. norms, Qwen3's q/k norms and layer
     scales)."""
@@ -58,6 +94,8 @@ def build(config, seed=0):
     config._attn_implementation = "eager"
     if isinstance(config, transformers.InternVLConfig):
         model = transformers.InternVLForConditionalGeneration(config)
+    elif isinstance(config, transformers.Qwen2_5_VLConfig):
+        model = transformers.Qwen2_5_VLForConditionalGeneration(config)
     elif isinstance(config, transformers.LlamaConfig):
         model = transformers.LlamaForCausalLM(config)
     elif isinstance(config, transformers.Qwen3Config):
@@ -66,7 +104,7 @@ def build(config, seed=0):
         model = transformers.Qwen2ForCausalLM(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight") or "lambda" in name:
+            if ("norm" in name or "ln_q" in name) and name.endswith("weight") or "lambda" in name:
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             else:
                 p.copy_(0.2 * torch.randn_like(p))
@@ -85,8 +123,9 @@ def decoder_layers(model):
     return inner.language_model.layers if hasattr(inner, "language_model") else inner.layers
 
 
-def reference_head_features(model, input_ids, pixel_values=None):
-    """[B, L, heads, head_dim] o_proj inputs at the last position, and the logits."""
+def reference_head_features(model, input_ids, pixel_values=None, **inputs):
+    """[B, L, heads, head_dim] o_proj inputs at the last position, and the logits; ``inputs``:
+    the model's other keyword inputs, as arrays."""
     captured = {}
     layers = decoder_layers(model)
     hooks = []
@@ -101,6 +140,7 @@ def reference_head_features(model, input_ids, pixel_values=None):
             kwargs = {"input_ids": torch.as_tensor(np.asarray(input_ids), dtype=torch.long)}
             if pixel_values is not None:
                 kwargs["pixel_values"] = torch.as_tensor(np.asarray(pixel_values))
+            kwargs.update({k: torch.as_tensor(np.asarray(v)) for k, v in inputs.items()})
             logits = model(**kwargs).logits.float().numpy()
     finally:
         for h in hooks:

@@ -14,7 +14,6 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from headhunt_jax.backbones.qwen2_5_vl import params as q_params  # noqa: E402
 from headhunt_jax.backbones.qwen2_5_vl import vision  # noqa: E402
 from headhunt_jax.backbones.qwen2_5_vl.config import (  # noqa: E402
     VISION_PRESETS,
@@ -73,6 +72,52 @@ GRIDS = {
 }
 
 
+def tower_params(model, cfg):
+    """The tower's HF tensors (``visual.`` keys, as in a checkpoint) -> its Flax params through
+    the family's key table."""
+    import flax
+    import jax
+
+    from headhunt_jax import weights
+    from headhunt_jax.backbones.qwen2_5_vl.params import KEYS
+
+    tower = vision.Qwen25VisionTower(cfg)
+    lay = vision.batch_layout(cfg, [[((1, 2, 2), np.zeros((4, cfg.patch_dim), np.float32))]])
+    args = (lay["pixels"][0], lay["segments"][0], lay["positions"][0])
+    shapes = jax.eval_shape(lambda: tower.init(jax.random.key(0), *args))["params"]
+    shapes = flax.traverse_util.flatten_dict(flax.core.meta.unbox(shapes), sep="/")
+    tensors = (("visual." + k, v.numpy()) for k, v in model.state_dict().items())
+    expected = {"visual/" + k: v.shape for k, v in shapes.items()}
+    flat = weights.convert(tensors, expected, np.float32, "tower", table=KEYS)
+    flat = {k.removeprefix("visual/"): v for k, v in flat.items()}
+    return tower, flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def run_tower(tower, params, pixels, grid, rows=None):
+    """The tower over each row's items (default: all in one row) -> the merged tokens of all
+    items in order, as transformers' ``pooler_output``."""
+    cfg = tower.cfg
+    grids = vision._grids(grid)
+    ends = np.cumsum([0] + [t * h * w for t, h, w in grids])
+    items = [(g, pixels[ends[i] : ends[i + 1]]) for i, g in enumerate(grids)]
+    rows = rows or [len(items)]
+    split = np.cumsum([0, *rows])
+    lay = vision.batch_layout(cfg, [items[a:b] for a, b in zip(split, split[1:], strict=False)])
+    b, k, slots, d = lay["pixels"].shape
+    merged = tower.apply(
+        {"params": params},
+        lay["pixels"].reshape(b * k, slots, d),
+        lay["segments"].reshape(b * k, slots),
+        lay["positions"].reshape(b * k, slots, 2),
+    )
+    merged = np.asarray(merged).reshape(b, -1, merged.shape[-1])
+    out = [
+        merged[r, lay["restore"][r, : sum(vision.merged_tokens(cfg, g) for g, _ in row)]]
+        for r, row in enumerate(items[a:b] for a, b in zip(split, split[1:], strict=False))
+    ]
+    return np.concatenate(out)
+
+
 @pytest.mark.parametrize("grids", list(GRIDS))
 def test_vision_tower_matches_transformers(grids):
     raw = tiny_vision()
@@ -84,34 +129,14 @@ def test_vision_tower_matches_transformers(grids):
     with torch.no_grad():
         want = model(torch.as_tensor(pixels), grid_thw=torch.as_tensor(grid)).pooler_output
     want = want.numpy()
-    params = q_params.tower_params({k: v.numpy() for k, v in model.state_dict().items()}, cfg)
-    tower = vision.Qwen25VisionTower(cfg)
-    got = np.asarray(vision.vision_features(tower, params, pixels, grid))
-    assert got.shape == want.shape == (vision.num_merged_tokens(cfg, grid), cfg.out_hidden_size)
+    tower, params = tower_params(model, cfg)
+    got = run_tower(tower, params, pixels, grid)
+    assert got.shape == want.shape
     err = rel_err(got, want)
     print(f"vision {grids}: rel err {err:.2e}")
     assert err <= TOL
-
-
-def test_equal_grids_run_as_a_batch_with_the_same_result():
-    """Three same-size images (the "images" mode): the vmapped pass equals the concatenated
-    one and transformers."""
-    raw = tiny_vision()
-    model = build_tower(raw)
-    cfg = Qwen25VisionConfig.from_hf(raw)
-    grid = np.asarray([[1, 6, 10]] * 3, np.int64)
-    n = int(grid.prod(-1).sum())
-    pixels = np.random.default_rng(2).standard_normal((n, cfg.patch_dim)).astype(np.float32)
-    with torch.no_grad():
-        want = model(torch.as_tensor(pixels), grid_thw=torch.as_tensor(grid)).pooler_output
-    # the keys as the full model holds them (``model.visual.``)
-    tensors = {"model.visual." + k: v.numpy() for k, v in model.state_dict().items()}
-    params = q_params.tower_params(tensors, cfg)
-    tower = vision.Qwen25VisionTower(cfg)
-    batched = np.asarray(vision.vision_features(tower, params, pixels, grid))
-    concatenated = np.asarray(vision.vision_features(tower, params, pixels, grid, False))
-    assert rel_err(batched, want.numpy()) <= TOL
-    assert rel_err(batched, concatenated) <= 1e-6
+    if len(grid) > 1:  # the items in rows of their own: the same tokens
+        assert rel_err(run_tower(tower, params, pixels, grid, [1] * len(grid)), want) <= TOL
 
 
 def test_window_index_matches_transformers():
@@ -122,32 +147,15 @@ def test_window_index_matches_transformers():
     want_index, want_cu = get_vision_window_index(
         torch.as_tensor(grid), spatial_merge_size=2, window_size=8, patch_size=2
     )
-    index, sizes = vision.window_index(cfg, grid)
-    np.testing.assert_array_equal(index, want_index.numpy())
+    index, sizes, offset = [], [], 0
+    for g in vision._grids(grid):
+        windows = vision.window_index(cfg, g)
+        index += [w[w >= 0] + offset for w in windows]
+        sizes += [int((w >= 0).sum()) for w in windows]
+        offset += vision.merged_tokens(cfg, g)
+    np.testing.assert_array_equal(np.concatenate(index), want_index.numpy())
     cu = np.concatenate([[0], np.cumsum(sizes) * cfg.merge_unit])
     np.testing.assert_array_equal(cu, want_cu.numpy())
-
-
-def test_vision_params_init_shapes_match_the_converter():
-    import jax
-
-    cfg = Qwen25VisionConfig.from_hf(tiny_vision())
-    grid = np.asarray([[1, 4, 4]])
-    idx = {k: jax.numpy.asarray(v) for k, v in vision.vision_indices(cfg, grid).items()}
-    tower = vision.Qwen25VisionTower(cfg)
-    shapes = jax.eval_shape(
-        lambda: tower.init(jax.random.PRNGKey(0), np.zeros((16, cfg.patch_dim), np.float32), **idx)
-    )
-    params = q_params.tower_params(
-        {k: v.numpy() for k, v in build_tower(tiny_vision()).state_dict().items()}, cfg
-    )
-    flat = jax.tree_util.tree_map(lambda x: x.shape, params)
-    unboxed = jax.tree_util.tree_map(
-        lambda x: x.value.shape if hasattr(x, "value") else x.shape,
-        shapes["params"],
-        is_leaf=lambda x: hasattr(x, "value"),
-    )
-    assert flat == unboxed
 
 
 # --- 3-D rotary positions -------------------------------------------------------------------
@@ -383,3 +391,136 @@ def test_config_from_hf_reads_released_vision_configs_and_refuses_what_it_cannot
     ]:
         with pytest.raises(ValueError, match=match):
             Qwen25VisionConfig.from_hf({**released, **bad})
+
+
+# --- the whole model ------------------------------------------------------------------------
+
+hf = pytest.importorskip("hf_reference")
+Q = hf.QWEN_VL_TOKENS
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    """A tiny Qwen2.5-VL (GQA) saved by ``save_pretrained`` and read by ``load_backbone``."""
+    import headhunt_jax as hh
+
+    model = hf.build(hf.tiny_qwen2_5_vl_config())
+    path = hf.save(model, tmp_path_factory.mktemp("qwen") / "ckpt")
+    return model, hh.load_backbone(path)
+
+
+def _run(kind, grid):
+    t, h, w = grid
+    token = Q["image_token_id"] if kind == "image" else Q["video_token_id"]
+    return [Q["vision_start_token_id"]] + [token] * (t * h * w // 4) + [Q["vision_end_token_id"]]
+
+
+def _sample(rng, parts, prompt=(7, 8, 9)):
+    """input_ids of one row: text, then each (kind, grid) as a placeholder run, then ``prompt``."""
+    ids = list(rng.integers(0, 290, 3))
+    for kind, grid in parts:
+        ids += _run(kind, grid) + list(rng.integers(0, 290, 2))
+    return ids + list(prompt)
+
+
+def _inputs(rng, rows, seconds=None):
+    """HF keyword inputs for rows of [(kind, (t, h, w))] (grids in temporal patches: a video's
+    pixel rows hold two frames each), as the processor gives them."""
+    patch_dim = 3 * 2 * 2 * 2
+    out = {}
+    for kind, pix, grid_key in (
+        ("image", "pixel_values", "image_grid_thw"),
+        ("video", "pixel_values_videos", "video_grid_thw"),
+    ):
+        grids = [g for row in rows for k, g in row if k == kind]
+        if grids:
+            n = int(np.prod(grids, axis=1).sum())
+            out[pix] = rng.standard_normal((n, patch_dim)).astype(np.float32)
+            out[grid_key] = np.asarray(grids, np.int64)
+    if seconds is not None:
+        out["second_per_grid_ts"] = np.asarray(seconds, np.float32)
+    return out
+
+
+def _types(ids):
+    """transformers' ``mm_token_type_ids`` (without them it gives 1-D positions)."""
+    return np.where(ids == Q["image_token_id"], 1, np.where(ids == Q["video_token_id"], 2, 0))
+
+
+MODEL_CASES = {
+    # two images of different sizes, their merged grids 3 x 5 and 2 x 2: padded border windows
+    "two_images": ([[("image", (1, 6, 10)), ("image", (1, 4, 4))]], None),
+    # a video of 3 temporal patches, 0.75 s each: temporal positions scaled and truncated
+    "video_seconds": ([[("video", (3, 4, 6))]], [0.75]),
+    # batch 2: rows with other items and counts, an image and a video in one row
+    "batch_2": (
+        [[("image", (1, 4, 8)), ("video", (2, 4, 4))], [("image", (1, 6, 6))]],
+        [1.5],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_CASES))
+def test_features_and_logits_match_transformers(qwen, case):
+    import headhunt_jax as hh
+    from headhunt_jax import backbone
+
+    model, bb = qwen
+    rows, seconds = MODEL_CASES[case]
+    rng = np.random.default_rng(3)
+    ids = [_sample(rng, row) for row in rows]
+    width = max(map(len, ids))
+    ids = np.asarray([[5] * (width - len(r)) + r for r in ids])  # rows of equal length: text first
+    inputs = _inputs(rng, rows, seconds)
+    hf_inputs = {**inputs, "mm_token_type_ids": _types(ids), "attention_mask": np.ones_like(ids)}
+    want, want_logits = hf.reference_head_features(model, ids, **hf_inputs)
+    got = np.asarray(hh.head_features(bb, ids, **hf_inputs))  # the processor's output, unchanged
+    logits = np.asarray(backbone.logits(bb, ids, **inputs))
+    err, logit_err = rel_err(got, want), rel_err(logits, want_logits)
+    print(f"qwen2.5-vl {case}: features {err:.2e}, logits {logit_err:.2e}")
+    assert got.shape == want.shape == (len(rows), 3, 4, 16)
+    assert err <= TOL and logit_err <= TOL
+    layers = (0, 2)  # early exit at the deepest layer asked for
+    part = np.asarray(hh.head_features(bb, ids, layers=layers, **inputs))
+    assert rel_err(part, want[:, list(layers)]) <= TOL
+
+
+def test_prefix_reuse_keeps_the_m_rope_positions(qwen):
+    """Two prompts of different lengths after a video whose scaled temporal positions pass its
+    spatial extent: each prompt's suffix continues from the prefix's positions."""
+    from headhunt_jax.prefix import head_features_prompts
+
+    model, bb = qwen
+    rng = np.random.default_rng(4)
+    rows = [[("image", (1, 4, 4)), ("video", (3, 4, 4))]] * 2
+    inputs = _inputs(rng, rows, [2.0, 2.0])
+    prompts = [  # the same text before the prompts (the same seed)
+        np.asarray([_sample(np.random.default_rng(6), r, prompt) for r in rows])
+        for prompt in [(7, 8), (9, 10, 11, 12)]
+    ]
+    got = np.asarray(head_features_prompts(bb, prompts, layers=(1, 2), **inputs))
+    for m, ids in enumerate(prompts):
+        want, _ = hf.reference_head_features(model, ids, mm_token_type_ids=_types(ids), **inputs)
+        assert rel_err(got[m], want[:, [1, 2]]) <= TOL
+
+
+def test_inputs_that_do_not_fit_are_refused(qwen):
+    import headhunt_jax as hh
+
+    _, bb = qwen
+    rng = np.random.default_rng(0)
+    rows = [[("image", (1, 4, 4))]]
+    ids = np.asarray([_sample(rng, rows[0])])
+    good = _inputs(rng, rows)
+    for bad, match in [
+        ({"image_grid_thw": np.asarray([[1, 4, 8]])}, "need"),
+        ({"pixel_values": good["pixel_values"][:8]}, "need"),
+        ({"image_grid_thw": np.asarray([[1, 3, 4]])}, "multiples"),
+        ({"attention_mask": np.zeros_like(ids)}, "padded"),
+        ({"pixel_values_videos": good["pixel_values"]}, "go together"),
+        ({"image_sizes": np.asarray([[4, 4]])}, "not image_sizes"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            hh.head_features(bb, ids, **{**good, **bad})
+    with pytest.raises(ValueError, match="no pixel_values"):
+        hh.head_features(bb, ids)

@@ -14,6 +14,10 @@ The contract a family keeps:
   ``pixel_values_videos``, ...);
 - ``init_inputs(cfg)``: the smallest call's keyword inputs (for shapes and random weights);
 - ``check_inputs(cfg, input_ids, vision_inputs)``: a clear ValueError when they do not fit;
+- ``prepare(cfg, prompt_ids, vision_inputs)`` (optional; default: the inputs as they are and
+  positions counted by the decoder): the HF keyword inputs -> (the module's vision inputs, each
+  prompt's positions), on the host, for families whose shapes or positions depend on data (image
+  grids, M-RoPE); every array it returns has the batch first;
 - ``processor(cfg, checkpoint_dir, image_size)``: decoded frames + a prompt -> the module's inputs
   (``Processor``), or None for a text-only family;
 - ``demo_backbones``: tiny random-weight checkpoints of the family for ``demo --backbone``.
@@ -56,6 +60,7 @@ class Family:
     keys: KeyTable
     init_inputs: Callable[[Any], dict]
     check_inputs: Callable[[Any, np.ndarray, dict], None]
+    prepare: Callable[[Any, list, dict], tuple[dict, list | None]] | None = None
     processor: Callable[..., Processor] | None = None
     presets: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Tiny random-weight checkpoints for the demo, by name: (out_dir, prompts, seed) -> directory.
@@ -109,4 +114,4 @@ def presets() -> dict[str, Any]:
 
 
 # One line a family.
-from headhunt_jax.backbones import internvl, llava_onevision, text  # noqa: E402, F401
+from headhunt_jax.backbones import internvl, llava_onevision, qwen2_5_vl, text  # noqa: E402, F401

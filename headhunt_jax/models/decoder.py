@@ -40,6 +40,9 @@ class DecoderConfig:
     # Qwen3: RMSNorm over head_dim on each head's q and k, after the projection, before RoPE.
     # (Added after 0.1.0: fingerprints count it only when true.)
     qk_norm: bool = dataclasses.field(default=False, metadata={"added": True})
+    # Qwen2.5-VL's M-RoPE: the rotary frequencies split into sections rotated by the temporal,
+    # height and width positions in turn (sizes summing to head_dim / 2); empty: 1-D RoPE.
+    mrope_section: tuple[int, ...] = dataclasses.field(default=(), metadata={"added": True})
 
     @property
     def text(self) -> "DecoderConfig":
@@ -55,6 +58,7 @@ class DecoderConfig:
         """The inverse of ``dataclasses.asdict`` (converted checkpoints store that)."""
         d = dict(d)
         d["rope_scaling"] = tuple(tuple(x) for x in d.get("rope_scaling", ()))
+        d["mrope_section"] = tuple(d.get("mrope_section", ()))
         return cls(**d)
 
     @classmethod
@@ -121,9 +125,24 @@ def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
     return inv_freq
 
 
-def apply_rope(x, positions, inv_freq):
-    """x [B, T, N, H], positions [B, T] -> x rotated (rotate-half convention)."""
-    freqs = positions[..., None].astype(jnp.float32) * inv_freq
+def mrope_axes(cfg: DecoderConfig) -> np.ndarray | None:
+    """Which position axis (0 temporal, 1 height, 2 width) rotates each frequency [head_dim // 2]
+    under M-RoPE (section i takes axis i % 3, as transformers' ``mrope_section``); None for 1-D
+    RoPE."""
+    if not cfg.mrope_section:
+        return None
+    return np.repeat(np.arange(len(cfg.mrope_section)) % 3, cfg.mrope_section)
+
+
+def apply_rope(x, positions, inv_freq, axes=None):
+    """x [B, T, N, H], positions [B, T] (or [B, T, 3] under M-RoPE, ``axes`` from
+    ``mrope_axes``) -> x rotated (rotate-half convention)."""
+    if positions.ndim == 3:  # each frequency takes its own axis' position
+        if axes is None:
+            raise ValueError("3-D positions need a decoder with mrope_section")
+        freqs = jnp.take(positions, jnp.asarray(axes), axis=-1).astype(jnp.float32) * inv_freq
+    else:
+        freqs = positions[..., None].astype(jnp.float32) * inv_freq
     angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
     half = x.shape[-1] // 2
@@ -166,14 +185,16 @@ class Attention(nn.Module):
                 return y
             return RMSNorm(cfg.rms_norm_eps, axis_name="head_dim", dtype=self.dtype, name=name)(y)
 
-        inv_freq = rope_inv_freq(cfg)
+        inv_freq, axes = rope_inv_freq(cfg), mrope_axes(cfg)
         key = norm("k_norm", proj("k_proj", k, "kv_heads", kv_bias)(x))
-        key = apply_rope(key, positions, inv_freq)
+        key = apply_rope(key, positions, inv_freq, axes)
         value = proj("v_proj", k, "kv_heads", kv_bias)(x)
         if kv_only:
             return None, (key, value), None
         q_in, q_pos = (x[:, -1:], positions[:, -1:]) if last_query_only else (x, positions)
-        q = apply_rope(norm("q_norm", proj("q_proj", n, "heads", bias)(q_in)), q_pos, inv_freq)
+        q = apply_rope(
+            norm("q_norm", proj("q_proj", n, "heads", bias)(q_in)), q_pos, inv_freq, axes
+        )
         keys, values, impl = key, value, self.attention_impl
         if prefix_kv is not None:
             keys = jnp.concatenate([prefix_kv[0], key], axis=1)
@@ -258,6 +279,11 @@ class Decoder(nn.Module):
             self.dtype,
         )
         example = (jnp.zeros((1, 1, cfg.hidden_size), self.dtype), jnp.zeros((1, 1), jnp.int32))
+        if cfg.mrope_section and sum(cfg.mrope_section) * 2 != cfg.head_dim:
+            raise ValueError(
+                f"mrope_section {list(cfg.mrope_section)} must sum to head_dim / 2 = "
+                f"{cfg.head_dim // 2}"
+            )
         self.layers = self.param(
             stack.LAYERS, stack.stacked(self.block(), cfg.num_layers, *example)
         )
@@ -299,7 +325,7 @@ class Decoder(nn.Module):
         positions before these (``positions`` then start after the prefix).
 
         ``positions`` [B, T]: each token's rotary position (default: consecutive, after the
-        prefix); ``key_mask`` bool [B, P + T]: False for keys no query may see (padding), as
+        prefix), or [B, T, 3] (temporal, height, width) with ``cfg.mrope_section``; ``key_mask`` bool [B, P + T]: False for keys no query may see (padding), as
         transformers' ``attention_mask``.
         """
         cfg = self.cfg

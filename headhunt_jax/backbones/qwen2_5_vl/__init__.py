@@ -1,5 +1,27 @@
-"""Qwen2.5-VL (transformers' ``Qwen2_5_VLForConditionalGeneration``): the vision tower
-(``vision``), its config (``config``), the decoder's 3-D rotary positions (``rope``) and the
-image processor's pixels (``processor_pixels``). Not registered as a family yet: the decoder's
-M-RoPE, the merging of vision embeddings into the decoder and the key table come later.
-"""
+"""Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``, model_type ``qwen2_5_vl``): a windowed
+ViT on flat patches of images at their own resolution, a patch merger and a Qwen2 decoder with
+3-D rotary positions (M-RoPE)."""
+
+from headhunt_jax.backbones import Family, register
+from headhunt_jax.backbones.qwen2_5_vl.config import PRESETS, Qwen25VLConfig
+from headhunt_jax.backbones.qwen2_5_vl.modeling import (
+    Qwen25VL,
+    check_inputs,
+    init_inputs,
+    prepare,
+)
+from headhunt_jax.backbones.qwen2_5_vl.params import KEYS
+
+FAMILY = register(
+    Family(
+        name="qwen2_5_vl",
+        model_types=("qwen2_5_vl",),
+        config_type=Qwen25VLConfig,
+        module=Qwen25VL,
+        keys=KEYS,
+        init_inputs=init_inputs,
+        check_inputs=check_inputs,
+        prepare=prepare,
+        presets=PRESETS,
+    )
+)

@@ -1,4 +1,5 @@
-"""The Qwen2.5-VL vision tower's config (transformers' ``Qwen2_5_VLVisionConfig``).
+"""Configs of Qwen2.5-VL (transformers' ``Qwen2_5_VLForConditionalGeneration``): the vision
+tower (``Qwen2_5_VLVisionConfig``) and the whole model, a Qwen2 decoder with M-RoPE.
 
 The tower reads ``pixel_values`` rows of C*T*P*P values (one temporal_patch_size x patch_size x
 patch_size patch each), embeds them with one matmul, runs ``depth`` pre-RMSNorm SwiGLU blocks with
@@ -8,6 +9,8 @@ into one ``out_hidden_size`` token for the language model.
 """
 
 import dataclasses
+
+from headhunt_jax.models.decoder import DecoderConfig
 
 # The MLP activations the tower accepts (transformers' ACT2FN names).
 ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "quick_gelu")
@@ -138,9 +141,108 @@ class Qwen25VisionConfig:
         )
 
 
+IMAGE_TOKEN_ID = 151655
+VIDEO_TOKEN_ID = 151656
+VISION_START_TOKEN_ID = 151652
+VISION_END_TOKEN_ID = 151653
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen25VLConfig:
+    """The whole model: ``vision`` (the tower) and ``text`` (the decoder, with
+    ``mrope_section``); image and video placeholders fill with the tower's merged tokens."""
+
+    vision: Qwen25VisionConfig
+    text: DecoderConfig
+    image_token_id: int = IMAGE_TOKEN_ID
+    video_token_id: int = VIDEO_TOKEN_ID
+    vision_start_token_id: int = VISION_START_TOKEN_ID
+    vision_end_token_id: int = VISION_END_TOKEN_ID
+
+    @property
+    def vision_token_ids(self) -> tuple[int, ...]:
+        return (self.image_token_id, self.video_token_id)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Qwen25VLConfig":
+        d = dict(d)
+        d["vision"] = Qwen25VisionConfig.from_dict(d["vision"])
+        d["text"] = DecoderConfig.from_dict(d["text"])
+        return cls(**d)
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "Qwen25VLConfig":
+        """From a ``qwen2_5_vl`` config.json: transformers v5's layout (``text_config`` and
+        ``vision_config``) or the released checkpoints' (the text fields at the top level,
+        ``rope_scaling`` of type 'mrope')."""
+        if cfg.get("model_type") != "qwen2_5_vl":
+            raise ValueError(f"not a qwen2_5_vl config (model_type {cfg.get('model_type')!r})")
+        if "vision_config" not in cfg:
+            raise ValueError("a qwen2_5_vl config.json needs a vision_config")
+        vision = Qwen25VisionConfig.from_hf(cfg["vision_config"])
+        text = dict(cfg.get("text_config") or cfg)
+        if text.get("model_type", "qwen2_5_vl_text") not in ("qwen2_5_vl_text", "qwen2_5_vl"):
+            raise ValueError(f"unsupported text model_type {text.get('model_type')!r}")
+        rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
+        section = tuple(int(x) for x in rope.pop("mrope_section", (16, 24, 24)))
+        if rope.get("rope_type", rope.get("type", "default")) in ("mrope", "default"):
+            rope.pop("type", None)
+            rope["rope_type"] = "default"
+        text["rope_parameters"], text["rope_scaling"] = rope, None
+        if "tie_word_embeddings" in cfg:  # v5 keeps it at the top level
+            text["tie_word_embeddings"] = cfg["tie_word_embeddings"]
+        decoder = DecoderConfig.from_hf({**text, "model_type": "qwen2"})
+        decoder = dataclasses.replace(decoder, mrope_section=section)
+        if sum(section) * 2 != decoder.head_dim:
+            raise ValueError(
+                f"mrope_section {list(section)} must sum to head_dim / 2 = {decoder.head_dim // 2}"
+            )
+        if vision.out_hidden_size != decoder.hidden_size:
+            raise ValueError(
+                f"vision out_hidden_size {vision.out_hidden_size} != text hidden_size "
+                f"{decoder.hidden_size}"
+            )
+        return cls(
+            vision=vision,
+            text=decoder,
+            image_token_id=int(cfg.get("image_token_id", IMAGE_TOKEN_ID)),
+            video_token_id=int(cfg.get("video_token_id", VIDEO_TOKEN_ID)),
+            vision_start_token_id=int(cfg.get("vision_start_token_id", VISION_START_TOKEN_ID)),
+            vision_end_token_id=int(cfg.get("vision_end_token_id", VISION_END_TOKEN_ID)),
+        )
+
+
 # The released towers (Qwen/Qwen2.5-VL-3B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct config.json's
 # vision_config): the same 32-block ViT, projecting to the decoder's width (2048 / 3584).
 VISION_PRESETS = {
     "qwen2.5-vl-3b": Qwen25VisionConfig(out_hidden_size=2048),
     "qwen2.5-vl-7b": Qwen25VisionConfig(out_hidden_size=3584),
+}
+
+
+def _qwen2(vocab, hidden, layers, heads, kv_heads, mlp, tie):
+    return DecoderConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=hidden // heads,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        attention_bias=True,
+        tie_word_embeddings=tie,
+        mrope_section=(16, 24, 24),
+    )
+
+
+# Shapes of Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct (config.json), for benchmarks: no weights.
+PRESETS = {
+    "Qwen2.5-VL-3B": Qwen25VLConfig(
+        VISION_PRESETS["qwen2.5-vl-3b"], _qwen2(151936, 2048, 36, 16, 2, 11008, True)
+    ),
+    "Qwen2.5-VL-7B": Qwen25VLConfig(
+        VISION_PRESETS["qwen2.5-vl-7b"], _qwen2(152064, 3584, 28, 28, 4, 18944, False)
+    ),
 }

@@ -20,7 +20,9 @@ from headhunt_jax.models.decoder import DecoderConfig, last_position_heads
 from headhunt_jax.models.layers import ATTENTION_IMPLS
 
 CONVERTED_CONFIG = "headhunt_backbone.json"
-TOKENIZER_FILES = (
+# What a converted checkpoint keeps of the original besides its weights: the tokenizer and the
+# processors' settings.
+PROCESSOR_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -28,6 +30,8 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "chat_template.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
 )
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -59,15 +63,16 @@ class Backbone:
     def text_config(self) -> DecoderConfig:
         return self.config.text
 
-    def processor(self, image_size: int | None = None) -> backbones.Processor:
-        """The family's processor (frames + prompt -> inputs), with this checkpoint's tokenizer."""
+    def processor(self, image_size: int | None = None, **options) -> backbones.Processor:
+        """The family's processor (frames + prompt -> inputs), with this checkpoint's tokenizer;
+        ``options``: the family's own (e.g. Qwen2.5-VL's ``mode``)."""
         if self.family.processor is None:
             raise ValueError(
                 f"{self.name} is text-only: extraction needs a vision-language backbone"
             )
         if self.path is None:
             raise ValueError(f"{self.name}: no checkpoint directory to read its tokenizer from")
-        return self.family.processor(self.config, self.path, image_size)
+        return self.family.processor(self.config, self.path, image_size, **options)
 
     @property
     def num_layers(self) -> int:
@@ -263,7 +268,8 @@ def _stacker(shardings: dict):
 
 
 def save_converted(bb: Backbone, out) -> Path:
-    """Writes the parameters with orbax plus a small JSON config; copies the tokenizer files."""
+    """Writes the parameters with orbax plus a small JSON config; copies the tokenizer and
+    processor files."""
     import orbax.checkpoint as ocp
 
     out = Path(out).absolute()
@@ -278,7 +284,7 @@ def save_converted(bb: Backbone, out) -> Path:
         ckpt.save(out / "params", bb.params, force=True)
     (out / CONVERTED_CONFIG).write_text(json.dumps(meta, indent=2))
     if bb.path is not None:
-        for f in TOKENIZER_FILES:
+        for f in PROCESSOR_FILES:
             if (bb.path / f).exists():
                 shutil.copy2(bb.path / f, out / f)
     return out

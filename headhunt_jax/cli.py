@@ -232,6 +232,7 @@ def _extract(args):
         labels=labels,
         batch_size=args.batch_size,
         clip=args.clip,
+        processor_options=_processor_options(args),
         progress=not args.quiet,
     )
     print(
@@ -398,6 +399,17 @@ def _evaluate(args):
     return failed
 
 
+def _processor_options(args) -> dict:
+    """--processor-option KEY=VALUE pairs as a dict."""
+    options = {}
+    for item in args.processor_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--processor-option {item!r}: expected KEY=VALUE")
+        options[key] = value
+    return options
+
+
 def _reproduce(args):
     from headhunt_jax import reproduce
     from headhunt_jax.prompts import load_prompts
@@ -415,6 +427,7 @@ def _reproduce(args):
         max_clips=args.max_clips,
         scorer=args.scorer,
         dtype=_dtype(args.dtype),
+        processor_options=_processor_options(args),
     )
     say = (lambda *a: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     report = reproduce.reproduce(
@@ -511,6 +524,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="seed of the calibration draw (and of fit --holdout)",
         )
 
+    def processor_arg(p):
+        p.add_argument(
+            "--processor-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="an option of the backbone family's processor (repeatable), e.g. mode=video "
+            "for Qwen2.5-VL's frames as one video (default mode=images, the original's)",
+        )
+
     def clip_arg(p):
         p.add_argument(
             "--clip",
@@ -534,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", nargs="+", help="video directories, list files or videos")
     dataset_args(p, "train")
     clip_arg(p)
+    processor_arg(p)
     p.add_argument(
         "--prompt",
         action="append",
@@ -647,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="video",
         help="the unit heads are hunted and the scorer trained on (default video, the paper's)",
     )
+    processor_arg(p)
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser(

@@ -29,7 +29,9 @@ class Detector:
     the training features came from ("float32", "bfloat16"; "" when unknown); training: how it
     was fitted (``pipeline.fit``: the store, rows, held-out metrics, what sigma and tau were
     chosen on; empty when unknown); backbone_path: the directory the backbone was loaded from
-    when its features were extracted ("" when unknown), which ``detect`` uses without --model.
+    when its features were extracted ("" when unknown), which ``detect`` uses without --model;
+    processor_options: the backbone processor's options the features were extracted with (e.g.
+    Qwen2.5-VL's ``mode``), which ``detect`` extracts with again.
     """
 
     expert_heads: np.ndarray
@@ -42,6 +44,7 @@ class Detector:
     dtype: str = ""
     training: dict = dataclasses.field(default_factory=dict)
     backbone_path: str = ""
+    processor_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         heads = check_heads(self.expert_heads)
@@ -69,6 +72,7 @@ class Detector:
             "dtype": self.dtype,
             "training": self.training,
             "backbone_path": self.backbone_path,
+            "processor_options": dict(self.processor_options),
         }
         write_bundle(path, arrays, meta, overwrite)
 
@@ -87,6 +91,7 @@ class Detector:
             dtype=meta.get("dtype", ""),
             training=meta.get("training", {}),
             backbone_path=meta.get("backbone_path", ""),
+            processor_options=meta.get("processor_options", {}),
         )
 
     @classmethod

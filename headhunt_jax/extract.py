@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import queue
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -124,6 +126,7 @@ def store_spec(
     segment_length: int,
     clip: str = "segment",
     processor: tuple = (),
+    processor_options: tuple = (),
 ) -> StoreSpec:
     """The spec of a store of ``bb``'s features for ``prompt`` (all heads when ``heads`` is None)."""
     if heads is None:
@@ -147,46 +150,59 @@ def store_spec(
         feature_shape=shape,
         clip=clip,
         processor=processor,
+        processor_options=processor_options,
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class _Row:
-    """A batch row: which video it belongs to and which frames it covers."""
+    """A batch row: which video it belongs to, which frames it covers and the seconds between
+    its sampled frames."""
 
     video: int
     start_frame: int
     end_frame: int
     frame_indices: np.ndarray
+    frame_seconds: float
 
 
 @dataclasses.dataclass(frozen=True)
 class _Batch:
-    """``pixels`` [batch_size, frames, 3, S, S] in the backbone's dtype, of which the first
-    ``len(rows)`` segments are real; ``closed``: videos whose last segment is in this batch or an
-    earlier one, with their metadata, or the error that ended them."""
+    """``pixels`` [batch_size, frames, 3, H, W] in the backbone's dtype (every row of one frame
+    size), of which the first ``len(rows)`` segments are real; ``closed``: videos whose last
+    segment is in this batch or an earlier one, with their metadata, or the error that ended
+    them."""
 
     pixels: np.ndarray
     rows: list[_Row]
     closed: list[tuple[int, VideoMetadata | VideoError]]
 
 
+def _frame_seconds(indices: np.ndarray, fps: float) -> float:
+    """Seconds between a segment's sampled frames (on average; one frame: one frame's time)."""
+    span = (indices[-1] - indices[0]) / (len(indices) - 1) if len(indices) > 1 else 1
+    return float(max(span, 1) / fps)
+
+
 def _batches(paths: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> Iterator[_Batch]:
-    frames, size = reader_kw["frames_per_segment"], reader_kw["image_size"]
-
-    def blank():
-        return np.zeros((batch_size, frames, 3, size, size), dtype)
-
-    pixels, rows, closed = blank(), [], []
+    """Batches of segments in reading order; a segment of another frame size than the batch
+    being filled (a processor that keeps each video's size) starts a new batch."""
+    pixels, rows, closed = None, [], []
     for n, path in enumerate(paths):
         try:
             with VideoReader(path, **reader_kw) as reader:
                 for seg in reader:
+                    if pixels is not None and rows and pixels.shape[1:] != seg.pixels.shape:
+                        yield _Batch(pixels, rows, closed)
+                        pixels, rows, closed = None, [], []
+                    if pixels is None:
+                        pixels = np.zeros((batch_size, *seg.pixels.shape), dtype)
                     pixels[len(rows)] = seg.pixels
-                    rows.append(_Row(n, seg.start_frame, seg.end_frame, seg.frame_indices))
+                    seconds = _frame_seconds(seg.frame_indices, reader.fps)
+                    rows.append(_Row(n, seg.start_frame, seg.end_frame, seg.frame_indices, seconds))
                     if len(rows) == batch_size:
                         yield _Batch(pixels, rows, closed)
-                        pixels, rows, closed = blank(), [], []
+                        pixels, rows, closed = None, [], []
                 closed.append((n, reader.metadata))
         except VideoError as err:
             closed.append((n, err))
@@ -256,10 +272,13 @@ def _expected_segments(paths: Sequence[Path], reader_kw: dict) -> int | None:
     return total
 
 
-def _batch_features(bb, processor, input_ids, pixels, spec: StoreSpec) -> np.ndarray:
+def _batch_features(bb, processor, input_ids, batch: _Batch, spec: StoreSpec) -> np.ndarray:
     """The stored features of a batch's segments under each prompt: float32 [prompts, batch,
-    *spec.feature_shape] (every head of ``spec.layers``, or the expert heads)."""
-    vision = processor.vision_inputs(pixels)
+    *spec.feature_shape] (every head of ``spec.layers``, or the expert heads). ``input_ids``:
+    each prompt's ids [batch, T] for the batch's frame size."""
+    seconds = [r.frame_seconds for r in batch.rows]
+    seconds += seconds[-1:] * (len(batch.pixels) - len(seconds))  # padding rows
+    vision = processor.vision_inputs(batch.pixels, np.asarray(seconds, np.float32))
     if len(input_ids) == 1:
         feats = head_features(bb, input_ids[0], layers=spec.layers, **vision)[None]
     else:
@@ -301,6 +320,7 @@ def extract_features(
     frames_per_segment: int = FRAMES_PER_SEGMENT,
     segment_length: int = SEGMENT_LENGTH,
     clip: str = "segment",
+    processor_options: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> ExtractionReport:
     """Head features of every segment of ``videos`` under ``prompt``, written to a feature store.
@@ -313,14 +333,17 @@ def extract_features(
     heads int [K, 2] of (layer, head), features [K, D] in that order (for detection; the forward
     stops at the deepest expert layer). Video ids come from ``root`` (see :func:`video_ids`);
     ``labels`` maps video ids to 1 (anomaly) or 0. ``image_size`` defaults to the backbone's.
+    ``processor_options``: the family processor's own options (e.g. Qwen2.5-VL's ``mode``),
+    recorded in the store spec with the rest of the processor's.
     ``clip``: "segment" (a row per ``segment_length``-frame segment) or "video" (one row a video
     from ``frames_per_segment`` frames spread over the whole video, the original's unit for
     hunting and training; see :class:`~headhunt_jax.video.VideoReader`).
     Videos already in the store are skipped; a store of other settings is an error. Unreadable
     videos are reported in ``failures``, never stored.
     """
-    processor = bb.processor(image_size)
-    image_size = processor.frames["image_size"]
+    processor = bb.processor(image_size, **dict(processor_options or {}))
+    size = processor.frames["image_size"]
+    image_size = 0 if callable(size) else size  # 0: each video at its own size (the spec's rule)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -341,14 +364,18 @@ def extract_features(
             segment_length,
             clip,
             processor_spec(processor.spec),
+            processor_spec(processor_options or {}),
         )
         for p in prompts
     ]
     paths = [Path(p) for p in videos]
     ids = video_ids(paths, root)
-    input_ids = [
-        np.tile(processor.prompt_ids(p, frames_per_segment)[None], (batch_size, 1)) for p in prompts
-    ]
+    prompt_ids = functools.cache(  # each prompt's ids [batch_size, T] for a frame size
+        lambda size: [
+            np.tile(processor.prompt_ids(p, frames_per_segment, size)[None], (batch_size, 1))
+            for p in prompts
+        ]
+    )
     stores = [FeatureStore.create(d, spec) for d, spec in zip(out_dirs, specs, strict=True)]
     for store in stores:
         store.record_backbone(bb.path)
@@ -374,7 +401,8 @@ def extract_features(
     ):
         for batch in stream:
             if batch.rows:
-                feats = _batch_features(bb, processor, input_ids, batch.pixels, specs[0])
+                input_ids = prompt_ids(batch.pixels.shape[-2:])
+                feats = _batch_features(bb, processor, input_ids, batch, specs[0])
                 for i, row in enumerate(batch.rows):
                     pending[row.video].append((row, feats[:, i]))
                 segments += len(batch.rows)

@@ -207,6 +207,7 @@ _SAME_FEATURES = (
     "dtype",
     "image_size",
     "frames_per_segment",
+    "processor_options",
 )
 
 
@@ -292,6 +293,7 @@ def fit(
         backbone_fingerprint=spec.backbone_fingerprint,
         dtype=spec.dtype,
         backbone_path=store.backbone_path or "",
+        processor_options=dict(spec.processor_options),
     )
     training = {
         "store": str(store.path),
@@ -374,6 +376,7 @@ def detect(
         heads=detector.expert_heads,
         root=root,
         batch_size=batch_size,
+        processor_options=detector.processor_options,
         progress=progress,
     )
     store = FeatureStore(report.store)

@@ -55,12 +55,16 @@ class Protocol:
     max_clips: int = 4000
     scorer: str = "logistic"
     dtype: str = "float32"
+    # the backbone processor's options (e.g. Qwen2.5-VL's mode); recorded only when given
+    processor_options: dict = dataclasses.field(default_factory=dict)
 
 
 def _check_protocol(out: Path, protocol: Protocol) -> None:
     path = out / "protocol.json"
     wanted = dataclasses.asdict(protocol)
     wanted["prompts"] = list(protocol.prompts)
+    if not protocol.processor_options:  # as run directories made before the field have it
+        del wanted["processor_options"]
     if path.exists():
         have = json.loads(path.read_text())
         diffs = [
@@ -174,6 +178,7 @@ def reproduce(
             batch_size=batch_size,
             progress=progress,
             labels={i.video_id: i.label for i in splits[name]},
+            processor_options=protocol.processor_options,
             **kw,
         )
         failures.extend(report.failures)

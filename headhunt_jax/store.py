@@ -76,6 +76,8 @@ class StoreSpec:
     # The backbone family's processor spec (resolution, normalisation, tokens per frame,
     # template) as sorted (key, value) pairs; () in stores written before it was recorded.
     processor: tuple[tuple[str, Any], ...] = ()
+    # The options the processor was built with (``Backbone.processor(**options)``), sorted pairs.
+    processor_options: tuple[tuple[str, Any], ...] = ()
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -84,8 +86,9 @@ class StoreSpec:
         for name, default in _ADDED_FIELDS.items():
             if d[name] == default:
                 del d[name]
-        if "processor" in d:
-            d["processor"] = dict(self.processor)
+        for name in ("processor", "processor_options"):
+            if name in d:
+                d[name] = dict(getattr(self, name))
         return d
 
     @classmethod
@@ -95,6 +98,7 @@ class StoreSpec:
         d["heads"] = None if d["heads"] is None else tuple(tuple(h) for h in d["heads"])
         d["feature_shape"] = tuple(d["feature_shape"])
         d["processor"] = _frozen(d.get("processor", {}))
+        d["processor_options"] = _frozen(d.get("processor_options", {}))
         return cls(**d)
 
     def digest(self) -> str:
@@ -102,7 +106,7 @@ class StoreSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_ADDED_FIELDS = {"clip": "segment", "processor": ()}
+_ADDED_FIELDS = {"clip": "segment", "processor": (), "processor_options": ()}
 
 
 def _frozen(spec) -> tuple[tuple[str, Any], ...]:

@@ -11,7 +11,8 @@ video into windows and ``data/video_loader.py`` sampling each one):
 - every sampled frame becomes one ``image_size`` square tile: a bicubic Pillow resize of the
   whole RGB frame (aspect ratio not kept), scaled to [0, 1] and normalised with a per-channel
   ``mean`` and ``std``, as the backbone's processor asks (the defaults, 448 px and the ImageNet
-  statistics, are InternVL3's dynamic tiling with ``max_num=1``).
+  statistics, are InternVL3's dynamic tiling with ``max_num=1``); a processor that keeps each
+  video's own shape gives ``image_size`` as a rule (height, width) -> (height, width) instead.
 
 Unlike the original, which reopens the video and seeks for every segment, a video is decoded once,
 front to back (:class:`VideoReader`); only the frames that a segment samples are converted to RGB
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -138,11 +139,12 @@ def _normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.
     return (levels[None, :] - mean32) / std32
 
 
-def _resized(image: Image.Image, image_size: int) -> np.ndarray:
-    """The whole frame resized (bicubic, Pillow) to a square: uint8 [image_size, image_size, 3]."""
-    return np.asarray(
-        image.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC)
-    )
+def _resized(image: Image.Image, image_size) -> np.ndarray:
+    """The whole frame resized (bicubic, Pillow) to a square of ``image_size`` or, when that is
+    a rule (height, width) -> (height, width), to the rule's size: uint8 [H, W, 3]."""
+    width, height = image.size
+    size = image_size(height, width) if callable(image_size) else (image_size, image_size)
+    return np.asarray(image.convert("RGB").resize(size[::-1], Image.Resampling.BICUBIC))
 
 
 def _normalized(tiles: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -169,7 +171,8 @@ class Segment:
     """One segment of a video, ready for the backbone.
 
     ``frame_indices``: int64 [frames_per_segment], the sampled frames (0-based, in the video);
-    ``pixels``: float32 [frames_per_segment, 3, image_size, image_size], the HF layout.
+    ``pixels``: float32 [frames_per_segment, 3, H, W], the HF layout (H = W = ``image_size``, or
+    the size the reader's rule gives the video's frames).
     The segment covers frames [start_frame, end_frame).
     """
 
@@ -208,7 +211,8 @@ class VideoReader:
     window, until the video proves longer than one segment) and then at most two segments' worth
     of candidate frames, plus the segment being built.
 
-    Each sampled frame is resized to ``image_size`` (bicubic) and normalised with ``mean`` and
+    Each sampled frame is resized to ``image_size`` (bicubic; a square, or a rule (height,
+    width) -> (height, width) applied to each frame's size) and normalised with ``mean`` and
     ``std`` (a backbone's processor says which; the defaults are InternVL's and the ImageNet
     statistics).
 
@@ -249,7 +253,7 @@ class VideoReader:
         self,
         path: str | Path,
         *,
-        image_size: int = IMAGE_SIZE,
+        image_size: int | Callable[[int, int], tuple[int, int]] = IMAGE_SIZE,
         frames_per_segment: int = FRAMES_PER_SEGMENT,
         segment_length: int = SEGMENT_LENGTH,
         clip: Literal["segment", "video"] = "segment",
@@ -259,7 +263,7 @@ class VideoReader:
         if clip not in CLIPS:
             raise ValueError(f"clip must be one of {CLIPS}, got {clip!r}")
         for name, value in [
-            ("image_size", image_size),
+            ("image_size", 1 if callable(image_size) else image_size),
             ("frames_per_segment", frames_per_segment),
             ("segment_length", segment_length),
         ]:

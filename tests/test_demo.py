@@ -49,10 +49,10 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["internvl3.5", "llava-onevision"])
+@pytest.mark.parametrize("backbone", ["internvl3.5", "llava-onevision", "qwen2.5-vl"])
 def test_demo_on_every_family(tmp_path, backbone):
     """The same demo on another family's tiny random backbone (seed 0: internvl3.5 AUC 0.85,
-    llava-onevision 0.77)."""
+    llava-onevision 0.77, qwen2.5-vl 0.86)."""
     script = Path(sys.executable).with_name("headhunt-jax")
     args = [script, "demo", "--backbone", backbone, "--out", tmp_path, "--quiet"]
     run = subprocess.run(args, capture_output=True, text=True, timeout=600)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from headhunt_jax.backbones.internvl.prompt import build_prompt_ids, load_tokenizer
+from headhunt_jax.backbones.internvl.prompt import build_prompt_ids
+from headhunt_jax.models.tokenizer import load_tokenizer
 
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
 SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"

@@ -524,3 +524,133 @@ def test_inputs_that_do_not_fit_are_refused(qwen):
             hh.head_features(bb, ids, **{**good, **bad})
     with pytest.raises(ValueError, match="no pixel_values"):
         hh.head_features(bb, ids)
+
+
+# --- processor and extraction ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    """The demo's tiny Qwen2.5-VL checkpoint (frames of at most 16 tokens)."""
+    import headhunt_jax as hh
+    from headhunt_jax import backbones
+
+    path = tmp_path_factory.mktemp("tiny_qwen") / "ckpt"
+    backbones.demo_backbone("qwen2.5-vl")(path, ["Anything odd here?"])
+    return hh.load_backbone(path)
+
+
+def test_prompt_ids_follow_the_chat_template(tiny_qwen):
+    """The token sequence: transformers' ``apply_chat_template`` with the released template on
+    the same messages, each pad then expanded to its grid's tokens."""
+    from headhunt_jax.backbones.qwen2_5_vl import processor as qp
+
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tiny_qwen.processor().tokenizer)
+    prompt = "Anything odd here?"
+    for mode, content in (
+        ("images", [{"type": "image"}] * 3),
+        ("video", [{"type": "video"}]),
+    ):
+        messages = [{"role": "user", "content": [*content, {"type": "text", "text": prompt}]}]
+        text = tok.apply_chat_template(
+            messages, chat_template=qp.CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True
+        )
+        assert text == qp.chat_text(prompt, 3, mode)
+        proc = tiny_qwen.processor(mode=mode)
+        ids = proc.prompt_ids(prompt, 3, (56, 84))  # 2 x 3 merged tokens a temporal patch
+        pad = qp.IMAGE_PAD if mode == "images" else qp.VIDEO_PAD
+        n = 6 * (3 if mode == "images" else 2)  # 3 images, or 3 frames in 2 temporal patches
+        want = tok(text.replace(pad, pad * (n if mode == "video" else 6)))["input_ids"]
+        assert ids.tolist() == want and int((ids == tok.convert_tokens_to_ids(pad)).sum()) == n
+    with pytest.raises(ValueError, match="multiples of 28"):
+        tiny_qwen.processor().prompt_ids(prompt, 3, (50, 84))
+    with pytest.raises(ValueError, match="takes mode only"):
+        tiny_qwen.processor(frames=2)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        tiny_qwen.processor(mode="clips")
+
+
+def test_reader_pixels_match_the_transformers_image_processor(tiny_qwen):
+    """Frames of a real clip as ``VideoReader`` resizes them by the processor's rule, through
+    ``vision_inputs``: transformers' ``Qwen2VLImageProcessorPil`` on the same decoded frames."""
+    from headhunt_jax.synthetic import footage_dir
+    from headhunt_jax.video import VideoReader
+
+    path = footage_dir() / "bikes.mp4"
+    proc = tiny_qwen.processor()
+    with VideoReader(path, frames_per_segment=4, segment_length=48, **proc.frames) as reader:
+        seg = next(iter(reader))
+    frames = _decoded("bikes.mp4", 48, stride=1)[seg.frame_indices]
+    limits = {"min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels}
+    want = transformers.Qwen2VLImageProcessorPil(**limits)(images=list(frames), return_tensors="np")
+    got = proc.vision_inputs(seg.pixels[None])
+    np.testing.assert_array_equal(got["image_grid_thw"], want["image_grid_thw"])
+    assert np.abs(got["pixel_values"] - want["pixel_values"]).max() <= 1e-6
+
+
+def test_video_mode_pairs_frames_into_temporal_patches(tiny_qwen):
+    """A video whose frames come in equal pairs has the patches of its even frames as images
+    (the image processor's layout, checked against transformers above); an odd count repeats
+    the last frame; second_per_grid_ts is two frame intervals."""
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((1, 3, 3, 56, 84)).astype(np.float32)
+    pairs = np.repeat(frames, 2, axis=1)  # 6 frames: 3 equal pairs
+    video = tiny_qwen.processor(mode="video").vision_inputs(pairs, np.asarray([0.1]))
+    images = tiny_qwen.processor().vision_inputs(frames)
+    np.testing.assert_array_equal(video["pixel_values_videos"], images["pixel_values"])
+    assert video["video_grid_thw"].tolist() == [[3, 4, 6]]
+    np.testing.assert_allclose(video["second_per_grid_ts"], [0.2])
+    odd = tiny_qwen.processor(mode="video").vision_inputs(pairs[:, :5], np.asarray([0.1]))
+    np.testing.assert_array_equal(odd["pixel_values_videos"], images["pixel_values"])
+
+
+@pytest.mark.parametrize("mode", ["images", "video"])
+def test_extract_videos_of_two_sizes(tmp_path, tiny_qwen, mode):
+    """Two clips of other sizes: a batch per size, one compilation each; the stored features
+    are those of ``head_features`` on the processor's inputs."""
+    import av
+
+    import headhunt_jax as hh
+    from headhunt_jax import backbone
+    from headhunt_jax.extract import extract_features
+    from headhunt_jax.store import FeatureStore
+    from headhunt_jax.video import VideoReader
+
+    paths = []
+    for name, (w, h) in (("small.mp4", (96, 64)), ("wide.mp4", (160, 90))):
+        paths.append(tmp_path / name)
+        with av.open(str(paths[-1]), "w") as out:
+            stream = out.add_stream("mpeg4", rate=24)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            for i in range(100):  # two segments of 48 frames
+                img = np.full((h, w, 3), (i * 5) % 255, np.uint8)
+                img[: h // 2, : w // 3] = 200 - i
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+            out.mux(stream.encode())
+    prompt = "Anything odd here?"
+    backbone.forward.clear_cache()
+    report = extract_features(
+        tiny_qwen,
+        paths,
+        prompt,
+        tmp_path / "store",
+        frames_per_segment=4,
+        segment_length=48,
+        batch_size=2,
+        processor_options={"mode": mode},
+        progress=False,
+    )
+    assert report.written == ("small.mp4", "wide.mp4") and report.batches == 2
+    assert backbone.forward._cache_size() == 2  # one compilation a frame size
+    store = FeatureStore(tmp_path / "store")
+    assert dict(store.spec.processor)["mode"] == mode and store.spec.image_size == 0
+    proc = tiny_qwen.processor(mode=mode)
+    for path in paths:
+        with VideoReader(path, frames_per_segment=4, segment_length=48, **proc.frames) as reader:
+            seg = next(iter(reader))
+        ids = proc.prompt_ids(prompt, 4, seg.pixels.shape[-2:])[None]
+        step = (seg.frame_indices[-1] - seg.frame_indices[0]) / 3 / 24  # seconds between frames
+        vision = proc.vision_inputs(seg.pixels[None], np.asarray([step]))
+        want = np.asarray(hh.head_features(tiny_qwen, ids, **vision))[0]
+        got = store.read(path.name).features[0]
+        assert rel_err(got, want) <= 1e-5

@@ -36,17 +36,20 @@ class Processor(Protocol):
     """Turns one segment's frames and a prompt into a family's inputs.
 
     ``frames``: how the video reader prepares each sampled frame (``VideoReader`` keyword
-    arguments: ``image_size``, ``mean``, ``std``), giving float32 [F, 3, S, S] a segment;
-    ``prompt_ids(prompt, num_frames)``: input_ids [T] int32; ``vision_inputs(pixels)``: segments'
-    pixels [B, F, 3, S, S] -> the module's keyword inputs; ``spec``: what to record with features.
+    arguments: ``image_size``, an int for a square or a rule (height, width) -> (height, width)
+    for each video's own size, ``mean``, ``std``), giving float32 [F, 3, H, W] a segment;
+    ``prompt_ids(prompt, num_frames, size)``: input_ids [T] int32 for frames of ``size`` (H, W);
+    ``vision_inputs(pixels, frame_seconds)``: segments' pixels [B, F, 3, H, W] (and the seconds
+    between their sampled frames [B], for families that place frames in time) -> the module's
+    keyword inputs; ``spec``: what to record with features.
     """
 
     frames: Mapping[str, Any]
     spec: Mapping[str, Any]
 
-    def prompt_ids(self, prompt: str, num_frames: int) -> np.ndarray: ...
+    def prompt_ids(self, prompt: str, num_frames: int, size=None) -> np.ndarray: ...
 
-    def vision_inputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]: ...
+    def vision_inputs(self, pixels: np.ndarray, frame_seconds=None) -> dict[str, np.ndarray]: ...
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -1,4 +1,23 @@
-"""A small byte-level BPE tokenizer for the families' tiny random checkpoints (demo and tests)."""
+"""Tokenizers: a checkpoint's own (``load_tokenizer``) and a small byte-level BPE one for the
+families' tiny random checkpoints (demo and tests)."""
+
+from pathlib import Path
+
+
+def load_tokenizer(path):
+    """A ``tokenizers.Tokenizer`` from a checkpoint directory or a tokenizer.json file."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(
+            f"{file}: no tokenizer.json (the checkpoint's fast tokenizer is needed)"
+        )
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # the tokenizers library raises a bare Exception
+        raise ValueError(f"{file}: not a readable tokenizer ({e})") from None
 
 
 def tiny_tokenizer(corpus, special_tokens):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from headhunt_jax.models.tokenizer import load_tokenizer
+
 SYSTEM_MESSAGE = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 
@@ -34,22 +36,6 @@ def chat_query(
     return query.replace(
         "<image>", IMG_START + IMG_CONTEXT * tokens_per_image + IMG_END, num_frames
     )
-
-
-def load_tokenizer(path):
-    """A ``tokenizers.Tokenizer`` from a checkpoint directory or a tokenizer.json file."""
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(
-            f"{file}: no tokenizer.json (the checkpoint's fast tokenizer is needed)"
-        )
-    try:
-        return Tokenizer.from_file(str(file))
-    except Exception as e:  # the tokenizers library raises a bare Exception
-        raise ValueError(f"{file}: not a readable tokenizer ({e})") from None
 
 
 def build_prompt_ids(

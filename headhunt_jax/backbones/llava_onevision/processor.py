@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from headhunt_jax.backbones.llava_onevision.config import PRESETS, LlavaOnevisionConfig
+from headhunt_jax.models.tokenizer import load_tokenizer
 
 VIDEO_TOKEN = "<video>"
 TEMPLATE_NAME = "llava-onevision-qwen2"
@@ -52,17 +53,6 @@ _DEFAULT_CFG = PRESETS["llava-onevision-qwen2-0.5b-ov"]  # every release: 384 px
 def chat_text(prompt: str) -> str:
     """``CHAT_TEMPLATE`` rendered for one user turn [video, text] with the generation prompt."""
     return f"<|im_start|>user\n{VIDEO_TOKEN}\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
-
-
-def load_tokenizer(path):
-    """A ``tokenizers.Tokenizer`` from a checkpoint directory or a tokenizer.json file."""
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(f"{file}: no tokenizer.json (the checkpoint's fast tokenizer)")
-    return Tokenizer.from_file(str(file))
 
 
 def prompt_ids(
@@ -190,15 +180,17 @@ class OnevisionProcessor:
     def spec(self) -> dict:
         return _spec(self.cfg, self.mean, self.std)
 
-    def prompt_ids(self, prompt: str, num_frames: int) -> np.ndarray:
+    def prompt_ids(self, prompt: str, num_frames: int, size=None) -> np.ndarray:
         return prompt_ids(self.tokenizer, prompt, num_frames, self.cfg)
 
-    def vision_inputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    def vision_inputs(self, pixels: np.ndarray, frame_seconds=None) -> dict[str, np.ndarray]:
         """[B, F, 3, S, S] -> ``pixel_values_videos``: every segment one video."""
         return {"pixel_values_videos": pixels}
 
 
-def processor(cfg: LlavaOnevisionConfig, checkpoint_dir, image_size: int | None = None):
+def processor(cfg: LlavaOnevisionConfig, checkpoint_dir, image_size: int | None = None, **options):
+    if options:
+        raise ValueError(f"LLaVA-OneVision's processor has no options (got {', '.join(options)})")
     if image_size not in (None, cfg.image_size):
         raise ValueError(
             f"LLaVA-OneVision takes frames at {cfg.image_size} px only (SigLIP's position "

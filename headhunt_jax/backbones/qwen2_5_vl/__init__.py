@@ -11,6 +11,8 @@ from headhunt_jax.backbones.qwen2_5_vl.modeling import (
     prepare,
 )
 from headhunt_jax.backbones.qwen2_5_vl.params import KEYS
+from headhunt_jax.backbones.qwen2_5_vl.processor import processor as make_processor
+from headhunt_jax.backbones.qwen2_5_vl.tiny import tiny_backbone
 
 FAMILY = register(
     Family(
@@ -22,6 +24,8 @@ FAMILY = register(
         init_inputs=init_inputs,
         check_inputs=check_inputs,
         prepare=prepare,
+        processor=make_processor,
         presets=PRESETS,
+        demo_backbones={"qwen2.5-vl": tiny_backbone},
     )
 )

@@ -77,15 +77,26 @@ def image_tokens(
 
 
 def patchify(cfg: Qwen25VisionConfig, image: np.ndarray) -> np.ndarray:
-    """A normalised image float32 [C, H, W] (H, W multiples of P * m) -> [H/P * W/P, C*T*P*P]."""
-    c, height, width = image.shape
+    """A normalised image float32 [C, H, W] (H, W multiples of P * m) -> [H/P * W/P, C*T*P*P]:
+    the image repeated ``temporal_patch_size`` times (transformers' image processor)."""
+    return patchify_video(cfg, np.repeat(image[None], cfg.temporal_patch_size, axis=0))
+
+
+def patchify_video(cfg: Qwen25VisionConfig, frames: np.ndarray) -> np.ndarray:
+    """Normalised frames float32 [F, C, H, W] -> [ceil(F/T) * H/P * W/P, C*T*P*P]: every T
+    consecutive frames one temporal patch (the last frame repeated to fill the last one), rows
+    in merge-block order, as transformers' ``Qwen2VLVideoProcessor.patchify``."""
+    f, c, height, width = frames.shape
     p, m, t = cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size
     gh, gw = height // p, width // p
     if gh * p != height or gw * p != width or gh % m or gw % m:
-        raise ValueError(f"image {height} x {width} is not whole merge blocks of {p * m} px")
-    patches = image.reshape(c, gh // m, m, p, gw // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)
-    patches = np.broadcast_to(patches[:, :, :, :, :, None], (*patches.shape[:5], t, p, p))
-    return np.ascontiguousarray(patches).reshape(gh * gw, c * t * p * p)
+        raise ValueError(f"frames {height} x {width} are not whole merge blocks of {p * m} px")
+    if pad := -f % t:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+    gt = len(frames) // t
+    patches = frames.reshape(gt, t, c, gh // m, m, p, gw // m, m, p)
+    patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return np.ascontiguousarray(patches).reshape(gt * gh * gw, c * t * p * p)
 
 
 def image_pixels(

@@ -1,6 +1,7 @@
 """Shared pieces of the extraction benchmarks: the same mid-size model of a family for
 headhunt_jax and transformers, synthetic segments, and the FLOP count of one extraction."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -8,6 +9,7 @@ import numpy as np
 from headhunt_jax.backbones.internvl.modeling import InternVLConfig
 from headhunt_jax.backbones.internvl.vision import VisionConfig
 from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig, SiglipConfig
+from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VisionConfig, Qwen25VLConfig
 from headhunt_jax.models.decoder import DecoderConfig
 
 # A mid-size model that a 2-core CPU runs in seconds: 224 px frames (64 image tokens each).
@@ -38,6 +40,77 @@ MID_LLAVA = LlavaOnevisionConfig(
     image_token_id=8000,
     video_token_id=8001,
 )
+
+
+# The same decoder (with M-RoPE) behind a Qwen2.5-VL tower: 224 x 224 frames are 16 x 16
+# patches, 64 merged tokens each (as MID's); 4 x 4-token windows, blocks 1 and 3 full.
+MID_QWEN = Qwen25VLConfig(
+    vision=Qwen25VisionConfig(
+        depth=4,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_heads=4,
+        fullatt_block_indexes=(1, 3),
+        out_hidden_size=MID.text.hidden_size,
+    ),
+    text=dataclasses.replace(MID.text, mrope_section=(16, 8, 8)),
+    image_token_id=8000,
+    video_token_id=8001,
+    vision_start_token_id=8002,
+    vision_end_token_id=8003,
+)
+
+
+def hf_qwen_config(cfg: Qwen25VLConfig, attn: str):
+    """transformers' Qwen2_5_VLConfig with the same shapes."""
+    import transformers
+
+    v, t = cfg.vision, cfg.text
+    text = _hf_text(t)
+    text["rope_parameters"]["mrope_section"] = list(t.mrope_section)
+    config = transformers.Qwen2_5_VLConfig(
+        vision_config=dict(
+            depth=v.depth,
+            hidden_size=v.hidden_size,
+            intermediate_size=v.intermediate_size,
+            num_heads=v.num_heads,
+            patch_size=v.patch_size,
+            window_size=v.window_size,
+            fullatt_block_indexes=list(v.fullatt_block_indexes),
+            out_hidden_size=v.out_hidden_size,
+            tokens_per_second=v.tokens_per_second,
+        ),
+        text_config=text,
+        image_token_id=cfg.image_token_id,
+        video_token_id=cfg.video_token_id,
+        vision_start_token_id=cfg.vision_start_token_id,
+        vision_end_token_id=cfg.vision_end_token_id,
+        tie_word_embeddings=t.tie_word_embeddings,
+    )
+    config._attn_implementation = attn
+    return config
+
+
+def qwen_inputs(cfg: Qwen25VLConfig, frames: int, batch: int, size=(224, 224), seed: int = 0):
+    """(input_ids [batch, T], the HF keyword inputs) of segments of ``frames`` images of
+    ``size`` px, shaped like the Qwen2.5-VL prompt: a system turn, the images, a prompt."""
+    rng = np.random.default_rng(seed)
+    v = cfg.vision
+    vocab = min(cfg.text.vocab_size, cfg.image_token_id)
+    gh, gw = size[0] // v.patch_size, size[1] // v.patch_size
+    tokens = gh * gw // v.merge_unit
+    row = list(rng.integers(0, vocab, 20))
+    for _ in range(frames):
+        row += [cfg.vision_start_token_id] + [cfg.image_token_id] * tokens
+        row += [cfg.vision_end_token_id]
+    row += list(rng.integers(0, vocab, 30))
+    ids = np.asarray([row] * batch, np.int32)
+    n = batch * frames
+    inputs = {
+        "pixel_values": rng.standard_normal((n * gh * gw, v.patch_dim), np.float32),
+        "image_grid_thw": np.tile(np.asarray([[1, gh, gw]], np.int64), (n, 1)),
+    }
+    return ids, inputs
 
 
 def _hf_text(t: DecoderConfig) -> dict:
@@ -196,3 +269,36 @@ class TorchHooks:
 
         stacked = torch.stack([self.captured[i] for i in sorted(self.captured)], 1)
         return stacked.reshape(*stacked.shape[:2], heads, -1)
+
+
+def hf_model(cfg, attn: str):
+    """The transformers model of a config of any family, random weights (torch's default dtype
+    and device)."""
+    import transformers
+
+    if isinstance(cfg, Qwen25VLConfig):
+        return transformers.Qwen2_5_VLForConditionalGeneration(hf_qwen_config(cfg, attn))
+    if isinstance(cfg, LlavaOnevisionConfig):
+        return transformers.LlavaOnevisionForConditionalGeneration(hf_llava_config(cfg, attn))
+    return transformers.InternVLForConditionalGeneration(hf_config(cfg, attn))
+
+
+def segments(cfg, frames: int, batch: int, seed: int = 0):
+    """(input_ids [batch, T], the vision inputs under the HF model's keyword names, the extra
+    inputs transformers needs) of ``batch`` synthetic segments of ``frames`` frames, shaped like
+    each family's prompt."""
+    rng = np.random.default_rng(seed + 1)
+    if isinstance(cfg, Qwen25VLConfig):
+        ids, inputs = qwen_inputs(cfg, frames, batch, seed=seed)
+        # without them transformers gives 1-D positions
+        return ids, inputs, {"mm_token_type_ids": (ids == cfg.image_token_id).astype(np.int64)}
+    if isinstance(cfg, LlavaOnevisionConfig):
+        s = cfg.image_size
+        pixels = rng.standard_normal((batch, frames, 3, s, s), np.float32)
+        return video_ids(cfg, frames, batch, seed), {"pixel_values_videos": pixels}, {}
+    s = cfg.vision.image_size
+    pixels = rng.standard_normal((batch * frames, 3, s, s), np.float32)
+    return segment_ids(cfg, frames, batch, seed), {"pixel_values": pixels}, {}
+
+
+MIDS = {"mid": MID, "mid-llava": MID_LLAVA, "mid-qwen": MID_QWEN}

@@ -4,7 +4,9 @@ For each preset (released shapes), ``backbone.forward`` for one 16-frame segment
 every layer's heads) is lowered ahead of time from abstract parameters and inputs
 (``jax.jit(...).trace(...).lower().compile()``), so only the compiler's own memory is used. Each
 preset runs in a fresh process, so none reuses another's caches. A segment is its vision tokens
-plus 132 text tokens (InternVL3's prompt over 16 frames of 448 px: 4,228 tokens).
+plus 132 text tokens (InternVL3's prompt over 16 frames of 448 px: 4,228 tokens); Qwen2.5-VL's
+frames are 16 images of 320 x 240 video (252 x 308 px, 99 tokens each: what one new video
+resolution costs to compile).
 
     python benchmarks/compile_time.py [--presets InternVL3-1B,...] [--frames 16]
         [--against DIR]
@@ -21,16 +23,42 @@ import sys
 import time
 from pathlib import Path
 
-PRESETS = ("InternVL3-1B", "InternVL3-8B", "InternVL3.5-8B", "llava-onevision-qwen2-7b-ov")
+PRESETS = (
+    "InternVL3-1B",
+    "InternVL3-8B",
+    "InternVL3.5-8B",
+    "llava-onevision-qwen2-7b-ov",
+    "Qwen2.5-VL-7B",
+)
 TEXT_TOKENS = 132
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def segment_inputs(cfg, frames: int):
-    """Abstract (input_ids, vision inputs) of one segment of ``frames`` frames, batch 1."""
+    """Abstract (input_ids, vision inputs, positions or None) of one segment of ``frames``
+    frames, batch 1."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
+    from headhunt_jax import backbones
+
+    family = backbones.for_config(cfg)
+    if family.prepare is not None:  # Qwen2.5-VL: 16 images of 320 x 240 video, prepared
+        from headhunt_jax.backbones.qwen2_5_vl import processor_pixels as pp
+
+        v = cfg.vision
+        grid = pp.image_grid(v, 240, 320)
+        row = [cfg.vision_start_token_id] + [cfg.image_token_id] * pp.image_tokens(v, 240, 320)
+        ids = np.asarray([[0] * TEXT_TOKENS + row * frames], np.int32)
+        hf = {
+            "pixel_values": np.zeros((frames * int(np.prod(grid)), v.patch_dim), np.float32),
+            "image_grid_thw": np.tile(np.asarray([grid]), (frames, 1)),
+        }
+        vision, positions = family.prepare(cfg, [ids], hf)
+        spec = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.asarray(a).dtype)  # noqa: E731
+        vision = {k: spec(a) for k, a in vision.items()}
+        return spec(ids), vision, (spec(positions[0]),)
     s = cfg.vision.image_size
     if hasattr(cfg, "video_tokens"):  # LLaVA-OneVision: one video
         vision_tokens = cfg.video_tokens(frames)
@@ -39,7 +67,7 @@ def segment_inputs(cfg, frames: int):
         vision_tokens = frames * cfg.tokens_per_image
         vision = {"pixel_values": jax.ShapeDtypeStruct((frames, 3, s, s), jnp.float32)}
     ids = jax.ShapeDtypeStruct((1, vision_tokens + TEXT_TOKENS), jnp.int32)
-    return ids, vision
+    return ids, vision, None
 
 
 def measure(name: str, frames: int) -> dict:
@@ -52,17 +80,19 @@ def measure(name: str, frames: int) -> dict:
     cfg = backbone.preset(name)
     model = backbone.make_model(cfg, "bfloat16")
     params = backbone.abstract_params(model)
-    ids, vision = segment_inputs(cfg, frames)
+    ids, vision, positions = segment_inputs(cfg, frames)
     layers = tuple(range(cfg.text.num_layers))
     start = time.perf_counter()
-    lowered = backbone.forward.trace(model, params, (ids,), vision, layers).lower()
+    lowered = backbone.forward.trace(model, params, (ids,), vision, layers, None, positions)
+    lowered = lowered.lower()
     traced = time.perf_counter()
     lowered.compile()
     done = time.perf_counter()
     return {
         "preset": name,
         "tokens": ids.shape[1],
-        "layers": f"{cfg.vision.num_layers} + {cfg.text.num_layers}",
+        "layers": f"{getattr(cfg.vision, 'num_layers', None) or cfg.vision.depth} + "
+        f"{cfg.text.num_layers}",
         "trace_s": traced - start,
         "compile_s": done - traced,
         "headhunt_jax": str(Path(backbone.__file__).parent),

@@ -3,9 +3,11 @@
 The same mid-size model of a family (random weights, saved once with ``save_pretrained`` and
 loaded by both), 16 frames a segment, batch >= 2. Runs alternate between the two; prints the
 first-call compile time and the warm torch/jax time ratio (> 1 means headhunt_jax is faster).
+Qwen2.5-VL also runs segments of a second resolution and prints how many compilations the two
+resolutions took (one each: segments of one size share a compilation).
 
-    python benchmarks/extract_vs_torch.py [--family internvl|llava-onevision] [--batch 2]
-        [--frames 16] [--repeats 5]
+    python benchmarks/extract_vs_torch.py [--family internvl|llava-onevision|qwen2.5-vl]
+        [--batch 2] [--frames 16] [--repeats 5]
 """
 
 import os
@@ -21,17 +23,18 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
 
 import headhunt_jax as hh  # noqa: E402
 
+FAMILIES = {"internvl": "mid", "llava-onevision": "mid-llava", "qwen2.5-vl": "mid-qwen"}
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--family", default="internvl", choices=["internvl", "llava-onevision"])
+    ap.add_argument("--family", default="internvl", choices=list(FAMILIES))
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
@@ -41,34 +44,22 @@ def main():
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    if args.family == "internvl":
-        cfg = _models.MID
-        model = transformers.InternVLForConditionalGeneration(_models.hf_config(cfg, args.attn))
-        ids = _models.segment_ids(cfg, args.frames, args.batch)
-        shape, key = (args.batch * args.frames, 3), "pixel_values"
-        size = cfg.vision.image_size
-    else:
-        cfg = _models.MID_LLAVA
-        config = _models.hf_llava_config(cfg, args.attn)
-        model = transformers.LlavaOnevisionForConditionalGeneration(config)
-        ids = _models.video_ids(cfg, args.frames, args.batch)
-        shape, key = (args.batch, args.frames, 3), "pixel_values_videos"
-        size = cfg.image_size
-    model = model.eval()
+    cfg = _models.MIDS[FAMILIES[args.family]]
+    model = _models.hf_model(cfg, args.attn).eval()
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         bb = hh.load_backbone(tmp)
-
-    pixels = np.random.default_rng(1).standard_normal((*shape, size, size), np.float32)
-    t_ids, t_pixels = torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(pixels)
+    ids, inputs, extra = _models.segments(cfg, args.frames, args.batch)
+    t_ids = torch.as_tensor(ids, dtype=torch.long)
+    t_inputs = {k: torch.as_tensor(v) for k, v in {**inputs, **extra}.items()}
     hooks = _models.TorchHooks(model)
 
     def run_jax():
-        return hh.head_features(bb, ids, **{key: pixels})
+        return hh.head_features(bb, ids, **inputs)
 
     def run_torch():
         with torch.inference_mode():
-            model(input_ids=t_ids, **{key: t_pixels}, logits_to_keep=1)
+            model(input_ids=t_ids, **t_inputs, logits_to_keep=1)
         return hooks.features(cfg.text.num_heads)
 
     def sync(x):
@@ -94,6 +85,22 @@ def main():
     print(f"jax warm:   {j * 1e3:8.1f} ms/batch  ({args.batch / j:.2f} segments/s)")
     print(f"torch warm: {t * 1e3:8.1f} ms/batch  ({args.batch / t:.2f} segments/s)")
     print(f"ratio torch/jax (warm, median of {args.repeats}): {t / j:.2f}")
+    if args.family == "qwen2.5-vl":
+        retraces(bb, cfg, args)
+
+
+def retraces(bb, cfg, args):
+    """Compilations over segments of two resolutions, each size twice with other pixels."""
+    from headhunt_jax import backbone
+
+    backbone.forward.clear_cache()
+    for size in [(224, 224), (168, 308), (224, 224), (168, 308)]:
+        ids, inputs = _models.qwen_inputs(cfg, args.frames, args.batch, size, seed=sum(size))
+        hh.head_features(bb, ids, **inputs).block_until_ready()
+    print(
+        f"compilations for 4 batches at 224x224, 168x308, 224x224, 168x308: "
+        f"{backbone.forward._cache_size()}"
+    )
 
 
 if __name__ == "__main__":

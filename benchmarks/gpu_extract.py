@@ -1,8 +1,9 @@
-"""Extraction throughput on one GPU: headhunt_jax against transformers' PyTorch InternVL.
+"""Extraction throughput on one GPU: headhunt_jax against transformers' PyTorch model.
 
-InternVL3-8B shapes, random bf16 weights shared by both (the torch model's weights are converted
-into the Flax tree by the same table ``load_backbone`` uses), 16 frames of 448 px a segment,
-batch swept. For each: segments/s, model FLOPs utilisation, peak memory; transformers runs with
+The shapes of a preset of any family (default InternVL3-8B; llava-onevision-qwen2-7b-ov,
+Qwen2.5-VL-7B, ...), random bf16 weights shared by both (the torch model's weights are converted
+into the Flax tree by the family's table, as ``load_backbone`` does), 16 frames a segment (448 px
+InternVL tiles, 384 px LLaVA-OneVision frames, Qwen2.5-VL images of 224 x 224), batch swept. For each: segments/s, model FLOPs utilisation, peak memory; transformers runs with
 sdpa attention and o_proj pre-hooks (the original's way) on the same GPU in the same process.
 The features of the two are compared too (bf16 vs bf16).
 
@@ -15,7 +16,8 @@ every layer); ``promptsM`` every head under M prompts (headhunt_jax computes the
 once; the original runs M full passes). transformers is batched like headhunt_jax here, which
 is faster than the original's one segment at a time.
 
-On a CPU it runs the same code on a small config: ``--preset mid --batches 1``.
+On a CPU it runs the same code on a small config: ``--preset mid --batches 1`` (``mid-llava``,
+``mid-qwen``: the other families). MFU is counted for InternVL only.
 """
 
 import os
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
 
 from headhunt_jax import backbone, backbones, weights  # noqa: E402
+from headhunt_jax.backbones.internvl.modeling import InternVLConfig  # noqa: E402
 from headhunt_jax.prefix import head_features_prompts  # noqa: E402
 
 # Layers of the published XD-Violence expert heads (checkpoints/xd_violence_internvl3_8b.json).
@@ -66,7 +69,12 @@ def torch_to_numpy(t):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="InternVL3-8B", help="InternVL3-1B/2B/8B/14B or 'mid'")
+    ap.add_argument(
+        "--preset",
+        default="InternVL3-8B",
+        help="any preset (InternVL3-8B, llava-onevision-qwen2-7b-ov, Qwen2.5-VL-7B, ...) or "
+        "mid, mid-llava, mid-qwen",
+    )
     ap.add_argument("--batches", default="2,8")
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
@@ -87,7 +95,7 @@ def main():
     if any(m not in known for m in args.modes):
         ap.error(f"--modes: each one of {', '.join(known)}, got {args.modes}")
 
-    cfg = _models.MID if args.preset == "mid" else backbone.preset(args.preset)
+    cfg = _models.MIDS.get(args.preset) or backbone.preset(args.preset)
     gpu = torch.cuda.is_available()
     tdev = "cuda" if gpu else "cpu"
     dtype = torch.bfloat16 if gpu else torch.float32
@@ -100,9 +108,7 @@ def main():
     torch.manual_seed(0)
     torch.set_default_dtype(dtype)
     with torch.device(tdev):
-        tmodel = transformers.InternVLForConditionalGeneration(
-            _models.hf_config(cfg, "sdpa")
-        ).eval()
+        tmodel = _models.hf_model(cfg, "sdpa").eval()
     torch.set_default_dtype(torch.float32)
     log(f"torch model built in {time.perf_counter() - start:.1f} s")
 
@@ -134,26 +140,34 @@ def main():
     results = []
     for batch in batches:
         rng = np.random.default_rng(batch)
-        ids = _models.segment_ids(cfg, args.frames, batch)
-        size = cfg.vision.image_size
-        pixels = rng.standard_normal((batch * args.frames, 3, size, size), np.float32)
-        t_pixels = torch.as_tensor(pixels, device=tdev).to(dtype)
-        j_pixels = jax.device_put(pixels.astype(np.dtype(model.dtype)))
+        ids, inputs, extra = _models.segments(cfg, args.frames, batch, seed=batch)
+        t_inputs = {
+            k: torch.as_tensor(v, device=tdev).to(dtype if v.dtype == np.float32 else None)
+            for k, v in inputs.items()
+        }
+        j_inputs = {  # the pixels on device in the model's dtype (grids stay host arrays)
+            k: jax.device_put(v.astype(np.dtype(model.dtype))) if v.dtype == np.float32 else v
+            for k, v in inputs.items()
+        }
         # M prompts: the same frames, each prompt's own text after them (lengths differ)
         frames_part = ids[:, :-30]
+        text_vocab = min(cfg.vision_token_ids)
         prompt_ids = [
             np.concatenate(
-                [frames_part, rng.integers(0, cfg.image_token_id, (batch, 30 + 7 * i))], 1
+                [frames_part, rng.integers(0, text_vocab, (batch, 30 + 7 * i))], 1
             ).astype(np.int32)
             for i in range(args.prompts)
         ]
 
-        def run_torch(ids_list, t_pixels=t_pixels):
+        def run_torch(ids_list, t_inputs=t_inputs, extra=extra):
             out = []
             with torch.inference_mode():
                 for i in ids_list:
                     t_ids = torch.as_tensor(i, dtype=torch.long, device=tdev)
-                    tmodel(input_ids=t_ids, pixel_values=t_pixels, logits_to_keep=1)
+                    # e.g. Qwen2.5-VL's mm_token_type_ids (1 image, 2 video), for these ids
+                    types = sum((n + 1) * (i == t) for n, t in enumerate(cfg.vision_token_ids))
+                    more = {k: torch.as_tensor(types, device=tdev) for k in extra}
+                    tmodel(input_ids=t_ids, **t_inputs, **more, logits_to_keep=1)
                     out.append(hooks.features(cfg.text.num_heads))
             return torch.stack(out)
 
@@ -162,14 +176,14 @@ def main():
                 torch.cuda.synchronize()
             return x
 
-        def jax_all(bb, ids=ids, j_pixels=j_pixels):
-            return backbone.head_features(bb, ids, j_pixels)[None]
+        def jax_all(bb, ids=ids, j_inputs=j_inputs):
+            return backbone.head_features(bb, ids, **j_inputs)[None]
 
-        def jax_experts(bb, ids=ids, j_pixels=j_pixels, experts=experts):
-            return backbone.head_features(bb, ids, j_pixels, layers=experts)[None]
+        def jax_experts(bb, ids=ids, j_inputs=j_inputs, experts=experts):
+            return backbone.head_features(bb, ids, layers=experts, **j_inputs)[None]
 
-        def jax_prompts(bb, prompt_ids=prompt_ids, j_pixels=j_pixels):
-            return head_features_prompts(bb, prompt_ids, j_pixels)
+        def jax_prompts(bb, prompt_ids=prompt_ids, j_inputs=j_inputs):
+            return head_features_prompts(bb, prompt_ids, **j_inputs)
 
         # mode: (what headhunt_jax runs, the prompts torch runs, the layers compared)
         modes = {
@@ -177,8 +191,12 @@ def main():
             "experts": (jax_experts, [ids], list(experts)),
             f"prompts{args.prompts}": (jax_prompts, prompt_ids, None),
         }
-        flops = _models.extraction_flops(cfg, ids.shape[1], args.frames) * batch
-        log(f"batch {batch}: {ids.shape[1]} tokens, {flops / batch / 1e12:.1f} TFLOP a segment")
+        if isinstance(cfg, InternVLConfig):
+            flops = _models.extraction_flops(cfg, ids.shape[1], args.frames) * batch
+            log(f"batch {batch}: {ids.shape[1]} tokens, {flops / batch / 1e12:.1f} TFLOP a segment")
+        else:
+            flops = None
+            log(f"batch {batch}: {ids.shape[1]} tokens")
         for mode in args.modes:
             jax_fn, torch_ids, layers = modes[mode]
             start = time.perf_counter()
@@ -217,8 +235,12 @@ def main():
                 "speedup": round(torch_s / jax_s, 2),
                 "jax_attention": bb.model.attention_impl,
                 # MFU of the full single-prompt extraction only: the other modes skip work
-                "jax_mfu": round(flops / jax_s / peak, 3) if peak and mode == "all" else None,
-                "torch_mfu": round(flops / torch_s / peak, 3) if peak and mode == "all" else None,
+                "jax_mfu": round(flops / jax_s / peak, 3)
+                if flops and peak and mode == "all"
+                else None,
+                "torch_mfu": round(flops / torch_s / peak, 3)
+                if flops and peak and mode == "all"
+                else None,
                 "jax_peak_gib": round(jax_mem.get("peak_bytes_in_use", 0) / 2**30, 1),
                 "torch_peak_gib": round(torch_mem / 2**30, 1),
                 "features_max_rel_err": float(f"{err:.2g}"),

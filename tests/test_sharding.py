@@ -369,3 +369,30 @@ def test_on_mesh_llava_onevision_matches_one_device(llava, shape):
     got = hh.head_features(bb, ids, pixel_values_videos=videos)
     assert got.shape == want.shape and rel_err(got, want) <= TOL
     assert _placed_by_rules(bb)
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    """The demo's tiny Qwen2.5-VL and a batch of 3 segments of 4 frames (one image each)."""
+    path = tmp_path_factory.mktemp("qwen") / "ckpt"
+    backbones.demo_backbone("qwen2.5-vl")(path, ["Anything odd here?"])
+    proc = hh.load_backbone(path).processor()
+    ids = np.tile(proc.prompt_ids("Anything odd here?", 4, (56, 84))[None], (3, 1))
+    frames = np.random.default_rng(1).standard_normal((3, 4, 3, 56, 84)).astype(np.float32)
+    return path, ids, proc.vision_inputs(frames)
+
+
+@on_mesh
+@pytest.mark.parametrize("shape", [(4, 2), (2, 4)])
+def test_on_mesh_qwen2_5_vl_matches_one_device(qwen, shape):
+    path, ids, inputs = qwen
+    want = np.asarray(hh.head_features(hh.load_backbone(path), ids, **inputs))
+    bb = hh.load_backbone(path, mesh=sharding.make_mesh(*shape))
+    got = hh.head_features(bb, ids, **inputs)
+    assert got.shape == want.shape and rel_err(got, want) <= TOL
+    assert _placed_by_rules(bb)
+    prompts = [ids, np.concatenate([ids[:, :-3], ids[:, -6:]], axis=1)]  # prefix reuse
+    got = head_features_prompts(bb, prompts, layers=(1, 3), **inputs)
+    for m, p in enumerate(prompts):
+        want = np.asarray(hh.head_features(hh.load_backbone(path), p, layers=(1, 3), **inputs))
+        assert rel_err(got[m], want) <= TOL

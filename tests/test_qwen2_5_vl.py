@@ -97,7 +97,7 @@ def run_tower(tower, params, pixels, grid, rows=None):
     """The tower over each row's items (default: all in one row) -> the merged tokens of all
     items in order, as transformers' ``pooler_output``."""
     cfg = tower.cfg
-    grids = vision._grids(grid)
+    grids = vision.grids(grid)
     ends = np.cumsum([0] + [t * h * w for t, h, w in grids])
     items = [(g, pixels[ends[i] : ends[i + 1]]) for i, g in enumerate(grids)]
     rows = rows or [len(items)]
@@ -148,7 +148,7 @@ def test_window_index_matches_transformers():
         torch.as_tensor(grid), spatial_merge_size=2, window_size=8, patch_size=2
     )
     index, sizes, offset = [], [], 0
-    for g in vision._grids(grid):
+    for g in vision.grids(grid):
         windows = vision.window_index(cfg, g)
         index += [w[w >= 0] + offset for w in windows]
         sizes += [int((w >= 0).sum()) for w in windows]
@@ -604,17 +604,9 @@ def test_video_mode_pairs_frames_into_temporal_patches(tiny_qwen):
     np.testing.assert_array_equal(odd["pixel_values_videos"], images["pixel_values"])
 
 
-@pytest.mark.parametrize("mode", ["images", "video"])
-def test_extract_videos_of_two_sizes(tmp_path, tiny_qwen, mode):
-    """Two clips of other sizes: a batch per size, one compilation each; the stored features
-    are those of ``head_features`` on the processor's inputs."""
+def _clips(tmp_path):
+    """Two clips of other sizes, 100 frames each (two 48-frame segments)."""
     import av
-
-    import headhunt_jax as hh
-    from headhunt_jax import backbone
-    from headhunt_jax.extract import extract_features
-    from headhunt_jax.store import FeatureStore
-    from headhunt_jax.video import VideoReader
 
     paths = []
     for name, (w, h) in (("small.mp4", (96, 64)), ("wide.mp4", (160, 90))):
@@ -622,11 +614,54 @@ def test_extract_videos_of_two_sizes(tmp_path, tiny_qwen, mode):
         with av.open(str(paths[-1]), "w") as out:
             stream = out.add_stream("mpeg4", rate=24)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            for i in range(100):  # two segments of 48 frames
+            for i in range(100):
                 img = np.full((h, w, 3), (i * 5) % 255, np.uint8)
                 img[: h // 2, : w // 3] = 200 - i
                 out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
             out.mux(stream.encode())
+    return paths
+
+
+def test_detector_extracts_with_the_mode_it_was_fitted_on(tmp_path, tiny_qwen):
+    from headhunt_jax import pipeline
+    from headhunt_jax.extract import extract_features
+    from headhunt_jax.store import FeatureStore
+
+    paths = _clips(tmp_path)
+    kw = dict(frames_per_segment=4, segment_length=48, batch_size=2, progress=False)
+    extract_features(
+        tiny_qwen,
+        paths,
+        "Anything odd here?",
+        tmp_path / "train",
+        labels={"small.mp4": 0, "wide.mp4": 1},
+        processor_options={"mode": "video"},
+        **kw,
+    )
+    detector = pipeline.fit(FeatureStore(tmp_path / "train"), [[1, 0], [3, 2]])
+    assert detector.processor_options == {"mode": "video"}
+    detector.save(tmp_path / "detector")
+    detector = type(detector).load(tmp_path / "detector")
+    assert detector.processor_options == {"mode": "video"}
+    results, failures = pipeline.detect(
+        tiny_qwen, detector, paths, tmp_path / "work", progress=False
+    )
+    assert len(results) == 2 and not failures
+    work = FeatureStore(next(p for p in (tmp_path / "work").rglob("store.json")).parent)
+    assert dict(work.spec.processor)["mode"] == "video"
+
+
+@pytest.mark.parametrize("mode", ["images", "video"])
+def test_extract_videos_of_two_sizes(tmp_path, tiny_qwen, mode):
+    """Two clips of other sizes: a batch per size, one compilation each; the stored features
+    are those of ``head_features`` on the processor's inputs."""
+    import headhunt_jax as hh
+    from headhunt_jax import backbone
+    from headhunt_jax.extract import extract_features
+    from headhunt_jax.store import FeatureStore
+    from headhunt_jax.video import VideoReader
+
+    paths = _clips(tmp_path)
     prompt = "Anything odd here?"
     backbone.forward.clear_cache()
     report = extract_features(
@@ -654,3 +689,21 @@ def test_extract_videos_of_two_sizes(tmp_path, tiny_qwen, mode):
         want = np.asarray(hh.head_features(tiny_qwen, ids, **vision))[0]
         got = store.read(path.name).features[0]
         assert rel_err(got, want) <= 1e-5
+
+
+def test_converted_checkpoint_gives_the_same_features(qwen, tmp_path):
+    """``convert`` (orbax) and back: the stacked tower and decoder restore exactly."""
+    import headhunt_jax as hh
+    from headhunt_jax import backbone
+
+    _, bb = qwen
+    rng = np.random.default_rng(7)
+    rows = [[("image", (1, 6, 10)), ("video", (2, 4, 4))]]
+    ids = np.asarray([_sample(rng, rows[0])])
+    inputs = _inputs(rng, rows, [1.0])
+    again = hh.load_backbone(backbone.save_converted(bb, tmp_path / "converted"))
+    assert again.fingerprint == bb.fingerprint and type(again.config) is type(bb.config)
+    np.testing.assert_array_equal(
+        np.asarray(hh.head_features(again, ids, **inputs)),
+        np.asarray(hh.head_features(bb, ids, **inputs)),
+    )

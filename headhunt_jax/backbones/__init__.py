@@ -8,7 +8,7 @@ The contract a family keeps:
   decoder's ``DecoderConfig``) and ``vision_token_ids`` (the placeholder tokens that vision
   inputs fill; empty for text-only);
 - module ``(cfg, dtype, attention_impl)`` called as ``(input_ids, depth=, logits=, prefix_kv=,
-  kv_only=, **vision_inputs)``, returning what its ``language_model``, the shared decoder,
+  kv_only=, positions=, **vision_inputs)``, returning what its ``language_model``, the shared decoder,
   returns (the last position's head outputs of layers < depth, logits, or a prefix's keys and
   values); ``vision_inputs`` are the HF model's own keyword arguments (``pixel_values``,
   ``pixel_values_videos``, ...);

@@ -103,6 +103,32 @@ class DecoderConfig:
         )
 
 
+def qwen2_config(vocab, hidden, layers, heads, kv_heads, mlp, tie, **fields) -> DecoderConfig:
+    """The shapes of a released Qwen2 / Qwen2.5 decoder (q/k/v bias, RoPE base 1e6, head_dim
+    hidden / heads), for the families' presets; ``fields``: any other field."""
+    return DecoderConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=hidden // heads,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        attention_bias=True,
+        tie_word_embeddings=tie,
+        **fields,
+    )
+
+
+def tiny_decoder(vocab: int, **fields) -> DecoderConfig:
+    """The decoder of the families' tiny random demo checkpoints (4 layers, GQA 4:2, head_dim
+    32); ``fields``: any other field."""
+    base = dict(hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2)
+    return DecoderConfig(vocab_size=vocab, **{**base, "head_dim": 32, **fields})
+
+
 def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
     """Inverse RoPE frequencies [head_dim // 2], float32 arithmetic as in transformers."""
     dim = cfg.head_dim

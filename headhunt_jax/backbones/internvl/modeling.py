@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from headhunt_jax.backbones.internvl.vision import InternViT, VisionConfig
-from headhunt_jax.models.decoder import Decoder, DecoderConfig
+from headhunt_jax.models.decoder import Decoder, DecoderConfig, qwen2_config
 from headhunt_jax.models.layers import Einsum, LayerNorm
 
 
@@ -65,16 +65,7 @@ class InternVLConfig:
 
 
 def _qwen25(hidden, layers, heads, kv_heads, mlp, tie):
-    return DecoderConfig(
-        vocab_size=151674,
-        hidden_size=hidden,
-        intermediate_size=mlp,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=hidden // heads,
-        tie_word_embeddings=tie,
-    )
+    return qwen2_config(151674, hidden, layers, heads, kv_heads, mlp, tie)
 
 
 def _qwen3(hidden, layers, heads, kv_heads, mlp):

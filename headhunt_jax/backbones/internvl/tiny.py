@@ -6,7 +6,7 @@ from pathlib import Path
 from headhunt_jax.backbones.internvl.modeling import InternVLConfig
 from headhunt_jax.backbones.internvl.prompt import IMG_CONTEXT, IMG_END, IMG_START, SYSTEM_MESSAGE
 from headhunt_jax.backbones.internvl.vision import VisionConfig
-from headhunt_jax.models.decoder import DecoderConfig
+from headhunt_jax.models.decoder import tiny_decoder
 from headhunt_jax.models.tokenizer import tiny_tokenizer
 
 SPECIAL_TOKENS = (
@@ -33,14 +33,8 @@ def tiny_backbone(
         vision=VisionConfig(
             hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=image_size
         ),
-        text=DecoderConfig(
-            vocab_size=tok.get_vocab_size(),
-            hidden_size=128,
-            intermediate_size=256,
-            num_layers=4,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=32,
+        text=tiny_decoder(
+            tok.get_vocab_size(),
             attention_bias=text_model == "qwen2",
             qk_norm=text_model == "qwen3",
         ),

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import re
 
-from headhunt_jax.models.decoder import DecoderConfig
+from headhunt_jax.models.decoder import DecoderConfig, qwen2_config
 
 # SigLIP activation names -> whether the GELU is the tanh approximation.
 GELU_TANH = {"gelu_pytorch_tanh": True, "gelu_new": True, "gelu": False}
@@ -224,30 +224,14 @@ def unpadded_grid(grid: int, height: int, width: int) -> tuple[int, int]:
     return grid, grid - 2 * pad
 
 
-def _qwen2(vocab, hidden, layers, heads, kv_heads, mlp, tie):
-    return DecoderConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=mlp,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=hidden // heads,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        attention_bias=True,
-        tie_word_embeddings=tie,
-    )
-
-
 # Shapes of the released llava-hf checkpoints (SigLIP so400m at 384 px with its last layer
 # dropped, 26 layers; Qwen2-0.5B / Qwen2-7B with the vocabulary grown by <image> and <video> and
 # padded to a multiple of 64), for benchmarks: no weights.
 PRESETS = {
     "llava-onevision-qwen2-0.5b-ov": LlavaOnevisionConfig(
-        SiglipConfig(), _qwen2(152000, 896, 24, 14, 2, 4864, True)
+        SiglipConfig(), qwen2_config(152000, 896, 24, 14, 2, 4864, True)
     ),
     "llava-onevision-qwen2-7b-ov": LlavaOnevisionConfig(
-        SiglipConfig(), _qwen2(152128, 3584, 28, 28, 4, 18944, False)
+        SiglipConfig(), qwen2_config(152128, 3584, 28, 28, 4, 18944, False)
     ),
 }

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig, SiglipConfig
 from headhunt_jax.backbones.llava_onevision.processor import VIDEO_TOKEN, chat_text
-from headhunt_jax.models.decoder import DecoderConfig
+from headhunt_jax.models.decoder import tiny_decoder
 from headhunt_jax.models.tokenizer import tiny_tokenizer
 
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<image>", VIDEO_TOKEN)
@@ -23,15 +23,7 @@ def tiny_backbone(out_dir, prompts, image_size: int = 112, seed: int = 0) -> Pat
         vision=SiglipConfig(
             hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=image_size
         ),
-        text=DecoderConfig(
-            vocab_size=tok.get_vocab_size(),
-            hidden_size=128,
-            intermediate_size=256,
-            num_layers=4,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=32,
-        ),
+        text=tiny_decoder(tok.get_vocab_size()),
         image_token_id=tok.token_to_id("<image>"),
         video_token_id=tok.token_to_id(VIDEO_TOKEN),
     )

@@ -10,7 +10,7 @@ into one ``out_hidden_size`` token for the language model.
 
 import dataclasses
 
-from headhunt_jax.models.decoder import DecoderConfig
+from headhunt_jax.models.decoder import DecoderConfig, qwen2_config
 
 # The MLP activations the tower accepts (transformers' ACT2FN names).
 ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "quick_gelu")
@@ -220,29 +220,14 @@ VISION_PRESETS = {
 }
 
 
-def _qwen2(vocab, hidden, layers, heads, kv_heads, mlp, tie):
-    return DecoderConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=mlp,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=hidden // heads,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        attention_bias=True,
-        tie_word_embeddings=tie,
-        mrope_section=(16, 24, 24),
-    )
-
-
 # Shapes of Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct (config.json), for benchmarks: no weights.
 PRESETS = {
     "Qwen2.5-VL-3B": Qwen25VLConfig(
-        VISION_PRESETS["qwen2.5-vl-3b"], _qwen2(151936, 2048, 36, 16, 2, 11008, True)
+        VISION_PRESETS["qwen2.5-vl-3b"],
+        qwen2_config(151936, 2048, 36, 16, 2, 11008, True, mrope_section=(16, 24, 24)),
     ),
     "Qwen2.5-VL-7B": Qwen25VLConfig(
-        VISION_PRESETS["qwen2.5-vl-7b"], _qwen2(152064, 3584, 28, 28, 4, 18944, False)
+        VISION_PRESETS["qwen2.5-vl-7b"],
+        qwen2_config(152064, 3584, 28, 28, 4, 18944, False, mrope_section=(16, 24, 24)),
     ),
 }

@@ -96,7 +96,7 @@ def _runs(row: np.ndarray, token_id: int) -> list[int]:
 def _items(cfg: Qwen25VLConfig, input_ids, pixels, grid_thw, token_id):
     """Each row's items [(grid, its pixel rows)]: the grids in order, row by row, one a run of
     placeholders (as transformers assigns them)."""
-    grids = vision._grids(grid_thw)
+    grids = vision.grids(grid_thw)
     rows_of = np.cumsum([0] + [t * h * w for t, h, w in grids])
     pixels = np.asarray(pixels, np.float32)
     out, n = [], 0
@@ -152,7 +152,7 @@ def check_inputs(cfg: Qwen25VLConfig, input_ids, inputs: dict) -> None:
             raise ValueError(
                 f"{pixels_key} {shape}: the grids {grid.tolist()} need [{rows}, {v.patch_dim}]"
             )
-        want = [vision.merged_tokens(v, g) for g in vision._grids(grid)]
+        want = [vision.merged_tokens(v, g) for g in vision.grids(grid)]
         if runs != want:
             raise ValueError(
                 f"input_ids hold runs of {runs} {kind} tokens (id {token_id}), the {grid_key} "

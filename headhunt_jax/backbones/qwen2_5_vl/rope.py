@@ -14,10 +14,11 @@ import itertools
 
 import numpy as np
 
-from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VisionConfig
-
-IMAGE_TOKEN_ID = 151655
-VIDEO_TOKEN_ID = 151656
+from headhunt_jax.backbones.qwen2_5_vl.config import (
+    IMAGE_TOKEN_ID,
+    VIDEO_TOKEN_ID,
+    Qwen25VisionConfig,
+)
 
 
 def rope_index(

@@ -11,7 +11,7 @@ from headhunt_jax.backbones.qwen2_5_vl.processor import (
     VIDEO_PAD,
     chat_text,
 )
-from headhunt_jax.models.decoder import DecoderConfig
+from headhunt_jax.models.decoder import tiny_decoder
 from headhunt_jax.models.tokenizer import tiny_tokenizer
 
 # 16 merged tokens a frame at most (a 4:3 frame: 112 x 140 px, 4 x 5 tokens... rounded down)
@@ -39,16 +39,7 @@ def tiny_backbone(out_dir, prompts, image_size=None, seed: int = 0) -> Path:
             fullatt_block_indexes=(1,),
             out_hidden_size=128,
         ),
-        text=DecoderConfig(
-            vocab_size=tok.get_vocab_size(),
-            hidden_size=128,
-            intermediate_size=256,
-            num_layers=4,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=32,
-            mrope_section=(8, 4, 4),
-        ),
+        text=tiny_decoder(tok.get_vocab_size(), mrope_section=(8, 4, 4)),
         image_token_id=tok.token_to_id(IMAGE_PAD),
         video_token_id=tok.token_to_id(VIDEO_PAD),
         vision_start_token_id=tok.token_to_id("<|vision_start|>"),

@@ -36,7 +36,7 @@ _ACT = {
 }
 
 
-def _grids(grid_thw) -> list[tuple[int, int, int]]:
+def grids(grid_thw) -> list[tuple[int, int, int]]:
     grid = np.asarray(grid_thw, np.int64).reshape(-1, 3)
     return [(int(t), int(h), int(w)) for t, h, w in grid]
 

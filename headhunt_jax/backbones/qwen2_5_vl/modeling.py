@@ -73,8 +73,8 @@ class Qwen25VL(nn.Module):
         merged = merged.reshape(b, -1, merged.shape[-1])
         return jnp.take_along_axis(merged, restore[..., None], axis=1)
 
-    def __call__(self, input_ids, depth=None, logits=False, **inputs):
-        kv = {k: inputs.pop(k) for k in ("positions", "prefix_kv", "kv_only") if k in inputs}
+    def __call__(self, input_ids, depth=None, logits=False, positions=None, **inputs):
+        kv = {k: inputs.pop(k) for k in ("prefix_kv", "kv_only") if k in inputs}
         embeds = self.language_model.embed(input_ids)
         for _, _, kind, token in _KINDS:
             parts = [inputs.pop(f"{kind}_{p}", None) for p in _PARTS]
@@ -83,7 +83,7 @@ class Qwen25VL(nn.Module):
                 embeds = _place_rows(embeds, input_ids, getattr(self.cfg, token), feats)
         if inputs:
             raise TypeError(f"unexpected inputs {sorted(inputs)} (see prepare)")
-        return self.language_model(embeds, depth=depth, logits=logits, **kv)
+        return self.language_model(embeds, positions, depth=depth, logits=logits, **kv)
 
 
 def _runs(row: np.ndarray, token_id: int) -> list[int]:

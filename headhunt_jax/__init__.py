@@ -13,6 +13,8 @@ _PUBLIC = {
     "load_backbone": "headhunt_jax.backbone",
     "head_features": "headhunt_jax.backbone",
     "head_features_prompts": "headhunt_jax.prefix",
+    "generate": "headhunt_jax.generation",
+    "prefill": "headhunt_jax.generation",
     "Backbone": "headhunt_jax.backbone",
     "make_mesh": "headhunt_jax.sharding",
     "build_prompt_ids": "headhunt_jax.backbones.internvl.prompt",

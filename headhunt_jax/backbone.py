@@ -21,7 +21,7 @@ from headhunt_jax.models.layers import ATTENTION_IMPLS
 
 CONVERTED_CONFIG = "headhunt_backbone.json"
 # What a converted checkpoint keeps of the original besides its weights: the tokenizer and the
-# processors' settings.
+# processors' and generation's settings.
 PROCESSOR_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -32,6 +32,7 @@ PROCESSOR_FILES = (
     "chat_template.json",
     "preprocessor_config.json",
     "video_preprocessor_config.json",
+    "generation_config.json",  # the EOS ids that generation stops at
 )
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

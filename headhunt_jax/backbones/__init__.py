@@ -7,17 +7,19 @@ The contract a family keeps:
 - config: ``from_hf(config.json dict)``, ``from_dict(dataclasses.asdict(config))``, ``text`` (the
   decoder's ``DecoderConfig``) and ``vision_token_ids`` (the placeholder tokens that vision
   inputs fill; empty for text-only);
-- module ``(cfg, dtype, attention_impl)`` called as ``(input_ids, depth=, logits=, prefix_kv=,
-  kv_only=, positions=, **vision_inputs)``, returning what its ``language_model``, the shared decoder,
-  returns (the last position's head outputs of layers < depth, logits, or a prefix's keys and
-  values); ``vision_inputs`` are the HF model's own keyword arguments (``pixel_values``,
-  ``pixel_values_videos``, ...);
+- module ``(cfg, dtype, attention_impl)`` called as ``(input_ids, depth=, logits=, positions=,
+  **pass_options, **vision_inputs)``, returning what its ``language_model``, the shared decoder,
+  returns (the last position's head outputs of layers < depth, logits, a prefix's keys and
+  values, or a generation step's); ``pass_options`` are the decoder's (``PASS_OPTIONS``:
+  ``prefix_kv``, ``kv_only``, ``key_mask``, ``step``), handed on; ``vision_inputs`` are the HF
+  model's own keyword arguments (``pixel_values``, ``pixel_values_videos``, ...);
 - ``init_inputs(cfg)``: the smallest call's keyword inputs (for shapes and random weights);
 - ``check_inputs(cfg, input_ids, vision_inputs)``: a clear ValueError when they do not fit;
-- ``prepare(cfg, prompt_ids, vision_inputs)`` (optional; default: the inputs as they are and
-  positions counted by the decoder): the HF keyword inputs -> (the module's vision inputs, each
-  prompt's positions), on the host, for families whose shapes or positions depend on data (image
-  grids, M-RoPE); every array it returns has the batch first;
+- ``prepare(cfg, prompt_ids, vision_inputs, attention_mask=None)`` (optional; default: the
+  inputs as they are and positions counted by the decoder): the HF keyword inputs -> (the
+  module's vision inputs, each prompt's positions), on the host, for families whose shapes or
+  positions depend on data (image grids, M-RoPE); every array it returns has the batch first;
+  ``attention_mask`` (generation: one left-padded prompt) marks the padding that positions skip;
 - ``processor(cfg, checkpoint_dir, image_size)``: decoded frames + a prompt -> the module's inputs
   (``Processor``), or None for a text-only family;
 - ``demo_backbones``: tiny random-weight checkpoints of the family for ``demo --backbone``.

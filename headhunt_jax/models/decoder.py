@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,6 +21,8 @@ from headhunt_jax.models.layers import Einsum, RMSNorm, attention
 
 SUPPORTED_ROPE = ("default", "linear", "llama3")
 SUPPORTED_TEXT = ("qwen2", "qwen3", "llama")
+# The decoder's pass options that a family module hands on (``Decoder.__call__``).
+PASS_OPTIONS = ("prefix_kv", "kv_only", "key_mask", "step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +179,19 @@ def apply_rope(x, positions, inv_freq, axes=None):
     return x * cos + rotated * sin
 
 
+def cached_attention(q, keys, values, key_mask):
+    """One query a row against a cache: q [B, 1, N, H], keys/values [B, K, S, H] (query head n
+    reads kv head n // (N / K)), key_mask bool [B, S] -> [B, 1, N, H]; scores and softmax in
+    float32."""
+    b, _, n, h = q.shape
+    k = keys.shape[1]
+    q = q.reshape(b, k, n // k, h)
+    scores = jnp.einsum("BKGH,BKSH->BKGS", q, keys, preferred_element_type=jnp.float32)
+    scores = jnp.where(key_mask[:, None, None, :], scores * h**-0.5, -jnp.inf)
+    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    return jnp.einsum("BKGS,BKSH->BKGH", probs, values).reshape(b, 1, n, h)
+
+
 class Attention(nn.Module):
     """Causal GQA self-attention; returns (output, (keys, values), heads): keys after RoPE, heads
     the per-head output [B, N, H] (before ``o_proj``) at the last position.
@@ -184,7 +200,11 @@ class Attention(nn.Module):
     ``k_norm``: one [head_dim] weight shared by the heads) before RoPE.
 
     ``prefix_kv``: keys and values [B, P, K, H] of an earlier pass over the first P positions,
-    attended to before this pass's own. ``kv_only``: return (None, (keys, values), None) without
+    attended to before this pass's own. ``cache_slot`` (a generation step, one token): then
+    ``prefix_kv`` is the layer's cache, keys and values [B, K, S, H] (kv heads first: the
+    layout the step's matmuls read without a transpose); the token's key and value are written
+    at that slot and it attends to the slots ``key_mask`` [B, S] lets it see; returns the
+    updated cache. ``kv_only``: return (None, (keys, values), None) without
     attending (a prefix pass's deepest layer; heads None). ``last_query_only``: attend from the last
     position only.
     """
@@ -195,7 +215,14 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x, positions, last_query_only=False, prefix_kv=None, kv_only=False, key_mask=None
+        self,
+        x,
+        positions,
+        last_query_only=False,
+        prefix_kv=None,
+        kv_only=False,
+        key_mask=None,
+        cache_slot=None,
     ):
         cfg = self.cfg
         e, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -222,15 +249,24 @@ class Attention(nn.Module):
             norm("q_norm", proj("q_proj", n, "heads", bias)(q_in)), q_pos, inv_freq, axes
         )
         keys, values, impl = key, value, self.attention_impl
+        o_shape, o_axes = (n, h, e), ("heads", "head_dim", "embed")
+        o = Einsum("BTNH,NHE->BTE", o_shape, o_axes, None, self.dtype, name="o_proj")
+        if cache_slot is not None:  # written in place: no copy of the cache a step
+            key, value = (
+                jax.lax.dynamic_update_slice_in_dim(
+                    c, new.swapaxes(1, 2).astype(c.dtype), cache_slot, axis=2
+                )
+                for c, new in zip(prefix_kv, (key, value), strict=True)
+            )
+            out = cached_attention(q, key, value, key_mask)
+            return o(out), (key, value), out[:, -1]
+        mask = None if key_mask is None else key_mask[:, None, None, :]
         if prefix_kv is not None:
             keys = jnp.concatenate([prefix_kv[0], key], axis=1)
             values = jnp.concatenate([prefix_kv[1], value], axis=1)
             impl = "chunked"  # queries sit after the prefix: only this path offsets the mask
         # The last-query pass sees every key: no mask needed.
-        mask = None if key_mask is None else key_mask[:, None, None, :]
         out = attention(q, keys, values, causal=not last_query_only, impl=impl, mask=mask)
-        o_shape, o_axes = (n, h, e), ("heads", "head_dim", "embed")
-        o = Einsum("BTNH,NHE->BTE", o_shape, o_axes, None, self.dtype, name="o_proj")
         return o(out), (key, value), out[:, -1]
 
 
@@ -257,7 +293,8 @@ class DecoderLayer(nn.Module):
     """Pre-norm block -> (hidden states, (keys, values), last position's heads [B, N, H]).
 
     ``attention_only``: the deepest layer asked for needs no MLP and only the last position.
-    ``kv_only``: a prefix pass's deepest layer needs its keys and values only.
+    ``kv_only``: a prefix pass's deepest layer needs its keys and values only. ``cache_slot``:
+    a generation step (``Attention``).
     """
 
     cfg: DecoderConfig
@@ -266,12 +303,19 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x, positions, attention_only=False, prefix_kv=None, kv_only=False, key_mask=None
+        self,
+        x,
+        positions,
+        attention_only=False,
+        prefix_kv=None,
+        kv_only=False,
+        key_mask=None,
+        cache_slot=None,
     ):
         eps = self.cfg.rms_norm_eps
         h = RMSNorm(eps, dtype=self.dtype, name="input_norm")(x)
         attn = Attention(self.cfg, self.dtype, self.attention_impl, name="attn")
-        a, kv, heads = attn(h, positions, attention_only, prefix_kv, kv_only, key_mask)
+        a, kv, heads = attn(h, positions, attention_only, prefix_kv, kv_only, key_mask, cache_slot)
         if kv_only:
             return x, kv, heads
         if attention_only:
@@ -330,6 +374,36 @@ class Decoder(nn.Module):
     def embed(self, input_ids):
         return jnp.take(self.embed_tokens, input_ids, axis=0)
 
+    def head(self, x):
+        """Hidden states [B, T, E] after the last layer -> logits [B, T, V]."""
+        x = self.norm(x)
+        if self.cfg.tie_word_embeddings:
+            return jnp.einsum("BTE,VE->BTV", x, self.embed_tokens)
+        return self.lm_head(x)
+
+    def decode(self, input_ids, positions, layers, caches, slot, key_mask):
+        """One generation step: token ids [B, 1] at ``positions`` [B, 1] (or [B, 1, 3]) ->
+        (logits [B, V], the caches with its keys and values written at ``slot``).
+
+        ``layers``: each layer's parameters on their own (``stack.unstacked``), ``caches``: each
+        layer's (keys, values) [B, K, S, H]; ``key_mask`` [B, S]: the slots it sees, its own
+        included. The layers run one after another, not as a scan: a scan's slice of the stacked
+        weights is a copy, which for one token costs as much as the matmul itself.
+        """
+        x = self.embed(input_ids).astype(self.dtype)
+        block, out = self.block(), []
+        for params, cache in zip(layers, caches, strict=True):
+            x, kv, _ = block.apply(
+                {"params": params},
+                x,
+                positions,
+                prefix_kv=cache,
+                key_mask=key_mask,
+                cache_slot=slot,
+            )
+            out.append(kv)
+        return self.head(x)[:, 0], out
+
     def __call__(
         self,
         embeds,
@@ -339,6 +413,7 @@ class Decoder(nn.Module):
         prefix_kv=None,
         kv_only=False,
         key_mask=None,
+        step=False,
     ):
         """embeds [B, T, E] -> logits [B, T, V] if ``logits``, else the per-head attention outputs
         (the input of ``o_proj``) at the last position of layers < depth, [B, depth, N, H].
@@ -351,8 +426,13 @@ class Decoder(nn.Module):
         positions before these (``positions`` then start after the prefix).
 
         ``positions`` [B, T]: each token's rotary position (default: consecutive, after the
-        prefix), or [B, T, 3] (temporal, height, width) with ``cfg.mrope_section``; ``key_mask`` bool [B, P + T]: False for keys no query may see (padding), as
+        prefix), or [B, T, 3] (temporal, height, width) with ``cfg.mrope_section``; ``key_mask``
+        bool [B, P + T]: False for keys no query may see (padding, a cache's empty slots), as
         transformers' ``attention_mask``.
+
+        ``step``: a generation pass (``headhunt_jax.generation``): every layer runs, and it returns
+        (the last position's logits [B, V], this pass's keys and values of every layer, each
+        [num_layers, B, T, K, H]); ``prefix_kv`` is then the cache of the earlier positions.
         """
         cfg = self.cfg
         depth = cfg.num_layers if depth is None or logits else depth
@@ -367,15 +447,15 @@ class Decoder(nn.Module):
                 {"params": params}, x, positions, prefix_kv=layer_kv, key_mask=key_mask, **deepest
             )
             # a scan stacks what leaves it by layer: only what this pass returns
-            return x, (kv if kv_only else heads)
+            return x, (kv if kv_only or step else heads)
 
         x = embeds.astype(self.dtype)
+        if step:
+            x, kv = stack.scan(run, self.layers, x, 0, cfg.num_layers)
+            return self.head(x[:, -1:])[:, 0], kv
         x, outs = stack.scan(run, self.layers, x, 0, depth if logits else depth - 1)
         if logits:
-            x = self.norm(x)
-            if cfg.tie_word_embeddings:
-                return jnp.einsum("BTE,VE->BTV", x, self.embed_tokens)
-            return self.lm_head(x)
+            return self.head(x)
         last = stack.layer(self.layers, depth - 1)
         _, out = run(last, depth - 1, x, attention_only=not kv_only, kv_only=kv_only)
         outs = stack.append(outs, out)

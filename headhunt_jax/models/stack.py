@@ -45,6 +45,11 @@ def layer(params, i):
     return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), params)
 
 
+def unstacked(params, length: int) -> list:
+    """A stacked tree -> its ``length`` layers' trees, each leaf a buffer of its own."""
+    return [layer(params, i) for i in range(length)]
+
+
 def scan(fn: Callable, params, carry, start: int, stop: int, unroll: int = 1):
     """``carry, out = fn(layer params, i, carry)`` for i in [start, stop), as one scan.
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from headhunt_jax.backbones.qwen2_5_vl import rope, vision
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VLConfig
-from headhunt_jax.models.decoder import Decoder
+from headhunt_jax.models.decoder import PASS_OPTIONS, Decoder
 
 HF_INPUTS = (
     "pixel_values",
@@ -51,7 +51,7 @@ class Qwen25VL(nn.Module):
 
     Called as ``(input_ids [B, T], image_pixels=, image_segments=, image_positions=,
     image_restore=, video_... (the same four), positions [B, T, 3], depth=, logits=,
-    prefix_kv=, kv_only=)``: the vision inputs from ``prepare``."""
+    prefix_kv=, kv_only=, key_mask=, step=)``: the vision inputs from ``prepare``."""
 
     cfg: Qwen25VLConfig
     dtype: Any = jnp.float32
@@ -74,7 +74,7 @@ class Qwen25VL(nn.Module):
         return jnp.take_along_axis(merged, restore[..., None], axis=1)
 
     def __call__(self, input_ids, depth=None, logits=False, positions=None, **inputs):
-        kv = {k: inputs.pop(k) for k in ("prefix_kv", "kv_only") if k in inputs}
+        kv = {k: inputs.pop(k) for k in PASS_OPTIONS if k in inputs}
         embeds = self.language_model.embed(input_ids)
         for _, _, kind, token in _KINDS:
             parts = [inputs.pop(f"{kind}_{p}", None) for p in _PARTS]
@@ -165,10 +165,11 @@ def check_inputs(cfg: Qwen25VLConfig, input_ids, inputs: dict) -> None:
             raise ValueError(f"second_per_grid_ts has {np.size(seconds)} values for {n} videos")
 
 
-def prepare(cfg: Qwen25VLConfig, prompt_ids, inputs: dict):
+def prepare(cfg: Qwen25VLConfig, prompt_ids, inputs: dict, attention_mask=None):
     """The HF keyword inputs (checked by ``check_inputs``) and each prompt's input_ids [B, T_m]
     (the same vision inputs) -> (the module's vision inputs, each prompt's positions [B, T_m,
-    3] int32)."""
+    3] int32). ``attention_mask`` [B, T] (one prompt): 0 for left padding, which positions
+    skip."""
     out = {}
     for pixels_key, grid_key, kind, token in _KINDS:
         if inputs.get(pixels_key) is None:
@@ -185,6 +186,7 @@ def prepare(cfg: Qwen25VLConfig, prompt_ids, inputs: dict):
             inputs.get("image_grid_thw"),
             inputs.get("video_grid_thw"),
             inputs.get("second_per_grid_ts"),
+            attention_mask,
             cfg=cfg.vision,
             image_token_id=cfg.image_token_id,
             video_token_id=cfg.video_token_id,

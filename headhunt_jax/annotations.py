@@ -4,10 +4,11 @@ the names videos are known by in them."""
 import re
 from pathlib import Path
 
+from headhunt_jax.errors import InputError
 from headhunt_jax.video import VIDEO_EXTENSIONS
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """A malformed line in an annotation file; the message names the file and the line."""
 
     def __init__(self, path, line_number, line, reason):
@@ -28,7 +29,7 @@ def xd_violence_label(name):
     """1 (anomaly) or 0 (normal) from an XD-Violence file name: `label_A` is normal."""
     match = re.search(r"label_([^._\s]+)", video_key(name))
     if match is None:
-        raise ValueError(f"no XD-Violence label (label_...) in the video name {name!r}")
+        raise InputError(f"no XD-Violence label (label_...) in the video name {name!r}")
     return int(match.group(1) != "A")
 
 

@@ -1,33 +1,40 @@
 """The ``headhunt-jax`` command line: convert, extract, hunt, fit, detect, evaluate, reproduce,
 demo.
 
-Errors are one line on stderr naming the file and the problem, with exit status 1; no traceback.
+The user's errors (``errors.UserError``: bad flags, missing or malformed files, unreadable videos,
+incompatible stores, detectors and checkpoints) are one line on stderr naming the file and the
+problem, with exit status 1; no traceback. Any other exception is a bug and keeps its traceback.
 In a run over many videos the good ones finish and the failures are listed at the end (exit 1).
 """
 
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
+from headhunt_jax.errors import UserError
+
 DATASETS = ("ucf_crime", "xd_violence")
 
 
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 1."""
+class CliError(UserError):
+    """A wrong flag or argument: printed as one line, exit status 1."""
 
 
-def _errors():
-    """The exception types that are the user's input problems, not bugs."""
-    from headhunt_jax.datasets import DatasetError
-    from headhunt_jax.store import StoreError
-    from headhunt_jax.video import VideoError
-
-    return (CliError, ValueError, OSError, KeyError, StoreError, VideoError, DatasetError)
+# Besides UserError: the operating system's word on a path the user gave (a missing file, a
+# directory where a file belongs, no permission).
+_PATH_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 
 
 def _local_mesh(model_parallel: int = 1):
@@ -46,12 +53,24 @@ def _local_mesh(model_parallel: int = 1):
         raise CliError(f"--model-parallel {model_parallel}: {e}") from None
 
 
+@contextlib.contextmanager
+def _checkpoint(path):
+    """Loading a checkpoint: a ValueError is its config or tensors refused (a family's strict
+    ``from_hf``, a missing tensor), told as one line naming the directory."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as e:
+        raise CliError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
+
+
 def _load_backbone(args):
     from headhunt_jax.backbone import load_backbone
 
-    return load_backbone(
-        args.model, dtype=_dtype(args.dtype), mesh=_local_mesh(args.model_parallel)
-    )
+    mesh = _local_mesh(args.model_parallel)
+    with _checkpoint(args.model):
+        return load_backbone(args.model, dtype=_dtype(args.dtype), mesh=mesh)
 
 
 @contextlib.contextmanager
@@ -183,7 +202,8 @@ def _print_failures(failures) -> int:
 def _convert(args):
     from headhunt_jax import backbone
 
-    bb = backbone.load_backbone(args.hf_dir, dtype=args.dtype)
+    with _checkpoint(args.hf_dir):
+        bb = backbone.load_backbone(args.hf_dir, dtype=args.dtype)
     out = backbone.save_converted(bb, args.out)
     print(f"converted {bb.name} ({args.dtype}) -> {out}")
 
@@ -260,9 +280,11 @@ def _hunt(args):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**result.to_json(), "k": args.k, "lam": args.lam}, indent=1))
-    png = plots.rss_heatmap(result.rss, result.heads, args.plot or out.with_suffix(".png"))
+    png = Path(args.plot or out.with_suffix(".png"))
+    figures = plots.hunt_figures(result, png, prefix=f"{png.stem}_")
     print(
-        f"expert heads (layer, head), best first: {result.heads.tolist()} -> {out}, heatmap {png}"
+        f"expert heads (layer, head), best first: {result.heads.tolist()} -> {out}; figures: "
+        + ", ".join(map(str, figures.values()))
     )
 
 
@@ -302,22 +324,62 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def _detect(args):
-    from headhunt_jax import pipeline, plots
+def _png(draw) -> bytes:
+    """The PNG bytes of a figure that ``draw(file)`` writes."""
+    buffer = io.BytesIO()
+    draw(buffer)
+    return buffer.getvalue()
 
-    detector = _detector(args)
-    videos, root = _video_list(args.videos)
-    bb = _load_backbone(args)
+
+def _scored(args, bb, detector, videos, root):
+    """``pipeline.detect`` in ``--work`` (default: a temporary folder); with ``--report``, the
+    segments' thumbnails come from the same decoding pass. -> (results, failures, thumbnails)"""
+    from headhunt_jax import pipeline, report
+    from headhunt_jax.store import FeatureStore
+
+    explainer = None
+    if getattr(args, "explain", False):
+        from headhunt_jax.explain import DEFAULT_QUESTION, Explainer
+
+        questions = args.explain_prompt or [DEFAULT_QUESTION]
+        explainer = Explainer(bb, detector, questions, args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp, _names(args.detector):
+        work = args.work or tmp
         results, failures = pipeline.detect(
             bb,
             detector,
             videos,
-            args.work or tmp,
+            work,
             root=root,
             batch_size=args.batch_size,
+            thumbnail_height=report.THUMBNAIL_HEIGHT if args.report else None,
+            explainer=explainer,
             progress=not args.quiet,
         )
+        thumbnails = {}
+        if args.report and results:
+            thumbnails = pipeline.thumbnails(FeatureStore(work), [r["video"] for r in results])
+    return results, failures, thumbnails
+
+
+def _run_facts(args, detector) -> dict:
+    """The run as the report states it."""
+    return {
+        "detector": args.detector,
+        "backbone": f"{detector.backbone} ({args.model})",
+        "prompt": detector.prompt,
+        "expert heads (layer, head)": detector.expert_heads.tolist(),
+        "sigma, tau": f"{detector.sigma:g}, {detector.tau:g}",
+    }
+
+
+def _detect(args):
+    from headhunt_jax import plots, report
+
+    detector = _detector(args)
+    videos, root = _video_list(args.videos)
+    bb = _load_backbone(args)
+    results, failures, thumbnails = _scored(args, bb, detector, videos, root)
     summary = {
         "videos": len(results),
         "anomalous": sum(r["is_anomaly"] for r in results),
@@ -336,6 +398,15 @@ def _detect(args):
         for r in results:
             events = ", ".join(f"{e['start_s']}-{e['end_s']} s" for e in r["events"]) or "none"
             print(f"{r['video']}: score {r['video_score']:.3f}, events: {events}")
+            for e in r["events"]:
+                if "explanation" in e:
+                    text = e["explanation"]
+                    text = text if isinstance(text, str) else " | ".join(text)
+                    print(f"  {e['start_s']}-{e['end_s']} s: {text!r}")
+        if any("explanation_note" in e for r in results for e in r["events"]):
+            from headhunt_jax.explain import RANDOM_NOTE
+
+            print(f"explanations: {RANDOM_NOTE}")
         print(
             f"{summary['videos']} videos scored, {summary['anomalous']} with events "
             f"({summary['events']} events), {summary['failed']} failed"
@@ -347,6 +418,19 @@ def _detect(args):
         for r in results:
             # Percent-encoded ids keep videos of one name in different folders apart.
             plots.timeline(r, Path(args.plot) / (quote(r["video"], safe="") + ".png"))
+    if args.report:
+        report.write_report(
+            args.report,
+            results,
+            title=f"headhunt-jax detect: {len(results)} videos",
+            facts=_run_facts(args, detector),
+            thumbnails=thumbnails,
+            plots={"Video scores": _png(lambda f: plots.score_summary(results, f))},
+            failures=failures,
+        )
+        # With the results as JSON on stdout, stdout stays JSON.
+        where = sys.stdout if args.out or args.per_video else sys.stderr
+        print(f"report -> {args.report}", file=where)
     return _print_failures(failures)
 
 
@@ -356,25 +440,13 @@ def _evaluate(args):
     detector = _detector(args)
     root, items = _dataset(args)
     bb = _load_backbone(args)
-    with tempfile.TemporaryDirectory() as tmp, _names(args.detector):
-        results, failures = pipeline.detect(
-            bb,
-            detector,
-            [item.path for item in items],
-            args.work or tmp,
-            root=root,
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-        )
+    results, failures, thumbnails = _scored(args, bb, detector, [item.path for item in items], root)
     failed = _print_failures(failures)
     if not results:
         raise CliError(f"{root}: no video of the {args.split} split could be read")
-    metrics = pipeline.evaluate(
-        results,
-        {item.key: item.events for item in items},
-        sigma=detector.sigma,
-        labels={item.key: item.label for item in items},
-    )
+    events = {item.key: item.events for item in items}
+    labels = {item.key: item.label for item in items}
+    metrics = pipeline.evaluate(results, events, sigma=detector.sigma, labels=labels)
     per_video = metrics.pop("per_video")
     report = {
         "dataset": args.dataset,
@@ -396,7 +468,38 @@ def _evaluate(args):
         f"over {metrics['num_videos']} videos; video-level (max) ROC AUC {_fmt(video['roc_auc'])}, "
         f"F1 {video['f1']:.4f}" + (f" ({len(failures)} unreadable, left out)" if failures else "")
     )
+    if args.report:
+        _evaluation_report(args, detector, results, failures, thumbnails, events, labels, metrics)
+        print(f"report -> {args.report}")
     return failed
+
+
+def _evaluation_report(args, detector, results, failures, thumbnails, events, labels, metrics):
+    from headhunt_jax import pipeline, plots, report
+    from headhunt_jax.annotations import video_key
+
+    ids = [r["video"] for r in results]
+    curves = pipeline.frame_curves(results, events, sigma=detector.sigma)
+    auc, ap = metrics["roc_auc"], metrics["average_precision"]
+    by_id = {v: labels[video_key(v)] for v in ids}
+    report.write_report(
+        args.report,
+        results,
+        title=f"headhunt-jax evaluate: {args.dataset} {args.split}",
+        facts={"dataset": f"{args.dataset} at {args.root}, {args.split} split"}
+        | _run_facts(args, detector),
+        metrics=report.metrics_table(metrics),
+        truth={v: events.get(video_key(v), []) for v in ids},
+        labels=by_id,
+        thumbnails=thumbnails,
+        plots={
+            "Frame-level ROC and precision-recall curves": _png(
+                lambda f: plots.roc_pr(curves, f, auc, ap)
+            ),
+            "Video scores": _png(lambda f: plots.score_summary(results, f, by_id)),
+        },
+        failures=failures,
+    )
 
 
 def _processor_options(args) -> dict:
@@ -437,9 +540,10 @@ def _reproduce(args):
         batch_size=args.batch_size,
         progress=not args.quiet,
         say=say,
+        html=args.report,
     )
     print(reproduce.summary(report))
-    print(f"-> {Path(args.out) / 'report.json'}")
+    print(f"-> {Path(args.out) / 'report.json'}" + (f", {args.report}" if args.report else ""))
     return 1 if report["failures"] else 0
 
 
@@ -534,6 +638,14 @@ def build_parser() -> argparse.ArgumentParser:
             "for Qwen2.5-VL's frames as one video (default mode=images, the original's)",
         )
 
+    def report_arg(p):
+        p.add_argument(
+            "--report",
+            metavar="HTML",
+            help="one self-contained HTML page: summary table, each video's timeline, events and "
+            "thumbnails (from the same decoding pass), the figures; opens with no network",
+        )
+
     def clip_arg(p):
         p.add_argument(
             "--clip",
@@ -600,7 +712,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dataset_args(p, "all", "labels and events")
     p.add_argument("--out", required=True, help="heads JSON")
-    p.add_argument("--plot", help="RSS heatmap PNG (default: next to --out)")
+    p.add_argument(
+        "--plot",
+        help="RSS heatmap PNG (default: next to --out, heads.png for heads.json); the other "
+        "figures (saliency criteria, head importance, t-SNE) go beside it",
+    )
     p.set_defaults(func=_hunt)
 
     p = sub.add_parser("fit", help="train the scorer and calibrate the temporal locator")
@@ -633,7 +749,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON results (default: stdout)")
     p.add_argument("--per-video", help="directory for one JSON file a video")
     p.add_argument("--plot", help="directory for a PNG timeline per video")
+    report_arg(p)
     p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="the backbone describes each event (its peak segment's frames) in words",
+    )
+    p.add_argument(
+        "--explain-prompt",
+        action="append",
+        metavar="TEXT",
+        help="the question for --explain (repeat for several; default: 'Describe the abnormal "
+        "event in these frames.')",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=64, help="the longest answer of --explain, in tokens"
+    )
     p.set_defaults(func=_detect)
 
     p = sub.add_parser(
@@ -646,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_args(p, "test")
     p.add_argument("--out", help="JSON report")
     p.add_argument("--per-video", help="JSON file of each video's frame-level metrics")
+    report_arg(p)
     p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
     p.set_defaults(func=_evaluate)
 
@@ -672,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the unit heads are hunted and the scorer trained on (default video, the paper's)",
     )
     processor_arg(p)
+    report_arg(p)
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser(
@@ -701,7 +835,9 @@ def _compile_cache(enabled: bool) -> None:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "headhunt-jax"
     folder = Path(os.environ.get("HEADHUNT_CACHE_DIR", default)) / "jax"
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # Every program, however quick to compile: a run's many small ones (scorer, smoothing,
+    # metrics) add up to a second of a warm `detect` on the demo (3.5 s with JAX's 0.5 s floor).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv=None) -> int:
@@ -712,9 +848,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("headhunt-jax: interrupted", file=sys.stderr)
         return 130
-    except _errors() as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"headhunt-jax {args.command}: error: {message}", file=sys.stderr)
+    except (UserError, *_PATH_ERRORS) as e:
+        print(f"headhunt-jax {args.command}: error: {e}", file=sys.stderr)
         return 1
 
 

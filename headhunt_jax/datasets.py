@@ -78,6 +78,7 @@ from headhunt_jax.annotations import (
     video_key,
     xd_violence_label,
 )
+from headhunt_jax.errors import InputError, UserError
 from headhunt_jax.video import VIDEO_EXTENSIONS
 
 Split = Literal["train", "test", "all"]
@@ -116,7 +117,7 @@ _NORMAL_WORD = re.compile(r"(?:^|[_\-\s])normal(?:[_\-\s]|$)", re.IGNORECASE)
 _NAMES_SHOWN = 10
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A dataset that cannot be listed as asked; the message names the file and the problem."""
 
 
@@ -630,9 +631,9 @@ def calibration_subset(
     """
     items = tuple(items)
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"the calibration fraction must be in (0, 1], got {fraction}")
     if not items:
-        raise ValueError("no videos to choose calibration videos from")
+        raise InputError("no videos to choose calibration videos from")
     not_train = [i.video_id for i in items if i.split != "train"]
     if not_train:
         raise ValueError(

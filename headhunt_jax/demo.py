@@ -31,12 +31,15 @@ def run_demo(
     backbone: str = DEMO_BACKBONE,
 ) -> dict:
     """extract (2 prompts) -> hunt -> fit -> detect -> evaluate on synthetic videos made from
-    real footage; writes clips, backbone, stores, heads, detector, detections, plots and
-    ``report.json`` (frame-level ``auc`` and ``ap`` on the held-out half) under ``out_dir``."""
+    real footage; writes clips, backbone, stores, heads, detector, detections, the figures
+    (``plots.hunt_figures``, timelines, scores, ROC and PR), ``report.json`` (frame-level ``auc``
+    and ``ap`` on the held-out half) and ``report.html`` (``report.write_report``) under
+    ``out_dir``."""
     import json
     import time
 
     from headhunt_jax import pipeline, plots, synthetic
+    from headhunt_jax import report as report_page
     from headhunt_jax.backbone import load_backbone
     from headhunt_jax.extract import extract_features
     from headhunt_jax.store import FeatureStore
@@ -78,23 +81,52 @@ def run_demo(
     say("4/7 hunting expert heads")
     hunted = pipeline.hunt(stores, k=5, lam=0.5, events=events)
     (out / "heads.json").write_text(json.dumps(hunted.to_json(), indent=1))
-    plots.rss_heatmap(hunted.rss, hunted.heads, out / "rss_heatmap.png")
+    figures = plots.hunt_figures(hunted, out / "rss_heatmap.png")
     say("5/7 fitting the scorer and calibrating the locator")
     detector = pipeline.fit(stores[0], hunted.heads, events)
     detector.save(out / "detector", overwrite=True)
     say(f"6/7 detecting on {len(test)} held-out videos")
     results, failures = pipeline.detect(
-        bb, detector, test, out / "detect_features", root=out / "clips", progress=progress
+        bb,
+        detector,
+        test,
+        out / "detect_features",
+        root=out / "clips",
+        thumbnail_height=report_page.THUMBNAIL_HEIGHT,
+        progress=progress,
     )
     if failures:
         raise ValueError("; ".join(f"{f.path}: {f.problem}" for f in failures))
     (out / "detections.json").write_text(json.dumps(results, indent=1))
     (out / "timelines").mkdir(exist_ok=True)
+    truth = {r["video"]: events.get(Path(r["video"]).stem, []) for r in results}
     for r in results:
-        truth = events.get(Path(r["video"]).stem, [])
-        plots.timeline(r, out / "timelines" / f"{Path(r['video']).stem}.png", truth)
+        plots.timeline(r, out / "timelines" / f"{Path(r['video']).stem}.png", truth[r["video"]])
     say("7/7 evaluating frame-level ROC AUC and AP")
     metrics = pipeline.evaluate(results, events, sigma=detector.sigma)
+    auc, ap = metrics["roc_auc"], metrics["average_precision"]
+    curves = pipeline.frame_curves(results, events, sigma=detector.sigma)
+    figures["Frame-level ROC and precision-recall curves"] = plots.roc_pr(
+        curves, out / "roc_pr.png", auc, ap
+    )
+    video_labels = {r["video"]: labels[r["video"]] for r in results}
+    figures["Video scores"] = plots.score_summary(results, out / "scores.png", video_labels)
+    report_page.write_report(
+        out / "report.html",
+        results,
+        title=f"headhunt-jax demo ({backbone}, random weights)",
+        facts={
+            "note": note(backbone),
+            "backbone": f"{bb.name} ({out / 'backbone'})",
+            "expert heads (layer, head)": hunted.heads.tolist(),
+            "sigma, tau": f"{detector.sigma:g}, {detector.tau:g}",
+        },
+        metrics=report_page.metrics_table(metrics),
+        truth=truth,
+        labels=video_labels,
+        thumbnails=pipeline.thumbnails(FeatureStore(out / "detect_features"), list(truth)),
+        plots=figures,
+    )
     report = {
         "auc": metrics["roc_auc"],
         "ap": metrics["average_precision"],

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from headhunt_jax.bundle import read_bundle, write_bundle
+from headhunt_jax.bundle import BundleError, read_bundle, write_bundle
+from headhunt_jax.errors import InputError
 from headhunt_jax.hunt import check_heads
 from headhunt_jax.locator import DEFAULT_SIGMA, DEFAULT_TAU
 from headhunt_jax.scorer import KINDS, Scorer
@@ -50,14 +51,14 @@ class Detector:
         heads = check_heads(self.expert_heads)
         object.__setattr__(self, "expert_heads", heads)
         if self.scorer.kind not in KINDS:
-            raise ValueError(f"unknown scorer kind {self.scorer.kind!r}")
+            raise InputError(f"unknown scorer kind {self.scorer.kind!r}")
         if self.scorer.feature_dim % heads.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"the scorer takes {self.scorer.feature_dim} features, not a multiple of "
                 f"{heads.shape[0]} expert heads"
             )
         if not self.sigma > 0:
-            raise ValueError(f"sigma must be positive, got {self.sigma}")
+            raise InputError(f"sigma must be positive, got {self.sigma}")
 
     def save(self, path, *, overwrite=False):
         """Write the bundle as one orbax checkpoint directory."""
@@ -78,8 +79,11 @@ class Detector:
 
     @classmethod
     def load(cls, path):
-        """Read a bundle written by save."""
+        """Read a bundle written by save (bundles of earlier versions lack some fields: they
+        take their defaults)."""
         arrays, meta = read_bundle(path)
+        if "expert_heads" not in arrays or "scorer_kind" not in meta:
+            raise BundleError(f"{path}: not a detector (no expert heads or scorer)")
         return cls(
             expert_heads=np.asarray(arrays["expert_heads"]),
             scorer=Scorer(meta["scorer_kind"], arrays["scorer"]),

@@ -13,6 +13,8 @@ from typing import TypeVar
 
 import jax
 
+from headhunt_jax.errors import InputError
+
 T = TypeVar("T")
 
 # initialize() argument -> the environment variable it is read from when not given.
@@ -31,7 +33,7 @@ def _from_env(name: str):
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{var} must be an integer, got {value!r}") from None
+        raise InputError(f"{var} must be an integer, got {value!r}") from None
 
 
 def initialize(
@@ -59,7 +61,7 @@ def initialize(
         except ValueError as err:
             if kwargs:
                 raise
-            raise ValueError(
+            raise InputError(
                 f"no cluster detected ({err}): outside Cloud TPU, SLURM or Open MPI, give the "
                 f"coordinator address, process count and process id, or set "
                 f"{', '.join(ENV.values())}"
@@ -79,10 +81,10 @@ def shard_videos(
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     if not 0 <= index < count:
-        raise ValueError(f"process_index must be in [0, {count}), got {index}")
+        raise InputError(f"process_index must be in [0, {count}), got {index}")
     ordered = sorted(videos, key=str)
     names = [str(v) for v in ordered]
     repeated = sorted({a for a, b in zip(names, names[1:], strict=False) if a == b})
     if repeated:
-        raise ValueError(f"videos listed more than once: {', '.join(repeated[:8])}")
+        raise InputError(f"videos listed more than once: {', '.join(repeated[:8])}")
     return ordered[index::count]

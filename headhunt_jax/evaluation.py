@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from headhunt_jax.errors import InputError
 from headhunt_jax.locator import smooth
 from headhunt_jax.video import SEGMENT_LENGTH as SEGMENT_FRAMES
 
@@ -153,7 +154,7 @@ def ranking_metrics(labels, scores):
     """
     labels, scores = _check_binary(labels, scores)
     if not _has_both_classes(labels):
-        raise ValueError("frame labels contain one class only; AUC and AP need both")
+        raise InputError("frame labels contain one class only; AUC and AP need both")
     # Padded to a power of two, so that arrays of many lengths (one per video) share a few
     # compilations.
     size = 1 << (labels.size - 1).bit_length()
@@ -163,6 +164,35 @@ def ranking_metrics(labels, scores):
     padded_scores[: labels.size] = scores
     auc, ap = _ranking_metrics(padded_labels, padded_scores)
     return float(auc), float(ap)
+
+
+def _threshold_counts(labels, scores):
+    """(thresholds, true positives, false positives), float64, one entry per distinct score from
+    the highest down: the counts of predicting score >= threshold anomalous."""
+    labels, scores = _check_binary(labels, scores)
+    if not _has_both_classes(labels):
+        raise InputError("labels contain one class only; a precision-recall curve needs both")
+    scores = scores.astype(np.float64)
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    # Counts at the end of each run of equal scores, from the highest score down.
+    ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
+    true_pos = np.cumsum(labels[order], dtype=np.float64)[ends]
+    return ranked[ends], true_pos, 1.0 + ends - true_pos
+
+
+def curves(labels, scores) -> dict:
+    """The ROC and precision-recall curves of scores [F] for labels [F] (both classes present):
+    float64 arrays "fpr", "tpr" (from (0, 0), one point per distinct score, descending), and
+    "recall", "precision" (the same points, closed at (0, 1) as sklearn's curve is).
+    ``ranking_metrics`` gives their areas."""
+    _, true_pos, false_pos = _threshold_counts(labels, scores)
+    return {
+        "fpr": np.append(0.0, false_pos / false_pos[-1]),
+        "tpr": np.append(0.0, true_pos / true_pos[-1]),
+        "recall": np.append(0.0, true_pos / true_pos[-1]),
+        "precision": np.append(1.0, true_pos / (true_pos + false_pos)),
+    }
 
 
 def max_f1(labels, scores):
@@ -182,22 +212,13 @@ def max_f1(labels, scores):
     Returns:
       (f1, threshold) as Python floats.
     """
-    labels, scores = _check_binary(labels, scores)
-    if not _has_both_classes(labels):
-        raise ValueError("labels contain one class only; a precision-recall curve needs both")
-    scores = scores.astype(np.float64)
-    order = np.argsort(-scores, kind="stable")
-    ranked = scores[order]
-    # Counts at the end of each run of equal scores, from the highest score down.
-    ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
-    true_pos = np.cumsum(labels[order], dtype=np.float64)[ends]
-    false_pos = 1.0 + ends - true_pos
+    thresholds, true_pos, false_pos = _threshold_counts(labels, scores)
     precision = true_pos / (true_pos + false_pos)
     recall = true_pos / true_pos[-1]
     # The curve's order: ascending thresholds, then the closing point.
     precision = np.append(precision[::-1], 1.0)
     recall = np.append(recall[::-1], 0.0)
-    thresholds = ranked[ends][::-1]
+    thresholds = thresholds[::-1]
     f1 = 2 * (precision * recall) / (precision + recall + 1e-8)
     best = int(np.argmax(f1))
     threshold = float(thresholds[best]) if best < thresholds.size else 0.5
@@ -367,6 +388,15 @@ def _video_frames(segment_scores, num_frames, events, sigma, segment_frames, spa
             raise ValueError(f"video {video}: {error}") from None
         videos.append((video, frame_labels(events[video], num_frames[video]), scores))
     return videos
+
+
+def frame_arrays(
+    segment_scores, num_frames, events, sigma=None, segment_frames=SEGMENT_FRAMES, spans=None
+):
+    """(labels int8 [F], scores float32 [F]): every frame of every video, as ``evaluate_frames``
+    scores them (the arguments are its own), e.g. for ``curves``."""
+    videos = _video_frames(segment_scores, num_frames, events, sigma, segment_frames, spans)
+    return np.concatenate([y for _, y, _ in videos]), np.concatenate([s for _, _, s in videos])
 
 
 def evaluate_frames(

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone, head_features
+from headhunt_jax.errors import InputError
 from headhunt_jax.hunt import check_heads, gather_heads
 from headhunt_jax.prefix import head_features_prompts
 from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures, processor_spec
@@ -93,7 +94,7 @@ def list_videos(root: str | Path, extensions: Sequence[str] = VIDEO_EXTENSIONS) 
 def video_ids(paths: Sequence[str | Path], root: str | Path | None = None) -> list[str]:
     """Stable, unique ids: each path relative to ``root`` ('/'-separated), or its file name.
 
-    Raises ValueError for a path outside ``root`` or two paths with the same id.
+    Raises InputError (a ValueError) for a path outside ``root`` or two paths with the same id.
     """
     ids: dict[str, Path] = {}
     for p in map(Path, paths):
@@ -103,10 +104,10 @@ def video_ids(paths: Sequence[str | Path], root: str | Path | None = None) -> li
             try:
                 vid = PurePath(p.absolute().relative_to(Path(root).absolute())).as_posix()
             except ValueError:
-                raise ValueError(f"{p}: not under the video root {root}") from None
+                raise InputError(f"{p}: not under the video root {root}") from None
         if vid in ids:
             hint = "" if root is not None else " (give a root to tell them apart)"
-            raise ValueError(f"{ids[vid]} and {p} have the same video id {vid!r}{hint}")
+            raise InputError(f"{ids[vid]} and {p} have the same video id {vid!r}{hint}")
         ids[vid] = p
     return list(ids)
 
@@ -156,14 +157,15 @@ def store_spec(
 
 @dataclasses.dataclass(frozen=True)
 class _Row:
-    """A batch row: which video it belongs to, which frames it covers and the seconds between
-    its sampled frames."""
+    """A batch row: which video it belongs to, which frames it covers, the seconds between
+    its sampled frames and its thumbnail (None unless asked for)."""
 
     video: int
     start_frame: int
     end_frame: int
     frame_indices: np.ndarray
     frame_seconds: float
+    thumbnail: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +201,16 @@ def _batches(paths: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> 
                         pixels = np.zeros((batch_size, *seg.pixels.shape), dtype)
                     pixels[len(rows)] = seg.pixels
                     seconds = _frame_seconds(seg.frame_indices, reader.fps)
-                    rows.append(_Row(n, seg.start_frame, seg.end_frame, seg.frame_indices, seconds))
+                    rows.append(
+                        _Row(
+                            n,
+                            seg.start_frame,
+                            seg.end_frame,
+                            seg.frame_indices,
+                            seconds,
+                            seg.thumbnail,
+                        )
+                    )
                     if len(rows) == batch_size:
                         yield _Batch(pixels, rows, closed)
                         pixels, rows, closed = None, [], []
@@ -290,6 +301,7 @@ def _batch_features(bb, processor, input_ids, batch: _Batch, spec: StoreSpec) ->
 def _write_video(stores, video_id, done, metadata, label) -> None:
     """One finished video's rows ``done`` [(row, features [prompts, ...])] into every store
     that lacks it (store m takes prompt m's features)."""
+    thumbnails = tuple(r.thumbnail for r, _ in done)
     for m, store in enumerate(stores):
         if video_id in store:
             continue
@@ -302,6 +314,7 @@ def _write_video(stores, video_id, done, metadata, label) -> None:
                 frame_indices=np.stack([r.frame_indices for r, _ in done]),
                 metadata=metadata,
                 label=label,
+                thumbnails=None if None in thumbnails else thumbnails,
             )
         )
 
@@ -321,6 +334,8 @@ def extract_features(
     segment_length: int = SEGMENT_LENGTH,
     clip: str = "segment",
     processor_options: Mapping[str, Any] | None = None,
+    thumbnail_height: int | None = None,
+    explainer=None,
     progress: bool = True,
 ) -> ExtractionReport:
     """Head features of every segment of ``videos`` under ``prompt``, written to a feature store.
@@ -335,6 +350,10 @@ def extract_features(
     ``labels`` maps video ids to 1 (anomaly) or 0. ``image_size`` defaults to the backbone's.
     ``processor_options``: the family processor's own options (e.g. Qwen2.5-VL's ``mode``),
     recorded in the store spec with the rest of the processor's.
+    ``thumbnail_height``: also store a JPEG of each segment's middle sampled frame, that many
+    pixels high (``VideoFeatures.thumbnails``), made in the same decoding pass, for reports.
+    ``explainer`` (``explain.Explainer``, one prompt): explain events as they are found, from
+    the frames' keys and values of this pass.
     ``clip``: "segment" (a row per ``segment_length``-frame segment) or "video" (one row a video
     from ``frames_per_segment`` frames spread over the whole video, the original's unit for
     hunting and training; see :class:`~headhunt_jax.video.VideoReader`).
@@ -345,15 +364,17 @@ def extract_features(
     size = processor.frames["image_size"]
     image_size = 0 if callable(size) else size  # 0: each video at its own size (the spec's rule)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     out_dirs = [out_dir] if isinstance(out_dir, str | Path) else list(out_dir)
     if not prompts or len(prompts) != len(out_dirs):
-        raise ValueError(
+        raise InputError(
             f"{len(prompts)} prompts but {len(out_dirs)} output stores: give one per prompt"
         )
     if clip not in CLIPS:
-        raise ValueError(f"clip must be one of {', '.join(CLIPS)}, got {clip!r}")
+        raise InputError(f"clip must be one of {', '.join(CLIPS)}, got {clip!r}")
+    if explainer is not None and len(prompts) != 1:
+        raise InputError("explaining events takes one prompt (the detector's)")
     specs = [
         store_spec(
             bb,
@@ -387,6 +408,7 @@ def extract_features(
         frames_per_segment=frames_per_segment,
         segment_length=segment_length,
         clip=clip,
+        thumbnail_height=thumbnail_height,
     )
     todo_paths = [p for _, p in todo]
     total = _expected_segments(todo_paths, reader_kw) if progress else None
@@ -402,7 +424,10 @@ def extract_features(
         for batch in stream:
             if batch.rows:
                 input_ids = prompt_ids(batch.pixels.shape[-2:])
-                feats = _batch_features(bb, processor, input_ids, batch, specs[0])
+                if explainer is None:
+                    feats = _batch_features(bb, processor, input_ids, batch, specs[0])
+                else:
+                    feats = explainer.batch_features(processor, input_ids, batch, specs[0])
                 for i, row in enumerate(batch.rows):
                     pending[row.video].append((row, feats[:, i]))
                 segments += len(batch.rows)
@@ -411,6 +436,8 @@ def extract_features(
             for n, outcome in batch.closed:
                 done = pending.pop(n, [])
                 vid, path = todo[n]
+                if explainer is not None:
+                    explainer.close(n, None if isinstance(outcome, VideoError) else vid)
                 if isinstance(outcome, VideoError):
                     failures.append(Failure(str(path), outcome.problem))
                     log.warning("skipping %s: %s", path, outcome.problem)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from headhunt_jax.backbone import Backbone, check_inputs, vision_inputs
+from headhunt_jax.errors import InputError
 from headhunt_jax.models import stack
 
 CACHE_BLOCK = 64  # cache lengths are rounded up to a multiple: fewer compilations
@@ -47,6 +48,18 @@ class Prefix:
     @property
     def batch(self) -> int:
         return int(self.keys.shape[1])
+
+    def positions_after(self, length: int) -> np.ndarray:
+        """The rotary positions of ``length`` text tokens after the prefix, int32 [B, length]
+        (or [B, length, 3])."""
+        start = np.asarray(self.next_positions)
+        offsets = np.arange(length, dtype=np.int32)
+        offsets = offsets[None, :, None] if start.ndim == 2 else offsets[None, :]
+        return (start[:, None] + offsets).astype(np.int32)
+
+    def rows(self, index) -> "Prefix":
+        """The prefix of some of its prompts (``index``: a slice or indices)."""
+        return Prefix(self.keys[:, index], self.values[:, index], self.next_positions[index])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,20 +113,20 @@ def _check(bb: Backbone, input_ids, vision: dict, mask) -> tuple[np.ndarray, np.
     ids = np.asarray(input_ids)
     check_inputs(bb, ids, vision)
     if not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"input_ids must be integers, got {ids.dtype}")
+        raise InputError(f"input_ids must be integers, got {ids.dtype}")
     mask = np.ones(ids.shape, bool) if mask is None else np.asarray(mask) != 0
     if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask {mask.shape} must have input_ids' shape {ids.shape}")
+        raise InputError(f"attention_mask {mask.shape} must have input_ids' shape {ids.shape}")
     if not mask[:, -1].all():
-        raise ValueError("attention_mask: rows must be left-padded (each row's last token real)")
+        raise InputError("attention_mask: rows must be left-padded (each row's last token real)")
     if bb.config.vision_token_ids and np.isin(ids[:, -1], bb.config.vision_token_ids).any():
-        raise ValueError("a prompt must end with a text token, not a vision placeholder")
+        raise InputError("a prompt must end with a text token, not a vision placeholder")
     return ids.astype(np.int32), mask
 
 
 def _placed(bb: Backbone, *arrays):
-    if bb.mesh is not None:
-        raise ValueError("generation runs on one device: load the backbone without a mesh")
+    """The inputs as device arrays. On a sharded backbone they are replicated: every data
+    replica decodes the same (small) batch against the parameters split over 'model'."""
     return tuple(jax.tree.map(jnp.asarray, a) for a in arrays)
 
 
@@ -228,26 +241,23 @@ def generate(
     vision inputs' place). ``tokenizer`` (a ``tokenizers.Tokenizer``): also decode the answers.
     """
     if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     max_new_tokens = int(max_new_tokens)
     eos = _eos(bb, eos_token_id)
     pad = int(pad_token_id if pad_token_id is not None else (eos[0] if eos else 0))
     vision = vision_inputs(pixel_values, **inputs)
     if prefix is not None and vision:
-        raise ValueError("with a prefix, the vision inputs are in it: pass input_ids only")
+        raise InputError("with a prefix, the vision inputs are in it: pass input_ids only")
     ids, mask = _check(bb, input_ids, vision, attention_mask)
     if prefix is None:
         vision, positions = _positions(bb, ids, mask, vision)
         cache, key_mask, length = None, mask, ids.shape[1]
     else:
         if not mask.all():
-            raise ValueError("with a prefix, the prompts after it are not padded")
+            raise InputError("with a prefix, the prompts after it are not padded")
         if prefix.batch != len(ids):
-            raise ValueError(f"the prefix holds {prefix.batch} prompts, input_ids {len(ids)}")
-        start = np.asarray(prefix.next_positions)
-        offsets = np.arange(ids.shape[1], dtype=np.int32)
-        offsets = offsets[None, :, None] if start.ndim == 2 else offsets[None, :]
-        positions = (start[:, None] + offsets).astype(np.int32)
+            raise InputError(f"the prefix holds {prefix.batch} prompts, input_ids {len(ids)}")
+        positions = prefix.positions_after(ids.shape[1])
         cache = (prefix.keys, prefix.values)
         key_mask = np.concatenate([np.ones((len(ids), prefix.length), bool), mask], axis=1)
         length = prefix.length + ids.shape[1]

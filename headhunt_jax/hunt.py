@@ -20,6 +20,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from headhunt_jax.errors import InputError
+
 CRITERIA = ("lda", "kl", "mmd", "nmi")
 
 # Constants of the original implementation.
@@ -489,7 +491,7 @@ def top_k_heads(rss, k=5):
     if rss.ndim != 2:
         raise ValueError(f"rss must be [L, H], got shape {rss.shape}")
     if not 1 <= k <= rss.size:
-        raise ValueError(f"k must be in [1, {rss.size}], got {k}")
+        raise InputError(f"k must be in [1, {rss.size}], got {k}")
     if not bool(jnp.isfinite(rss).all()):
         raise ValueError("rss contains NaN or inf")
     order = jnp.argsort(rss.ravel(), stable=True)[::-1][:k]
@@ -497,24 +499,24 @@ def top_k_heads(rss, k=5):
 
 
 def check_heads(heads, shape: tuple[int, int] | None = None, where: str = "") -> np.ndarray:
-    """Expert heads as int32 [K, 2] of distinct (layer, head) pairs, else a ValueError; with
+    """Expert heads as int32 [K, 2] of distinct (layer, head) pairs, else an InputError (a ValueError); with
     ``shape`` = (layers, heads per layer), also one for a pair outside it (``where`` names what
     it must fit, e.g. "the backbone")."""
     pairs = np.asarray(heads)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
-        raise ValueError(f"heads must be (layer, head) pairs [K, 2], got shape {pairs.shape}")
+        raise InputError(f"heads must be (layer, head) pairs [K, 2], got shape {pairs.shape}")
     if not np.issubdtype(pairs.dtype, np.integer) or (pairs < 0).any():
-        raise ValueError(f"heads must be non-negative integers, got {pairs.tolist()}")
+        raise InputError(f"heads must be non-negative integers, got {pairs.tolist()}")
     listed = [(int(layer), int(head)) for layer, head in pairs]
     if shape is not None:
         bad = [p for p in listed if p[0] >= shape[0] or p[1] >= shape[1]]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"heads {bad} are not in {where or 'the features'} "
                 f"({shape[0]} layers x {shape[1]} heads)"
             )
     if len(set(listed)) != len(listed):
-        raise ValueError(f"heads must be distinct, got {listed}")
+        raise InputError(f"heads must be distinct, got {listed}")
     return pairs.astype(np.int32)
 
 

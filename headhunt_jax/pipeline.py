@@ -21,15 +21,19 @@ from headhunt_jax.annotations import (
 )
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.detector import Detector
+from headhunt_jax.errors import InputError
 from headhunt_jax.evaluation import (
     aggregate,
     binary_metrics,
+    curves,
     evaluate_frames,
+    frame_arrays,
     per_video_frame_metrics,
     video_level_metrics,
 )
 from headhunt_jax.extract import Failure, extract_features
 from headhunt_jax.hunt import (
+    CRITERIA,
     check_heads,
     gather_heads,
     robust_saliency,
@@ -74,7 +78,7 @@ def segment_labels(
         return hit.astype(np.int32)
     label = labels.get(key, video.label) if labels is not None else video.label
     if label is None:
-        raise ValueError(
+        raise InputError(
             f"video {video.video_id!r} has no label: it is not in the annotations and was "
             "extracted without one (pass --dataset/--root, or extract it with labels)"
         )
@@ -86,19 +90,42 @@ def labelled_videos(
 ) -> list[tuple[VideoFeatures, np.ndarray]]:
     videos = [(v, segment_labels(v, events, labels)) for v in store]
     if not videos:
-        raise ValueError(f"{store.path}: the store holds no videos")
+        raise InputError(f"{store.path}: the store holds no videos")
     return videos
+
+
+# Rows kept for the t-SNE pictures of a hunt: t-SNE's cost grows as N log N and past this the
+# picture shows no more.
+SAMPLE_ROWS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSample:
+    """Hunted rows kept for pictures (``plots.tsne``), under ``prompt``: ``labels`` int [N];
+    ``experts`` float32 [N, K * D], the expert heads' features concatenated; ``layer`` and
+    ``layer_heads`` float32 [N, H * D], every head of the layer of lowest mean RSS, for
+    comparison. At most ``SAMPLE_ROWS`` rows (``clip_subset``)."""
+
+    labels: np.ndarray
+    experts: np.ndarray
+    layer: int
+    layer_heads: np.ndarray
+    prompt: str
 
 
 @dataclasses.dataclass(frozen=True)
 class HuntResult:
-    """heads: int [K, 2] (layer, head), best first; rss: [L, H]; combined: [M, L, H]."""
+    """heads: int [K, 2] (layer, head), best first; rss: [L, H]; combined: [M, L, H];
+    criteria: {"lda", "kl", "mmd", "nmi"}: each [M, L, H], the raw criterion under each prompt;
+    sample: rows for pictures (None when not kept)."""
 
     heads: np.ndarray
     rss: np.ndarray
     combined: np.ndarray
     backbone: str
     prompts: tuple[str, ...]
+    criteria: dict = dataclasses.field(default_factory=dict)
+    sample: HeadSample | None = None
 
     def to_json(self) -> dict:
         return {
@@ -106,6 +133,7 @@ class HuntResult:
             "backbone": self.backbone,
             "prompts": list(self.prompts),
             "rss": np.round(self.rss, 6).tolist(),
+            "criteria": {k: np.round(v, 6).tolist() for k, v in self.criteria.items()},
         }
 
 
@@ -138,35 +166,59 @@ def hunt(
     same (at most ``max_clips``, see ``clip_subset``) segments under every prompt; ``mesh``: the
     devices that split the heads (``saliency``)."""
     if len(stores) < 2:
-        raise ValueError(f"hunting needs stores of at least 2 prompts, got {len(stores)}")
+        raise InputError(f"hunting needs stores of at least 2 prompts, got {len(stores)}")
     first = stores[0].spec
     for s in stores:
         if s.spec.heads is not None:
-            raise ValueError(f"{s.path}: holds expert heads only; hunting needs all heads")
+            raise InputError(f"{s.path}: holds expert heads only; hunting needs all heads")
         if s.spec.clip != first.clip:
-            raise ValueError(f"{s.path}: clip {s.spec.clip!r}, {stores[0].path} has {first.clip!r}")
+            raise InputError(f"{s.path}: clip {s.spec.clip!r}, {stores[0].path} has {first.clip!r}")
         if s.spec.backbone != first.backbone:
-            raise ValueError(
+            raise InputError(
                 f"{s.path}: backbone {s.spec.backbone!r}, {stores[0].path} has {first.backbone!r}"
             )
-    combined = []
+    combined, criteria = [], []
     reference = rows = None
     for s in stores:
         videos = labelled_videos(s, events, labels)
         layout = [(v.video_id, v.num_segments) for v, _ in videos]
         if reference is not None and layout != reference:
-            raise ValueError(f"{s.path}: holds other videos or segments than {stores[0].path}")
+            raise InputError(f"{s.path}: holds other videos or segments than {stores[0].path}")
         reference = layout
         y = np.concatenate([y for _, y in videos])
         if len(np.unique(y)) < 2:
-            raise ValueError(f"{s.path}: all segments have one label; hunting needs both classes")
+            raise InputError(f"{s.path}: all segments have one label; hunting needs both classes")
         rows = clip_subset(y, max_clips) if rows is None else rows
         x = np.concatenate([v.features for v, _ in videos])[rows]
-        combined.append(np.asarray(saliency(x, y[rows], mesh=mesh)["combined"]))
+        scores = saliency(x, y[rows], mesh=mesh)
+        combined.append(np.asarray(scores["combined"]))
+        criteria.append({name: np.asarray(scores[name]) for name in CRITERIA})
     combined = np.stack(combined)
     rss = np.asarray(robust_saliency(combined, lam))
     heads = np.asarray(top_k_heads(rss, k))
-    return HuntResult(heads, rss, combined, first.backbone, tuple(s.spec.prompt for s in stores))
+    return HuntResult(
+        heads,
+        rss,
+        combined,
+        first.backbone,
+        tuple(s.spec.prompt for s in stores),
+        {name: np.stack([c[name] for c in criteria]) for name in CRITERIA},
+        head_sample(x, y[rows], heads, rss, stores[-1].spec.prompt),
+    )
+
+
+def head_sample(x, labels, heads, rss, prompt: str) -> HeadSample:
+    """``HeadSample`` of all-head features x [N, L, H, D] with labels [N]."""
+    keep = clip_subset(labels, SAMPLE_ROWS)
+    x, labels = x[keep], labels[keep]
+    layer = int(np.argmin(np.asarray(rss).mean(axis=1)))
+    return HeadSample(
+        labels=labels,
+        experts=gather_heads(x, heads).reshape(len(x), -1),
+        layer=layer,
+        layer_heads=x[:, layer].reshape(len(x), -1),
+        prompt=prompt,
+    )
 
 
 def load_heads(path) -> np.ndarray:
@@ -179,11 +231,11 @@ def load_heads(path) -> np.ndarray:
             record["heads"] if "heads" in record else record["expert_heads"], np.int32
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: not a heads file ({e})") from None
+        raise InputError(f"{path}: not a heads file ({e})") from None
     try:
         return check_heads(heads)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
 
 
 def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray) -> np.ndarray:
@@ -196,7 +248,7 @@ def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray
     elif [tuple(h) for h in spec.heads] == [tuple(map(int, h)) for h in heads]:
         x = video.features
     else:
-        raise ValueError(f"{store.path}: holds the heads {list(spec.heads)}, not {heads.tolist()}")
+        raise InputError(f"{store.path}: holds the heads {list(spec.heads)}, not {heads.tolist()}")
     return x.reshape(x.shape[0], -1)
 
 
@@ -223,13 +275,13 @@ def holdout_split(video_labels, fraction: float, seed: int = 0) -> tuple[np.ndar
     sides."""
     video_labels = np.asarray(video_labels)
     if not 0 < fraction < 1:
-        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+        raise InputError(f"the held-out fraction must be in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
     held = []
     for c in (0, 1):
         rows = np.flatnonzero(video_labels == c)
         if len(rows) < 2:
-            raise ValueError(
+            raise InputError(
                 f"holding out part of the videos needs at least 2 of each class; "
                 f"{len(rows)} are {('normal', 'anomalous')[c]}"
             )
@@ -243,12 +295,12 @@ def _check_validation(validation: FeatureStore, store: FeatureStore) -> None:
     for field in _SAME_FEATURES:
         theirs, ours = getattr(validation.spec, field), getattr(store.spec, field)
         if theirs != ours:
-            raise ValueError(
+            raise InputError(
                 f"{validation.path}: {field} {theirs!r}, the training store {store.path} "
                 f"has {ours!r}"
             )
     if validation.spec.clip != "segment":
-        raise ValueError(
+        raise InputError(
             f"{validation.path}: holds one clip a video; sigma and tau are chosen on the scores "
             "of consecutive segments (extract it with --clip segment)"
         )
@@ -332,7 +384,7 @@ def detector_scores(detector: Detector, x) -> np.ndarray:
     return np.asarray(score(detector.scorer, padded))[:n]
 
 
-class IncompatibleBackbone(ValueError):
+class IncompatibleBackbone(InputError):
     """A backbone of another architecture than the detector's."""
 
 
@@ -363,10 +415,15 @@ def detect(
     *,
     root=None,
     batch_size: int = 8,
+    thumbnail_height: int | None = None,
+    explainer=None,
     progress: bool = True,
 ) -> tuple[list[dict], list[Failure]]:
     """Scores and events for every video. The experts' features go to a store in ``work_dir``
-    (a rerun reuses it). Returns one result dict per readable video, and the failures."""
+    (a rerun reuses it), with a thumbnail a segment when ``thumbnail_height`` is given
+    (``thumbnails``). ``explainer`` (``explain.Explainer``): each event also gets the
+    backbone's ``explanation`` of its peak segment. Returns one result dict per readable video,
+    and the failures."""
     check_compatible(bb, detector)
     report = extract_features(
         bb,
@@ -377,13 +434,22 @@ def detect(
         root=root,
         batch_size=batch_size,
         processor_options=detector.processor_options,
+        thumbnail_height=thumbnail_height,
+        explainer=explainer,
         progress=progress,
     )
     store = FeatureStore(report.store)
     done = set(report.written) | set(report.skipped)
-    return detections(detector, store, [v for v in store.video_ids() if v in done]), list(
-        report.failures
-    )
+    results = detections(detector, store, [v for v in store.video_ids() if v in done])
+    if explainer is not None:
+        explainer.attach(results, progress)
+    return results, list(report.failures)
+
+
+def thumbnails(store: FeatureStore, video_ids) -> dict[str, tuple[bytes, ...]]:
+    """{video: a JPEG a segment} of the given videos that were extracted with thumbnails."""
+    found = {v: store.read(v).thumbnails for v in video_ids if v in store}
+    return {v: t for v, t in found.items() if t is not None}
 
 
 def detections(detector: Detector, store: FeatureStore, video_ids=None) -> list[dict]:
@@ -440,6 +506,23 @@ def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) 
 AGGREGATIONS = ("max", "mean", "p90")
 
 
+def _frame_inputs(results: Sequence[dict], events: Events):
+    """(segment scores, frame counts, events, spans), each {video: ...}, as evaluate_frames
+    takes them."""
+    scores = {r["video"]: np.asarray(r["segment_scores"]) for r in results}
+    frames = {r["video"]: r["frames"] for r in results}
+    truth = {r["video"]: list(events.get(video_key(r["video"]), [])) for r in results}
+    spans = {r["video"]: r["segment_frames"] for r in results}
+    return scores, frames, truth, spans
+
+
+def frame_curves(results: Sequence[dict], events: Events, sigma: float | None = None) -> dict:
+    """The frame-level ROC and precision-recall curves (``evaluation.curves``) of the frames
+    that ``evaluate`` scores."""
+    scores, frames, truth, spans = _frame_inputs(results, events)
+    return curves(*frame_arrays(scores, frames, truth, sigma=sigma, spans=spans))
+
+
 def evaluate(
     results: Sequence[dict],
     events: Events,
@@ -452,16 +535,13 @@ def evaluate(
     of ``AGGREGATIONS`` of the smoothed scores (``video_level``), and per video its frame-level
     figures (``per_video``)."""
     ids = [r["video"] for r in results]
-    scores = {r["video"]: np.asarray(r["segment_scores"]) for r in results}
-    frames = {r["video"]: r["frames"] for r in results}
-    spans = {r["video"]: r["segment_frames"] for r in results}
-    truth = {v: list(events.get(video_key(v), [])) for v in ids}
+    scores, frames, truth, spans = _frame_inputs(results, events)
     metrics = evaluate_frames(scores, frames, truth, sigma=sigma, spans=spans)
     metrics["per_video"] = per_video_frame_metrics(scores, frames, truth, sigma=sigma, spans=spans)
     if labels is not None:
         missing = [v for v in ids if video_key(v) not in labels]
         if missing:
-            raise ValueError(f"no video label for {len(missing)} videos, e.g. {missing[:3]}")
+            raise InputError(f"no video label for {len(missing)} videos, e.g. {missing[:3]}")
         video_labels = {v: labels[video_key(v)] for v in ids}
         metrics["video_level"] = {
             how: video_level_metrics(

@@ -5,6 +5,8 @@ import importlib.resources
 import json
 from pathlib import Path
 
+from headhunt_jax.errors import InputError
+
 PROMPTS_FILE = Path(str(importlib.resources.files("headhunt_jax.data"))) / "prompts.json"
 
 
@@ -19,11 +21,11 @@ def load_prompts(path: str | Path | None = None) -> tuple[str, ...]:
             items = record["prompts"] if isinstance(record, dict) else record
             prompts = [p["text"] if isinstance(p, dict) else p for p in items]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a prompts file ({e})") from None
+            raise InputError(f"{path}: not a prompts file ({e})") from None
     else:
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if len(prompts) < 2 or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError(f"{path}: head hunting needs at least 2 non-empty prompts")
+        raise InputError(f"{path}: head hunting needs at least 2 non-empty prompts")
     return tuple(prompts)
 
 

@@ -9,14 +9,16 @@ computes only what is missing (an interrupted extraction resumes video by video)
 2. calibration  every head's features of the calibration videos under every prompt, one decoding
                 pass and one frame prefix for all prompts, one clip a video by default (the
                 original's unit) -> ``features/calibration/p1 .. pM``
-3. hunt         expert heads (K, lambda) -> ``heads.json``, ``rss_heatmap.png``
+3. hunt         expert heads (K, lambda) -> ``heads.json``, ``rss_heatmap.png`` and the other
+                figures of ``plots.hunt_figures``
 4. validation   the experts' features of the validation videos' 48-frame segments under the first
                 prompt -> ``features/validation``
 5. fit          the scorer on the calibration videos; sigma and tau by grid search for F1 on the
                 validation videos' segment scores -> ``detector/``
 6. test         the experts' features of the test videos' segments -> ``features/test``,
                 ``detections.json``
-7. evaluate     frame-level and video-level metrics -> ``report.json``, ``per_video.json``
+7. evaluate     frame-level and video-level metrics -> ``report.json``, ``per_video.json``,
+                ``roc_pr.png``, ``scores.png``, and with ``html`` the page of ``report``
 
 Training videos carry video-level labels only (UCF-Crime's class folders, XD-Violence's names), so
 the validation segments take their video's label: sigma and tau are chosen without looking at the
@@ -33,8 +35,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from headhunt_jax import __version__, pipeline, plots
+from headhunt_jax import report as report_page
+from headhunt_jax.annotations import video_key
 from headhunt_jax.datasets import VideoItem, calibration_subset, load_dataset
 from headhunt_jax.detector import Detector
+from headhunt_jax.errors import InputError
 from headhunt_jax.extract import Failure, extract_features, video_ids
 from headhunt_jax.store import SPEC_FILE, FeatureStore
 
@@ -71,7 +76,7 @@ def _check_protocol(out: Path, protocol: Protocol) -> None:
             f"{k}: {have.get(k)!r} there, {v!r} now" for k, v in wanted.items() if have.get(k) != v
         ]
         if diffs:
-            raise ValueError(
+            raise InputError(
                 f"{out}: made with other settings ({'; '.join(diffs)}); use another --out"
             )
     else:
@@ -88,7 +93,7 @@ def protocol_splits(protocol: Protocol) -> tuple[dict[str, tuple[VideoItem, ...]
     chosen = {item.video_id for item in calibration}
     rest = [item for item in train if item.video_id not in chosen]
     if not rest:
-        raise ValueError(
+        raise InputError(
             f"--calibration-fraction {fraction} leaves no training video for validation"
         )
     validation = calibration_subset(rest, fraction, seed + 1)
@@ -143,10 +148,12 @@ def reproduce(
     batch_size: int = 8,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    html=None,
 ) -> dict:
     """Runs (or continues) the protocol in ``out_dir``; returns the report (also written to
     ``report.json``). ``load_backbone`` is called at most once, and only when a stage has
-    features to compute."""
+    features to compute. ``html``: also write the page of ``report.write_report`` there (the
+    test videos' thumbnails are kept when their features are extracted in this run)."""
     out = Path(out_dir)
     _check_protocol(out, protocol)
     stages = _Stages(out, say)
@@ -202,7 +209,7 @@ def reproduce(
         heads_file.write_text(
             json.dumps({**result.to_json(), "k": protocol.k, "lam": protocol.lam}, indent=1)
         )
-        plots.rss_heatmap(result.rss, result.heads, out / "rss_heatmap.png")
+        plots.hunt_figures(result, out / "rss_heatmap.png")
 
     stages.run("hunt", heads_file.exists(), hunt)
     heads = pipeline.load_heads(heads_file)
@@ -233,13 +240,19 @@ def reproduce(
 
     def test_features():
         pipeline.check_compatible(bb(), detector)
-        features("test", detector.prompt, test, heads=detector.expert_heads)
+        features(
+            "test",
+            detector.prompt,
+            test,
+            heads=detector.expert_heads,
+            thumbnail_height=report_page.THUMBNAIL_HEIGHT if html else None,
+        )
 
     stages.run("test", _stored([test], ids["test"]), test_features)
     store = FeatureStore(test)
     results = pipeline.detections(detector, store, [i for i in ids["test"] if i in store])
     if not results:
-        raise ValueError(f"{root}: no test video could be read")
+        raise InputError(f"{root}: no test video could be read")
     (out / "detections.json").write_text(json.dumps(results, indent=1))
     metrics = pipeline.evaluate(results, events, sigma=detector.sigma, labels=labels)
     per_video, video_level = metrics.pop("per_video"), metrics.pop("video_level")
@@ -262,7 +275,39 @@ def reproduce(
         "protocol": dataclasses.asdict(protocol),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
+    curves = pipeline.frame_curves(results, events, sigma=detector.sigma)
+    plots.roc_pr(curves, out / "roc_pr.png", metrics["roc_auc"], metrics["average_precision"])
+    by_id = {r["video"]: labels[video_key(r["video"])] for r in results}
+    plots.score_summary(results, out / "scores.png", by_id)
+    if html:
+        both = {**metrics, "video_level": video_level}
+        _page(html, out, protocol, detector, results, store, events, by_id, both, failures)
     return report
+
+
+def _page(html, out, protocol, detector, results, store, events, labels, metrics, failures):
+    """The run's HTML page: every figure in ``out``, the test videos' detections."""
+    ids = [r["video"] for r in results]
+    captions = {"rss_heatmap": "Robust saliency score of every head", **plots.HUNT_FIGURES}
+    captions |= {"roc_pr": "Frame-level ROC and precision-recall curves", "scores": "Video scores"}
+    report_page.write_report(
+        html,
+        results,
+        title=f"headhunt-jax reproduce: {protocol.dataset}",
+        facts={
+            "dataset": f"{protocol.dataset} at {protocol.root}, test split",
+            "backbone": f"{detector.backbone} ({protocol.model})",
+            "prompts": len(protocol.prompts),
+            "expert heads (layer, head)": detector.expert_heads.tolist(),
+            "sigma, tau": f"{detector.sigma:g}, {detector.tau:g}",
+        },
+        metrics=report_page.metrics_table(metrics),
+        truth={v: events.get(video_key(v), []) for v in ids},
+        labels=labels,
+        thumbnails=pipeline.thumbnails(store, ids),
+        plots={c: out / f"{n}.png" for n, c in captions.items() if (out / f"{n}.png").exists()},
+        failures=failures,
+    )
 
 
 def _record_splits(path: Path, ids: dict[str, list[str]]) -> None:
@@ -272,7 +317,7 @@ def _record_splits(path: Path, ids: dict[str, list[str]]) -> None:
         have = json.loads(path.read_text())
         changed = [name for name in ids if have.get(name) != ids[name]]
         if changed:
-            raise ValueError(
+            raise InputError(
                 f"{path}: the dataset now gives other {', '.join(changed)} videos than this run "
                 "used; use another --out"
             )

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from headhunt_jax.bundle import read_bundle, write_bundle
+from headhunt_jax.errors import InputError
 
 KINDS = ("logistic", "svm", "mlp")
 
@@ -176,7 +177,7 @@ def fit_scorer(x, y, kind="logistic", *, c=1.0, hidden=128, seed=0):
     if not np.isin(y, (0, 1)).all():
         raise ValueError("y must be 0 (normal) or 1 (anomaly)")
     if np.unique(y).size < 2:
-        raise ValueError(
+        raise InputError(
             "y contains one class only; a scorer needs both normal and anomalous clips"
         )
     if c <= 0:

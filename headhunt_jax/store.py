@@ -8,7 +8,9 @@ Layout::
                           checkpoint leaves the features valid)
     <video file>.npz      one video: features float32 [num_segments, *feature_shape], the
                           segments' frame ranges and sampled frames, and a JSON ``meta`` entry
-                          (video id, source path, fps, frame counts, short flag, label)
+                          (video id, source path, fps, frame counts, short flag, label); when
+                          extracted with thumbnails, a JPEG a segment (``thumbnails``, the
+                          JPEGs' bytes one after another, and ``thumbnail_ends``)
 
 A video's file name is its id (the video's path relative to a root, or its file name) with every
 character outside ``[A-Za-z0-9_.~-]`` percent-encoded, so ids map to names one to one and back.
@@ -36,6 +38,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+from headhunt_jax.errors import UserError
 from headhunt_jax.video import VideoMetadata
 
 FORMAT_VERSION = 1
@@ -44,7 +47,7 @@ BACKBONE_FILE = "backbone.json"
 SUFFIX = ".npz"
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A store that cannot be used as asked: the message names the file and the problem."""
 
 
@@ -127,7 +130,9 @@ class VideoFeatures:
 
     ``features``: float32 [num_segments, *feature_shape]; segment s covers frames
     [start_frames[s], end_frames[s]) and sampled ``frame_indices[s]`` (int64 [frames_per_segment]).
-    ``label``: 1 for an anomalous video, 0 for a normal one, None when unknown.
+    ``label``: 1 for an anomalous video, 0 for a normal one, None when unknown. ``thumbnails``:
+    one small JPEG a segment (its middle sampled frame, ``VideoReader(thumbnail_height=...)``),
+    or None when extracted without.
     """
 
     video_id: str
@@ -137,6 +142,7 @@ class VideoFeatures:
     frame_indices: np.ndarray
     metadata: VideoMetadata
     label: int | None = None
+    thumbnails: tuple[bytes, ...] | None = None
 
     @property
     def num_segments(self) -> int:
@@ -161,6 +167,12 @@ class FeatureArrays:
 def file_name(video_id: str) -> str:
     """The file holding a video's features: its id percent-encoded, ``.npz`` appended."""
     return quote(video_id, safe="") + SUFFIX
+
+
+def _thumbnails(f) -> tuple[bytes, ...]:
+    """The JPEGs of a video file: its ``thumbnails`` bytes cut at ``thumbnail_ends``."""
+    data, ends = f["thumbnails"].tobytes(), f["thumbnail_ends"].tolist()
+    return tuple(data[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True))
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -276,6 +288,13 @@ class FeatureStore:
             # A unicode array, so reading never needs pickle.
             "meta": np.asarray(json.dumps(meta, ensure_ascii=False)),
         }
+        if video.thumbnails is not None:
+            if len(video.thumbnails) != n:
+                raise ValueError(
+                    f"{video.video_id}: {len(video.thumbnails)} thumbnails for {n} segments"
+                )
+            arrays["thumbnails"] = np.frombuffer(b"".join(video.thumbnails), np.uint8)
+            arrays["thumbnail_ends"] = np.cumsum([len(j) for j in video.thumbnails], dtype=np.int64)
         path = self.path / file_name(video.video_id)
         _atomic_write(path, lambda f: np.savez(f, **arrays))
         # Only this process writes this video, so any other temporary of it is a killed run's.
@@ -292,6 +311,7 @@ class FeatureStore:
                 meta = json.loads(str(f["meta"]))
                 arrays = {k: f[k] for k in ("features", "start_frames", "end_frames")}
                 frame_indices = f["frame_indices"]
+                thumbnails = _thumbnails(f) if "thumbnails" in f else None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
             raise StoreError(f"{path}: unreadable feature file ({err})") from None
         if meta["store"] != self._digest:
@@ -301,6 +321,7 @@ class FeatureStore:
             frame_indices=frame_indices,
             metadata=VideoMetadata(**meta["metadata"]),
             label=meta["label"],
+            thumbnails=thumbnails,
             **arrays,
         )
 

@@ -18,7 +18,8 @@ Unlike the original, which reopens the video and seeks for every segment, a vide
 front to back (:class:`VideoReader`); only the frames that a segment samples are converted to RGB
 and resized, and memory is bounded by one window of decoded frames, not by the video's length.
 Where the original returns zero pixels or a 0.5 score for a video it cannot read, this module
-raises :class:`VideoError`.
+raises :class:`VideoError`. On request the same pass keeps a small JPEG of each segment's middle
+sampled frame (``thumbnail_height``), for reports: no second decoding to show what was scored.
 
 The original's head hunting and scorer training use another clip unit: one clip per video, its
 ``frames_per_segment`` frames spread over the whole video (:func:`clip_frame_indices`;
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -36,6 +38,8 @@ from typing import Literal
 import av
 import numpy as np
 from PIL import Image
+
+from headhunt_jax.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,7 +60,7 @@ STATED_FRAMES_SLACK = 2
 TRUNCATION_TOLERANCE_S = 0.5
 
 
-class VideoError(Exception):
+class VideoError(UserError):
     """A video that cannot be read in full: ``path`` and ``problem`` say which and why."""
 
     def __init__(self, path: str | Path, problem: str):
@@ -157,6 +161,15 @@ def _normalized(tiles: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.n
     return out
 
 
+def thumbnail_jpeg(image: Image.Image, height: int, quality: int = 80) -> bytes:
+    """A frame as a small JPEG ``height`` pixels high, its aspect ratio kept."""
+    width = max(1, round(image.width * height / image.height))
+    small = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
 def preprocess_frame(image: Image.Image, image_size: int = IMAGE_SIZE) -> np.ndarray:
     """One frame as InternVL3's single tile: float32 [3, image_size, image_size].
 
@@ -173,7 +186,8 @@ class Segment:
     ``frame_indices``: int64 [frames_per_segment], the sampled frames (0-based, in the video);
     ``pixels``: float32 [frames_per_segment, 3, H, W], the HF layout (H = W = ``image_size``, or
     the size the reader's rule gives the video's frames).
-    The segment covers frames [start_frame, end_frame).
+    The segment covers frames [start_frame, end_frame). ``thumbnail``: a small JPEG of its
+    middle sampled frame (``frame_indices[len // 2]``) when the reader was asked for one.
     """
 
     index: int
@@ -181,6 +195,7 @@ class Segment:
     end_frame: int
     frame_indices: np.ndarray
     pixels: np.ndarray
+    thumbnail: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +231,9 @@ class VideoReader:
     ``std`` (a backbone's processor says which; the defaults are InternVL's and the ImageNet
     statistics).
 
+    ``thumbnail_height``: when given, each segment also carries a JPEG of its middle sampled frame,
+    that many pixels high (``Segment.thumbnail``), made from the frame already decoded.
+
     ``fps`` is the stream's average frame rate, or ``FALLBACK_FPS`` when the stream has none
     (``fps_source`` says which); it does not affect which frames are sampled.
     ``expected_segments`` is the segment count implied by the container's stated frame count, or
@@ -247,6 +265,10 @@ class VideoReader:
 
     Either way the clip is built after the video has been decoded to its end, with the same checks
     as the segments, and ``metadata`` is set before the clip is yielded.
+
+    ``container``: an input PyAV has already opened (a live stream, a pipe, a file object) to read
+    instead of the file at ``path``, which then only names it; the reader closes it. Segments
+    only: a whole-video clip may need a second pass.
     """
 
     def __init__(
@@ -259,13 +281,18 @@ class VideoReader:
         clip: Literal["segment", "video"] = "segment",
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        thumbnail_height: int | None = None,
+        container: av.container.InputContainer | None = None,
     ):
         if clip not in CLIPS:
             raise ValueError(f"clip must be one of {CLIPS}, got {clip!r}")
+        if container is not None and clip != "segment":
+            raise ValueError("a reader of an open container yields segments, not a video clip")
         for name, value in [
             ("image_size", 1 if callable(image_size) else image_size),
             ("frames_per_segment", frames_per_segment),
             ("segment_length", segment_length),
+            ("thumbnail_height", 1 if thumbnail_height is None else thumbnail_height),
         ]:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -275,16 +302,20 @@ class VideoReader:
         self.frames_per_segment = frames_per_segment
         self.segment_length = segment_length
         self.clip = clip
+        self.thumbnail_height = thumbnail_height
         self.metadata: VideoMetadata | None = None
         self._started = False
 
-        if not self.path.exists():
+        if container is not None:
+            self._attach(container)
+        elif not self.path.exists():
             raise VideoError(self.path, "no such file")
-        if not self.path.is_file():
+        elif not self.path.is_file():
             raise VideoError(self.path, "not a regular file")
-        if self.path.stat().st_size == 0:
+        elif self.path.stat().st_size == 0:
             raise VideoError(self.path, "empty file")
-        self._open()
+        else:
+            self._open()
         stream = self._stream
 
         rate = stream.average_rate
@@ -306,6 +337,10 @@ class VideoReader:
             container = av.open(str(self.path))
         except av.FFmpegError as err:
             raise VideoError(self.path, f"not a readable video file ({err})") from err
+        self._attach(container)
+
+    def _attach(self, container: av.container.InputContainer) -> None:
+        """Read ``container``'s best video stream, ready to decode from the start."""
         stream = container.streams.best("video")
         if stream is None or stream.codec_context is None:
             container.close()
@@ -356,28 +391,36 @@ class VideoReader:
         )
         start = window * self.segment_length
         return Segment(
-            index=window,
-            start_frame=start,
-            end_frame=min(start + self.segment_length, total_frames),
-            frame_indices=indices,
-            pixels=self._pixels(indices, held),
+            window,
+            start,
+            min(start + self.segment_length, total_frames),
+            indices,
+            *self._pixels(indices, held),
         )
 
-    def _pixels(self, indices: np.ndarray, held: dict[int, av.VideoFrame]) -> np.ndarray:
-        """The held frames at ``indices`` as tiles, float32 [len(indices), 3, S, S].
+    def _pixels(
+        self, indices: np.ndarray, held: dict[int, av.VideoFrame]
+    ) -> tuple[np.ndarray, bytes | None]:
+        """The held frames at ``indices`` as tiles, float32 [len(indices), 3, S, S], and the
+        middle one's thumbnail (None unless asked for).
 
         Each distinct frame is converted and resized once.
         """
         sampled = indices.tolist()
-        tiles = {}
+        middle = sampled[len(sampled) // 2]
+        tiles, thumbnail = {}, None
         for i in set(sampled):
             try:
-                tiles[i] = _resized(held[i].to_image(), self.image_size)
+                image = held[i].to_image()
+                tiles[i] = _resized(image, self.image_size)
             except (ValueError, av.FFmpegError) as err:  # e.g. a pixel format without RGB
                 raise VideoError(
                     self.path, f"frame {i} ({held[i].format.name}) cannot be converted ({err})"
                 ) from err
-        return _normalized(np.stack([tiles[i] for i in sampled]), self.mean, self.std)
+            if i == middle and self.thumbnail_height:
+                thumbnail = thumbnail_jpeg(image, self.thumbnail_height)
+        pixels = _normalized(np.stack([tiles[i] for i in sampled]), self.mean, self.std)
+        return pixels, thumbnail
 
     def _decoded_frames(self) -> Iterator[av.VideoFrame]:
         started = False
@@ -445,13 +488,7 @@ class VideoReader:
     def _video_clip(self) -> Iterator[Segment]:
         held, total = self._clip_frames()
         indices = clip_frame_indices(total, self.frames_per_segment)
-        clip = Segment(
-            index=0,
-            start_frame=0,
-            end_frame=total,
-            frame_indices=indices,
-            pixels=self._pixels(indices, held),
-        )
+        clip = Segment(0, 0, total, indices, *self._pixels(indices, held))
         self.metadata = self._metadata(
             frame_count=total, segment_count=1, short=False, tail_frames=0
         )

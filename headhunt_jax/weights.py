@@ -19,6 +19,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from headhunt_jax.errors import InputError
+
 _DTYPES = {
     "F64": np.float64,
     "F32": np.float32,
@@ -33,7 +35,7 @@ _DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be loaded; the message names the file or tensor."""
 
 

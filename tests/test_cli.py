@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,11 @@ PROMPTS = [
 ]
 
 
-def cli(*args, check=True):
-    run = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=600)
+def cli(*args, check=True, env=None):
+    env = None if env is None else {**os.environ, **env}
+    run = subprocess.run(
+        [SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=600, env=env
+    )
     if check and run.returncode:
         raise AssertionError(f"headhunt-jax {' '.join(map(str, args))} failed:\n{run.stderr}")
     return run
@@ -87,6 +91,8 @@ def test_extract_hunt_fit_detect(work, detector):
     root, model, clips = work
     heads = json.loads((root / "heads.json").read_text())
     assert np.asarray(heads["heads"]).shape == (3, 2) and (root / "heads.png").stat().st_size > 0
+    for figure in ("saliency_criteria", "head_importance", "tsne"):  # the original's figures
+        assert (root / f"heads_{figure}.png").stat().st_size > 0
     videos = sorted(clips.glob("*.mp4"))[:3]
     out = root / "detections.json"
     cli(
@@ -123,9 +129,11 @@ def test_detect_overrides_and_one_file_a_video(work, detector, tmp_path):
     root, model, clips = work
     videos = sorted(clips.glob("*.mp4"))[:2]
     run = cli(
-        "detect", "--detector", detector, *videos, "--tau", 0, "--sigma", 1.0,
-        "--per-video", tmp_path / "each", "--quiet",
+        "--no-compile-cache", "detect", "--detector", detector, *videos, "--tau", 0,
+        "--sigma", 1.0, "--per-video", tmp_path / "each", "--quiet",
+        env={"HEADHUNT_CACHE_DIR": str(tmp_path / "cache")},
     )  # fmt: skip
+    assert not (tmp_path / "cache").exists()
     assert "2 videos scored, 2 with events (2 events), 0 failed" in run.stdout
     for video in videos:
         r = json.loads((tmp_path / "each" / f"{video.name}.json").read_text())
@@ -134,6 +142,32 @@ def test_detect_overrides_and_one_file_a_video(work, detector, tmp_path):
         assert (event["start_frame"], event["end_frame"]) == (0, r["segment_frames"][-1][1])
         assert event["peak_score"] == max(r["smoothed_scores"])
         assert event["duration_s"] == round(event["end_frame"] / r["fps"], 3)
+
+
+def test_detect_report(work, detector, tmp_path):
+    """--report: a page with every video, its timeline and the thumbnails of the extraction's own
+    pass (every segment here: 3 a video, fewer than the strip's 8, plus each event's peak);
+    stdout stays the results' JSON."""
+    from test_report import Page
+
+    root, model, clips = work
+    videos = sorted(clips.glob("*.mp4"))[:2]
+    page = tmp_path / "out" / "report.html"
+    cache = tmp_path / "cache"
+    run = cli(
+        "detect", "--detector", detector, *videos, "--tau", 0.3, "--report", page, "--quiet",
+        env={"HEADHUNT_CACHE_DIR": str(cache)},
+    )  # fmt: skip
+    assert any((cache / "jax").iterdir())  # the compiled programs, for the next run
+    record = json.loads(run.stdout)
+    assert f"report -> {page}" in run.stderr
+    parsed = Page(page.read_text())
+    assert [a["data-video"] for a in parsed.all("article")] == [v.name for v in videos]
+    assert len(parsed.all("svg")) == 2
+    events = sum(len(r["events"]) for r in record["videos"])
+    thumbnails = [a for a in parsed.all("img") if a.get("class") == "thumb"]
+    assert len(thumbnails) == 2 * 3 + events
+    assert all(a["src"].startswith("data:image/jpeg;base64,") for a in thumbnails)
 
 
 def test_detect_bad_inputs_finish_the_good_ones(work, detector, tmp_path):
@@ -253,10 +287,15 @@ def test_evaluate_on_an_xd_violence_layout(work, detector, tmp_path):
         tmp_path / "xd",
         "--out",
         out,
+        "--report",
+        tmp_path / "report.html",
         "--quiet",
     )
     report = json.loads(out.read_text())
     assert report["num_videos"] == 8 and 0 <= report["auc"] <= 1 and 0 <= report["ap"] <= 1
+    page = (tmp_path / "report.html").read_text()
+    assert "Frame-level ROC and precision-recall curves" in page and page.count('class="truth"') > 0
+    assert f"{report['auc']:.4f}" in page and page.count("<article") == 8
     assert report["num_anomaly_frames"] > 0 and report["failed_videos"] == []
     assert "frame-level ROC AUC" in run.stdout
     assert_one_line_error(
@@ -302,3 +341,65 @@ def test_detect_warns_on_another_compute_dtype(work, detector):
     )
     assert json.loads(run.stdout)["videos"]
     assert "fitted on float32 features; extracting in bfloat16" in run.stderr
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    from headhunt_jax import cli as module
+    from headhunt_jax.errors import InputError
+
+    def raising(error):
+        def command(args):
+            raise error
+
+        return command
+
+    monkeypatch.setattr(module, "_hunt", raising(InputError("heads.json: not a heads file")))
+    assert module.main(["hunt", "a", "b", "--out", "h.json"]) == 1
+    assert capsys.readouterr().err == "headhunt-jax hunt: error: heads.json: not a heads file\n"
+    for bug in (ValueError("shapes (3,) and (4,) not aligned"), KeyError("x"), OSError(5, "EIO")):
+        monkeypatch.setattr(module, "_hunt", raising(bug))
+        with pytest.raises(type(bug)):
+            module.main(["hunt", "a", "b", "--out", "h.json"])
+
+
+def test_not_a_detector_and_an_existing_output_are_one_line(work, detector, tmp_path):
+    root, model, clips = work
+    video = sorted(clips.glob("*.mp4"))[0]
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("x")
+    assert_one_line_error(
+        cli("detect", "--detector", tmp_path / "junk", video, check=False), "not a bundle"
+    )
+    assert_one_line_error(
+        cli("detect", "--detector", root / "heads.json", video, check=False), "no checkpoint at"
+    )
+    fit = ["fit", "--store", root / "store0", "--heads", root / "heads.json"]
+    fit += ["--annotations", clips / "annotations.txt", "--out", detector]
+    assert_one_line_error(cli(*fit, check=False), "already exists", "--overwrite")
+    assert_one_line_error(
+        cli("hunt", root / "store0", root / "store1", "--out", tmp_path / "h.json",
+            "--annotations", tmp_path / "missing.txt", check=False),
+        "missing.txt",
+    )  # fmt: skip
+
+
+def test_detect_explain(work, detector, tmp_path):
+    """--explain: every event gets the backbone's answer to each question (--tau 0: one event a
+    video); an answer length of 0 is a one-line error."""
+    root, model, clips = work
+    video = sorted(clips.glob("*.mp4"))[0]
+    questions = ("--explain-prompt", "What happens?", "--explain-prompt", "Who is there?")
+    run = cli(
+        "detect", "--detector", detector, video, "--tau", 0, "--explain", *questions,
+        "--max-new-tokens", 5, "--per-video", tmp_path / "each", "--quiet",
+    )  # fmt: skip
+    r = json.loads((tmp_path / "each" / f"{video.name}.json").read_text())
+    (event,) = r["events"]
+    assert isinstance(event["explanation"], list) and len(event["explanation"]) == 2
+    assert all(isinstance(text, str) for text in event["explanation"])
+    assert "explanation_note" not in event  # not the demo's random checkpoint
+    assert f"{event['start_s']}-{event['end_s']} s: " in run.stdout
+    bad = cli(
+        "detect", "--detector", detector, video, "--explain", "--max-new-tokens", 0, check=False
+    )
+    assert_one_line_error(bad, "max_new_tokens")

@@ -5,32 +5,70 @@ import subprocess
 import sys
 from pathlib import Path
 
+import headless
+import numpy as np
 import pytest
+from PIL import Image
+from test_report import Page
+
+SCRIPT = Path(sys.executable).with_name("headhunt-jax")
 
 
-def test_demo_runs_the_whole_pipeline(tmp_path):
-    script = Path(sys.executable).with_name("headhunt-jax")
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
     run = subprocess.run(
-        [script, "demo", "--out", tmp_path, "--quiet"], capture_output=True, text=True, timeout=600
+        [SCRIPT, "demo", "--out", out, "--quiet"], capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stderr
-    report = json.loads((tmp_path / "report.json").read_text())
+    return out, run
+
+
+def test_demo_runs_the_whole_pipeline(demo):
+    out, run = demo
+    report = json.loads((out / "report.json").read_text())
     # Seed 0 gives AUC 0.837 and AP 0.598 (random weights, real footage); chance is 0.5 and the
     # share of anomalous frames (about 0.2): a broken stage drops to those.
     assert report["auc"] > 0.7 and report["ap"] > 0.4
     assert report["num_videos"] == 16 and report["num_anomaly_frames"] > 0
     assert len(report["expert_heads"]) == 5 and "random" in report["note"]
-    assert (tmp_path / "rss_heatmap.png").stat().st_size > 0
-    assert len(list((tmp_path / "timelines").glob("*.png"))) == 16
-    assert (tmp_path / "detector").is_dir() and (tmp_path / "heads.json").exists()
+    figures = ["rss_heatmap", "saliency_criteria", "head_importance", "tsne", "roc_pr", "scores"]
+    for figure in figures:
+        assert (out / f"{figure}.png").stat().st_size > 0, figure
+    assert len(list((out / "timelines").glob("*.png"))) == 16
+    assert (out / "detector").is_dir() and (out / "heads.json").exists()
     assert "frame-level ROC AUC" in run.stdout
-    assert f"headhunt-jax detect --detector {tmp_path / 'detector'} VIDEO.mp4" in run.stdout
+    assert f"headhunt-jax detect --detector {out / 'detector'} VIDEO.mp4" in run.stdout
 
-    # The detector knows its backbone: detect needs no --model.
-    good = sorted((tmp_path / "clips").glob("*.mp4"))[0]
-    bad = tmp_path / "notes.mp4"
+
+def test_the_demo_report_in_chromium(demo, tmp_path):
+    """The page as a browser has it: a row and a section a video, every figure and thumbnail
+    decoded, the anomalous videos' ground truth drawn."""
+    out, _ = demo
+    page = out / "report.html"
+    source = Page(page.read_text())
+    dom = Page(headless.dump_dom(page))
+    rows = [a["data-video"] for a in dom.all("tr") if "data-video" in a]
+    assert len(rows) == 16 == len(dom.all("article"))
+    images = source.all("img")
+    thumbnails = [a for a in images if a.get("class") == "thumb"]
+    assert len(images) - len(thumbnails) == 6  # the figures
+    assert len(thumbnails) >= 16 * 6  # 288 frames: 6 segments a video, each in the strip
+    (body,) = dom.all("body")
+    assert int(body["data-images-decoded"]) == len(images)
+    assert len(dom.all("rect", **{"class": "truth"})) == 8  # one injected event a video
+    shot = np.asarray(Image.open(headless.screenshot(page, tmp_path / "demo.png")).convert("L"))
+    assert shot.std() > 10  # not a blank page
+
+
+def test_detect_needs_no_model_and_names_a_moved_backbone(demo):
+    """The detector knows its backbone: detect needs no --model; good videos are scored, bad
+    ones listed (exit 1, no traceback); a moved backbone folder is named in one line."""
+    out, _ = demo
+    good = sorted((out / "clips").glob("*.mp4"))[0]
+    bad = out / "notes.mp4"
     bad.write_text("not a video\n")
-    detect = [script, "detect", "--detector", tmp_path / "detector", good, bad, "--quiet"]
+    detect = [SCRIPT, "detect", "--detector", out / "detector", good, bad, "--quiet"]
     run = subprocess.run(detect, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     record = json.loads(run.stdout)
@@ -42,10 +80,14 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
         "failed": 1,
     }
     assert "notes.mp4" in run.stderr
-    (tmp_path / "backbone").rename(tmp_path / "elsewhere")
-    run = subprocess.run(detect, capture_output=True, text=True, timeout=600)
+    (out / "backbone").rename(out / "elsewhere")
+    try:
+        run = subprocess.run(detect, capture_output=True, text=True, timeout=600)
+    finally:
+        (out / "elsewhere").rename(out / "backbone")
     assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert f"no longer at {tmp_path / 'backbone'}; pass --model" in run.stderr
+    (error,) = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert f"no longer at {out / 'backbone'}; pass --model" in error
 
 
 @pytest.mark.slow
@@ -53,8 +95,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
 def test_demo_on_every_family(tmp_path, backbone):
     """The same demo on another family's tiny random backbone (seed 0: internvl3.5 AUC 0.85,
     llava-onevision 0.77, qwen2.5-vl 0.86)."""
-    script = Path(sys.executable).with_name("headhunt-jax")
-    args = [script, "demo", "--backbone", backbone, "--out", tmp_path, "--quiet"]
+    args = [SCRIPT, "demo", "--backbone", backbone, "--out", tmp_path, "--quiet"]
     run = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     report = json.loads((tmp_path / "report.json").read_text())

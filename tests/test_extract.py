@@ -311,3 +311,42 @@ def test_one_clip_a_video(bb, clips, tmp_path):
         extract_features(
             bb, paths, PROMPT, segments, root=root, progress=False, clip="video", **SEGMENT
         )
+
+
+def test_thumbnails_come_from_the_one_decoding_pass(bb, clips, tmp_path, monkeypatch):
+    """A thumbnail a segment, of its middle sampled frame, stored with its features; each video
+    is opened once (the thumbnails need no second pass)."""
+    import io
+
+    from PIL import Image
+
+    root, paths = clips
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(
+        av, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k)
+    )
+    report = extract_features(
+        bb, paths, PROMPT, tmp_path / "s", root=root, batch_size=BATCH,
+        thumbnail_height=16, progress=False, **SEGMENT,
+    )  # fmt: skip
+    assert sorted(opened) == sorted(map(str, paths))
+    store = FeatureStore(report.store)
+    for path in paths:
+        stored = store.read(path.relative_to(root).as_posix())
+        assert len(stored.thumbnails) == stored.num_segments
+        with av.open(str(path)) as container:
+            small = [
+                np.asarray(f.to_image().resize((16, 16), Image.Resampling.BILINEAR), np.float32)
+                for f in container.decode(video=0)
+            ]
+        for jpeg, indices in zip(stored.thumbnails, stored.frame_indices, strict=True):
+            thumb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), np.float32)
+            assert thumb.shape == (16, 16, 3)
+            # Every frame is another random picture: the nearest is the one the thumbnail shows.
+            nearest = np.argmin([np.abs(thumb - frame).mean() for frame in small])
+            assert nearest == indices[len(indices) // 2]
+    plain = extract_features(
+        bb, paths[:1], PROMPT, tmp_path / "p", root=root, progress=False, **SEGMENT
+    )
+    assert FeatureStore(plain.store).read("a.mp4").thumbnails is None

@@ -132,9 +132,15 @@ def test_reproduce_on_ucf_crime(model, ucf, prompts, tmp_path):
     cli(
         "reproduce", "ucf_crime", "--root", ucf, "--model", model, "--out", out,
         "--prompts", prompts, "--calibration-fraction", 0.5, "--k", 3, "--quiet",
+        "--report", tmp_path / "run.html",
     )  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["frame_level"]["roc_auc"] > 0.7, report["frame_level"]
+    page = (tmp_path / "run.html").read_text()
+    figures = ["rss_heatmap", "saliency_criteria", "head_importance", "tsne", "roc_pr", "scores"]
+    assert all((out / f"{name}.png").exists() for name in figures)
+    assert page.count('<img class="plot"') == len(figures) and page.count("<article") == 8
+    assert 'class="thumb"' in page and f"{report['frame_level']['roc_auc']:.4f}" in page
     splits = json.loads((out / "splits.json").read_text())
     assert not set(splits["calibration"]) & set(splits["validation"])
     assert all("Testing" in v or "Videos/" in v for v in splits["test"])

@@ -237,6 +237,16 @@ def test_on_mesh_prefix_reuse_splits_the_batch(divisible, batch, rng):
 
 
 @on_mesh
+def test_on_mesh_generation_matches_one_device(divisible, batch):
+    """Greedy decoding on a (4, 2) mesh: the same tokens as on one device."""
+    ids, pixels = batch
+    want = hh.generate(hh.load_backbone(divisible), ids, 12, pixels, eos_token_id=())
+    bb = hh.load_backbone(divisible, mesh=sharding.make_mesh(4, 2))
+    got = hh.generate(bb, ids, 12, pixels, eos_token_id=())
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+
+
+@on_mesh
 def test_on_mesh_kv_heads_and_vocab_not_dividing(indivisible, batch, rng):
     ids, pixels = batch
     text_ids = hf.random_ids(rng, 5, 7)  # no images; 5 samples padded to 6

@@ -1,0 +1,318 @@
+"""Explanations: the frozen backbone says in words what happens in each detected event.
+
+The paper's optional last step. Each event's peak segment (its highest smoothed score) goes to
+the backbone with a question, after the processor's own prompt layout, and the backbone answers
+by greedy decoding (``generation.generate``); the answer goes with the event (``explanation``).
+
+The question comes after the same frames as the detection prompt, so the two prompts share
+their first tokens (system turn, frames). With an ``Explainer``, ``detect``'s extraction pass
+runs that shared prefix once through every layer (``prefill``), takes the detection features
+from it, and keeps the keys and values of the segments that may become an event's peak: the
+newest few (a smoothed score is final once the kernel's half width of segments after it is
+scored) and the best so far of the run above tau. When a run ends, its peak is explained from
+the kept keys and values: only the question's tokens and the answer are new, and memory is
+bounded by the kernel's width, not by the video's length. Events not explained during the pass
+(videos already in the store; a peak that the final smoothing puts elsewhere) are explained
+afterwards from their frames decoded again (``explain_events``).
+"""
+
+import dataclasses
+import functools
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from headhunt_jax.backbone import Backbone
+from headhunt_jax.errors import InputError
+from headhunt_jax.generation import Prefix, generate, prefill
+from headhunt_jax.hunt import gather_heads
+from headhunt_jax.locator import _kernel, kernel_half_width, smooth
+from headhunt_jax.models.decoder import last_position_heads
+from headhunt_jax.models.tokenizer import load_tokenizer
+from headhunt_jax.prefix import shared_prefix_length
+from headhunt_jax.video import FRAMES_PER_SEGMENT, SEGMENT_LENGTH, VideoError, VideoReader
+
+DEFAULT_QUESTION = "Describe the abnormal event in these frames."
+MAX_NEW_TOKENS = 64
+RANDOM_NOTE = "the backbone's weights are random: this text is noise, not an explanation"
+
+
+def random_weights(bb: Backbone) -> bool:
+    """Whether the backbone is one of the demo's fixed-seed random checkpoints ('...-random')."""
+    return bb.name.endswith("-random")
+
+
+def text_prefix_length(bb: Backbone, prompt_ids: Sequence[np.ndarray]) -> int:
+    """The tokens that prompts [B, T_m] share, ending with text (a prefix for ``prefill``)."""
+    n = shared_prefix_length(prompt_ids, bb.config.vision_token_ids)
+    while n > 0 and np.isin(prompt_ids[0][0, n - 1], bb.config.vision_token_ids):
+        n -= 1
+    return n
+
+
+@functools.partial(jax.jit, static_argnames=("model", "layers"))
+def _suffix_heads(model, params, ids, keys, values, positions, layers):
+    depth = max(layers) + 1
+    heads = model.apply(
+        {"params": params},
+        ids,
+        depth=depth,
+        prefix_kv=(keys[:depth], values[:depth]),
+        positions=positions,
+    )
+    return last_position_heads(heads, layers)
+
+
+def features_with_prefix(bb: Backbone, prompt_ids, prefix_length: int, layers, **vision):
+    """(the head features of ``prompt_ids`` [B, T] at ``layers``, [B, len(layers), N, H], as
+    ``head_features`` gives them; the ``Prefix`` of their first ``prefix_length`` tokens, every
+    layer): one pass over the prefix serves both."""
+    ids = np.asarray(prompt_ids, np.int32)
+    cache = prefill(bb, ids[:, :prefix_length], **vision)
+    suffix = ids[:, prefix_length:]
+    positions = jnp.asarray(cache.positions_after(suffix.shape[1]))
+    layers = tuple(int(i) for i in layers)
+    feats = _suffix_heads(
+        bb.model, bb.params, jnp.asarray(suffix), cache.keys, cache.values, positions, layers
+    )
+    return np.asarray(feats), cache
+
+
+def answer(bb, cache: Prefix, questions, max_new_tokens, tokenizer) -> str | list[str]:
+    """The answers to each question's ids after a one-segment prefix (one question: a string)."""
+    texts = [
+        generate(bb, q[None], max_new_tokens, prefix=cache, tokenizer=tokenizer).text[0]
+        for q in questions
+    ]
+    return texts[0] if len(texts) == 1 else texts
+
+
+@dataclasses.dataclass
+class _Video:
+    scores: list = dataclasses.field(default_factory=list)
+    kept: dict = dataclasses.field(default_factory=dict)  # segment -> (Prefix, question ids)
+    final: int = 0  # segments whose smoothed score is final
+    best: tuple | None = None  # (segment, smoothed score) of the open run's peak so far
+
+
+class Explainer:
+    """Explains events during ``extract_features`` (``explainer=``): see the module docstring.
+
+    ``batch_features`` stands in for the extraction's own forward; ``close`` ends a video.
+    ``answers``: {video id: {peak segment: answer}}; ``reused``: events explained from kept
+    keys and values."""
+
+    def __init__(
+        self,
+        bb: Backbone,
+        detector,
+        questions: Sequence[str] = (DEFAULT_QUESTION,),
+        max_new_tokens: int = MAX_NEW_TOKENS,
+    ):
+        self.bb, self.detector = bb, detector
+        self.questions = _questions(questions)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        self.max_new_tokens = max_new_tokens
+        self.tokenizer = load_tokenizer(bb.path)
+        sigma = detector.sigma
+        # from this many segments on, the kernel does not depend on the video's length
+        self.settle = int(6 * sigma) + 2
+        self.half = kernel_half_width(sigma, self.settle)
+        self.kernel = _kernel(sigma, self.settle, self.half)
+        self.videos: dict[int, _Video] = defaultdict(_Video)
+        self.answers: dict[str, dict[int, object]] = {}
+        self.reused = 0
+        self._pending: dict[int, dict[int, object]] = defaultdict(dict)
+
+    def batch_features(self, processor, input_ids, batch, spec) -> np.ndarray:
+        """The detection features of a batch (as ``extract._batch_features``: [1, B, K, D]),
+        keeping each real row's prefix and scoring it."""
+        (ids,) = input_ids
+        frames, size = batch.pixels.shape[1], batch.pixels.shape[-2:]
+        questions = [processor.prompt_ids(q, frames, size) for q in self.questions]
+        n = text_prefix_length(self.bb, [ids[:1]] + [q[None] for q in questions])
+        seconds = [r.frame_seconds for r in batch.rows]
+        seconds += seconds[-1:] * (len(batch.pixels) - len(seconds))  # padding rows
+        vision = processor.vision_inputs(batch.pixels, np.asarray(seconds, np.float32))
+        feats, cache = features_with_prefix(self.bb, ids, n, spec.layers, **vision)
+        feats = gather_heads(feats[None], spec.heads, spec.layers)
+        from headhunt_jax.pipeline import detector_scores
+
+        scores = detector_scores(self.detector, feats[0].reshape(len(ids), -1))
+        for i, row in enumerate(batch.rows):
+            video = self.videos[row.video]
+            video.kept[len(video.scores)] = (
+                cache.rows(slice(i, i + 1)),
+                [q[n:] for q in questions],
+            )
+            video.scores.append(float(scores[i]))
+            self._advance(row.video)
+        return feats
+
+    def _advance(self, n: int, closing: bool = False) -> None:
+        """Finalizes the smoothed scores that can be, opening and closing runs above tau."""
+        video, tau = self.videos[n], self.detector.tau
+        count = len(video.scores)
+        exact = (
+            np.asarray(smooth(np.asarray(video.scores), self.detector.sigma)) if closing else None
+        )
+        while video.final < count and (
+            closing or (video.final + self.half < count and count >= self.settle)
+        ):
+            i = video.final
+            if closing:
+                value = float(exact[i])
+            else:
+                window = np.asarray(video.scores[max(0, i - self.half) : i + self.half + 1])
+                taps = self.kernel[max(0, self.half - i) :][: len(window)]
+                value = float(window @ taps)
+            if value > tau and (video.best is None or value > video.best[1]):
+                video.best = (i, value)
+            elif value <= tau and video.best is not None:
+                self._explain(n, video.best[0])
+                video.best = None
+            video.final += 1
+            keep = {video.best[0]} if video.best else set()
+            for j in [j for j in video.kept if j < video.final and j not in keep]:
+                del video.kept[j]
+        if closing and video.best is not None:
+            self._explain(n, video.best[0])
+
+    def _explain(self, n: int, segment: int) -> None:
+        cache, questions = self.videos[n].kept.pop(segment)
+        self._pending[n][segment] = answer(
+            self.bb, cache, questions, self.max_new_tokens, self.tokenizer
+        )
+
+    def close(self, n: int, video_id: str | None) -> None:
+        """Video ``n`` of the extraction has ended (``video_id`` None: it failed)."""
+        if n in self.videos:
+            self._advance(n, closing=True)
+            del self.videos[n]
+        answers = self._pending.pop(n, {})
+        if video_id is not None:
+            self.answers[video_id] = answers
+
+    def attach(self, results: Sequence[dict], progress: bool = True) -> list[dict]:
+        """Puts the answers on the events of ``results`` (``pipeline.detect``'s) at their peak
+        segments; the events left are explained from their frames (``explain_events``)."""
+        left = []
+        for r in results:
+            events = []
+            for event in r["events"]:
+                got = self.answers.get(r["video"], {}).get(event["peak_segment"])
+                if got is None:
+                    events.append(event)
+                    continue
+                event["explanation"] = got
+                if random_weights(self.bb):
+                    event["explanation_note"] = RANDOM_NOTE
+                self.reused += 1
+            if events:
+                left.append({**r, "events": events})
+        if left:
+            explain_events(
+                self.bb, self.detector, left, self.questions, self.max_new_tokens, progress
+            )
+        return list(results)
+
+
+def _questions(questions) -> list[str]:
+    questions = [questions] if isinstance(questions, str) else list(questions)
+    if not questions or any(not q.strip() for q in questions):
+        raise InputError("explanation questions must be non-empty text")
+    return questions
+
+
+def _frame_seconds(indices: np.ndarray, fps: float) -> float:
+    span = (indices[-1] - indices[0]) / (len(indices) - 1) if len(indices) > 1 else 1
+    return float(max(span, 1) / fps)
+
+
+def _segments(path, reader_kw: dict, starts: set[int]) -> dict[int, tuple[np.ndarray, float]]:
+    """{start frame: (pixels [F, 3, H, W], seconds between sampled frames)} of the segments of
+    ``path`` that start at ``starts``, decoding no further than the last of them."""
+    out = {}
+    with VideoReader(path, **reader_kw) as reader:
+        for seg in reader:
+            if seg.start_frame in starts:
+                out[seg.start_frame] = (seg.pixels, _frame_seconds(seg.frame_indices, reader.fps))
+            if len(out) == len(starts):
+                break
+    return out
+
+
+def segment_answers(
+    bb: Backbone,
+    processor,
+    pixels: np.ndarray,
+    frame_seconds: float,
+    questions: Sequence[str],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    tokenizer=None,
+) -> str | list[str]:
+    """The backbone's answers to ``questions`` about one segment (pixels [F, 3, H, W]): the
+    frames' prefix runs once, each question after it."""
+    frames, size = pixels.shape[0], pixels.shape[-2:]
+    ids = [processor.prompt_ids(q, frames, size)[None] for q in _questions(questions)]
+    vision = processor.vision_inputs(pixels[None], np.asarray([frame_seconds], np.float32))
+    tokenizer = tokenizer or load_tokenizer(bb.path)
+    n = text_prefix_length(bb, ids)
+    cache = prefill(bb, ids[0][:, :n], **vision)
+    return answer(bb, cache, [i[0, n:] for i in ids], max_new_tokens, tokenizer)
+
+
+def explain_events(
+    bb: Backbone,
+    detector,
+    results: Sequence[dict],
+    questions: Sequence[str] = (DEFAULT_QUESTION,),
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    progress: bool = True,
+) -> list[dict]:
+    """Adds to each event of ``results`` (``pipeline.detect``'s) the backbone's ``explanation``
+    of its peak segment, decoded again from the video (one question: a string; several: a
+    list), and with the demo's random weights an ``explanation_note`` saying the text is noise.
+    A video that cannot be decoded again gets ``explanation_error`` on its events. Returns
+    ``results`` (changed in place)."""
+    questions = _questions(questions)
+    processor = bb.processor(None, **dict(detector.processor_options or {}))
+    reader_kw = dict(
+        **processor.frames,
+        frames_per_segment=FRAMES_PER_SEGMENT,
+        segment_length=SEGMENT_LENGTH,
+        clip="segment",
+    )
+    tokenizer = load_tokenizer(bb.path)
+    todo = defaultdict(list)
+    for r in results:
+        for event in r["events"]:
+            todo[r["path"]].append((event, r["segment_frames"][event["peak_segment"]][0]))
+    total = sum(map(len, todo.values()))
+    with tqdm(total=total, unit="event", desc="explain", disable=not progress) as bar:
+        for path, events in todo.items():
+            try:
+                segments = _segments(Path(path), reader_kw, {start for _, start in events})
+            except VideoError as err:
+                for event, _ in events:
+                    event["explanation_error"] = f"{err.path}: {err.problem}"
+                bar.update(len(events))
+                continue
+            for event, start in events:
+                bar.update(1)
+                if start not in segments:
+                    event["explanation_error"] = f"{path}: no segment starts at frame {start}"
+                    continue
+                pixels, seconds = segments[start]
+                event["explanation"] = segment_answers(
+                    bb, processor, pixels, seconds, questions, max_new_tokens, tokenizer
+                )
+                if random_weights(bb):
+                    event["explanation_note"] = RANDOM_NOTE
+    return list(results)

@@ -262,9 +262,9 @@ def _events(result: dict, thumbs) -> str:
         picture = _thumb(
             thumbs[peak] if thumbs else None, f"peak, {_segment_caption(result, peak)}"
         )
-        explanation = ""
-        if e.get("explanation"):
-            explanation = f'<div class="explanation">{_e(e["explanation"])}</div>'
+        answers = e.get("explanation") or []
+        answers = [answers] if isinstance(answers, str) else answers  # one a question
+        explanation = "".join(f'<div class="explanation">{_e(a)}</div>' for a in answers)
         if e.get("explanation_note"):
             explanation += f'<div class="note">{_e(e["explanation_note"])}</div>'
         rows.append(

@@ -1,5 +1,5 @@
-"""The ``headhunt-jax`` command line: convert, extract, hunt, fit, detect, evaluate, reproduce,
-demo.
+"""The ``headhunt-jax`` command line: convert, extract, hunt, fit, detect, watch, evaluate,
+reproduce, demo.
 
 The user's errors (``errors.UserError``: bad flags, missing or malformed files, unreadable videos,
 incompatible stores, detectors and checkpoints) are one line on stderr naming the file and the
@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from headhunt_jax.errors import UserError
+from headhunt_jax.watch import add_watch_command
 
 DATASETS = ("ucf_crime", "xd_violence")
 
@@ -767,6 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-new-tokens", type=int, default=64, help="the longest answer of --explain, in tokens"
     )
     p.set_defaults(func=_detect)
+
+    add_watch_command(sub, backbone_args, _detector, _load_backbone)
 
     p = sub.add_parser(
         "evaluate", help="frame-level and video-level metrics on a dataset's test split"

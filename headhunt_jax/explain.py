@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.errors import InputError
+from headhunt_jax.extract import frame_seconds
 from headhunt_jax.generation import Prefix, generate, prefill
 from headhunt_jax.hunt import gather_heads
 from headhunt_jax.locator import _kernel, kernel_half_width, smooth
@@ -131,7 +132,7 @@ class Explainer:
         self._pending: dict[int, dict[int, object]] = defaultdict(dict)
 
     def batch_features(self, processor, input_ids, batch, spec) -> np.ndarray:
-        """The detection features of a batch (as ``extract._batch_features``: [1, B, K, D]),
+        """The detection features of a batch (as ``extract.batch_features``: [1, B, K, D]),
         keeping each real row's prefix and scoring it."""
         (ids,) = input_ids
         frames, size = batch.pixels.shape[1], batch.pixels.shape[-2:]
@@ -230,11 +231,6 @@ def _questions(questions) -> list[str]:
     return questions
 
 
-def _frame_seconds(indices: np.ndarray, fps: float) -> float:
-    span = (indices[-1] - indices[0]) / (len(indices) - 1) if len(indices) > 1 else 1
-    return float(max(span, 1) / fps)
-
-
 def _segments(path, reader_kw: dict, starts: set[int]) -> dict[int, tuple[np.ndarray, float]]:
     """{start frame: (pixels [F, 3, H, W], seconds between sampled frames)} of the segments of
     ``path`` that start at ``starts``, decoding no further than the last of them."""
@@ -242,7 +238,7 @@ def _segments(path, reader_kw: dict, starts: set[int]) -> dict[int, tuple[np.nda
     with VideoReader(path, **reader_kw) as reader:
         for seg in reader:
             if seg.start_frame in starts:
-                out[seg.start_frame] = (seg.pixels, _frame_seconds(seg.frame_indices, reader.fps))
+                out[seg.start_frame] = (seg.pixels, frame_seconds(seg.frame_indices, reader.fps))
             if len(out) == len(starts):
                 break
     return out

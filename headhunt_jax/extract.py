@@ -156,7 +156,7 @@ def store_spec(
 
 
 @dataclasses.dataclass(frozen=True)
-class _Row:
+class Row:
     """A batch row: which video it belongs to, which frames it covers, the seconds between
     its sampled frames and its thumbnail (None unless asked for)."""
 
@@ -169,24 +169,24 @@ class _Row:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Batch:
+class Batch:
     """``pixels`` [batch_size, frames, 3, H, W] in the backbone's dtype (every row of one frame
     size), of which the first ``len(rows)`` segments are real; ``closed``: videos whose last
     segment is in this batch or an earlier one, with their metadata, or the error that ended
     them."""
 
     pixels: np.ndarray
-    rows: list[_Row]
+    rows: list[Row]
     closed: list[tuple[int, VideoMetadata | VideoError]]
 
 
-def _frame_seconds(indices: np.ndarray, fps: float) -> float:
+def frame_seconds(indices: np.ndarray, fps: float) -> float:
     """Seconds between a segment's sampled frames (on average; one frame: one frame's time)."""
     span = (indices[-1] - indices[0]) / (len(indices) - 1) if len(indices) > 1 else 1
     return float(max(span, 1) / fps)
 
 
-def _batches(paths: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> Iterator[_Batch]:
+def _batches(paths: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> Iterator[Batch]:
     """Batches of segments in reading order; a segment of another frame size than the batch
     being filled (a processor that keeps each video's size) starts a new batch."""
     pixels, rows, closed = None, [], []
@@ -195,14 +195,14 @@ def _batches(paths: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> 
             with VideoReader(path, **reader_kw) as reader:
                 for seg in reader:
                     if pixels is not None and rows and pixels.shape[1:] != seg.pixels.shape:
-                        yield _Batch(pixels, rows, closed)
+                        yield Batch(pixels, rows, closed)
                         pixels, rows, closed = None, [], []
                     if pixels is None:
                         pixels = np.zeros((batch_size, *seg.pixels.shape), dtype)
                     pixels[len(rows)] = seg.pixels
-                    seconds = _frame_seconds(seg.frame_indices, reader.fps)
+                    seconds = frame_seconds(seg.frame_indices, reader.fps)
                     rows.append(
-                        _Row(
+                        Row(
                             n,
                             seg.start_frame,
                             seg.end_frame,
@@ -212,13 +212,13 @@ def _batches(paths: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> 
                         )
                     )
                     if len(rows) == batch_size:
-                        yield _Batch(pixels, rows, closed)
+                        yield Batch(pixels, rows, closed)
                         pixels, rows, closed = None, [], []
                 closed.append((n, reader.metadata))
         except VideoError as err:
             closed.append((n, err))
     if rows or closed:
-        yield _Batch(pixels, rows, closed)
+        yield Batch(pixels, rows, closed)
 
 
 _END = object()
@@ -283,7 +283,7 @@ def _expected_segments(paths: Sequence[Path], reader_kw: dict) -> int | None:
     return total
 
 
-def _batch_features(bb, processor, input_ids, batch: _Batch, spec: StoreSpec) -> np.ndarray:
+def batch_features(bb, processor, input_ids, batch: Batch, spec: StoreSpec) -> np.ndarray:
     """The stored features of a batch's segments under each prompt: float32 [prompts, batch,
     *spec.feature_shape] (every head of ``spec.layers``, or the expert heads). ``input_ids``:
     each prompt's ids [batch, T] for the batch's frame size."""
@@ -413,7 +413,7 @@ def extract_features(
     todo_paths = [p for _, p in todo]
     total = _expected_segments(todo_paths, reader_kw) if progress else None
 
-    pending: dict[int, list[tuple[_Row, np.ndarray]]] = defaultdict(list)
+    pending: dict[int, list[tuple[Row, np.ndarray]]] = defaultdict(list)
     written, short, failures = [], [], []
     segments = batches = 0
     make = lambda: _batches(todo_paths, batch_size, np.dtype(bb.dtype), reader_kw)
@@ -425,7 +425,7 @@ def extract_features(
             if batch.rows:
                 input_ids = prompt_ids(batch.pixels.shape[-2:])
                 if explainer is None:
-                    feats = _batch_features(bb, processor, input_ids, batch, specs[0])
+                    feats = batch_features(bb, processor, input_ids, batch, specs[0])
                 else:
                     feats = explainer.batch_features(processor, input_ids, batch, specs[0])
                 for i, row in enumerate(batch.rows):

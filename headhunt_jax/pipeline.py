@@ -459,6 +459,23 @@ def detections(detector: Detector, store: FeatureStore, video_ids=None) -> list[
     return [video_result(detector, store, store.read(v)) for v in ids]
 
 
+def event_fields(start, end, first_frame, last_frame, fps, peak_score, peak_segment) -> dict:
+    """An event as ``detect`` (and ``watch``) reports it: segments [start, end), frames
+    [first_frame, last_frame), seconds, duration, the peak's smoothed score and segment."""
+    seconds = 1.0 / fps
+    return {
+        "start_segment": int(start),
+        "end_segment": int(end),
+        "start_frame": int(first_frame),
+        "end_frame": int(last_frame),
+        "start_s": round(first_frame * seconds, 3),
+        "end_s": round(last_frame * seconds, 3),
+        "duration_s": round((last_frame - first_frame) * seconds, 3),
+        "peak_score": round(float(peak_score), 6),
+        "peak_segment": int(peak_segment),
+    }
+
+
 def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) -> dict:
     """One video's detection: segment scores, smoothed scores, events (segments, frames [start,
     end), seconds, duration, peak score and segment), ``is_anomaly`` (an event was found) and
@@ -466,23 +483,11 @@ def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) 
     scores = detector_scores(detector, expert_features(video, store, detector.expert_heads))
     smoothed = np.asarray(smooth(scores, detector.sigma))
     meta = video.metadata
-    seconds = 1.0 / meta.fps
     events = []
     for start, end in localize(smoothed, None, detector.tau):
         first, last = int(video.start_frames[start]), int(video.end_frames[end - 1])
-        events.append(
-            {
-                "start_segment": start,
-                "end_segment": end,
-                "start_frame": first,
-                "end_frame": last,
-                "start_s": round(first * seconds, 3),
-                "end_s": round(last * seconds, 3),
-                "duration_s": round((last - first) * seconds, 3),
-                "peak_score": round(float(smoothed[start:end].max()), 6),
-                "peak_segment": start + int(np.argmax(smoothed[start:end])),
-            }
-        )
+        peak = start + int(np.argmax(smoothed[start:end]))
+        events.append(event_fields(start, end, first, last, meta.fps, smoothed[peak], peak))
     return {
         "video": video.video_id,
         "path": meta.path,

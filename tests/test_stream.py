@@ -1,0 +1,419 @@
+"""Live streams: MPEG-TS fed at real time through a pipe, a growing file and a local TCP server,
+scored against ``pipeline.detect`` on the same bytes; the online smoother against
+``locator.smooth``; stalls, disconnections, drops, the command line.
+
+Network inputs (rtsp, http, udp, srt) are not reached from here: the live path is exercised with
+FFmpeg's ``tcp://`` client on a local server, which PyAV opens as it opens any URL.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from headhunt_jax import backbones, pipeline, stream, synthetic
+from headhunt_jax.backbone import load_backbone
+from headhunt_jax.detector import Detector
+from headhunt_jax.locator import kernel_half_width, localize, smooth
+from headhunt_jax.scorer import fit_scorer
+
+PROMPT = "Identify any abnormal events or safety hazards in this video."
+SCRIPT = Path(sys.executable).with_name("headhunt-jax")
+BATCH = 4
+SIGMA = 1.0  # a 7-tap kernel: the clips below are longer than it, and short enough to stream
+
+
+def write_ts(path: Path, frames: np.ndarray, fps: int) -> Path:
+    """uint8 [n, H, W, 3] -> H.264 in MPEG-TS, as a live encoder writes it (no B-frames)."""
+    with av.open(str(path), "w", format="mpegts") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height = frames.shape[2], frames.shape[1]
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": "20", "preset": "veryfast", "tune": "zerolatency", "g": "25"}
+        for f in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(video.encode())
+    return path
+
+
+def feed(write, path: Path, fps: float, *, stall=None, until=None) -> float:
+    """Writes the file's bytes with ``write`` at real time: each frame's packet at its frame's
+    time; ``stall``: (frame, seconds) to pause before that frame; ``until``: stop before that
+    frame. Returns the time (monotonic) the first byte went out."""
+    data = path.read_bytes()
+    with av.open(str(path)) as container:
+        starts = [p.pos for p in container.demux(container.streams.video[0]) if p.size]
+    ends = [*starts[1:], len(data)][:until]
+    t0 = time.monotonic()
+    done = 0
+    for i, end in enumerate(ends):
+        if stall and i == stall[0]:
+            time.sleep(stall[1])
+            t0 += stall[1]
+        time.sleep(max(0.0, t0 + i / fps - time.monotonic()))
+        write(data[done:end])
+        done = end
+    return t0
+
+
+def in_thread(fn, *args, **kw) -> threading.Thread:
+    thread = threading.Thread(target=fn, args=args, kwargs=kw, daemon=True)
+    thread.start()
+    return thread
+
+
+def pipe_feed(path: Path, fps: float, **kw):
+    """(the read end of a pipe, the writer thread feeding ``path`` into it at real time)."""
+    r, w = os.pipe()
+
+    def write():
+        with os.fdopen(w, "wb", buffering=0) as f:
+            feed(f.write, path, fps, **kw)
+
+    return os.fdopen(r, "rb", buffering=0), in_thread(write)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(the tiny demo backbone, a detector on two of its heads, clips, their detect results)."""
+    root = tmp_path_factory.mktemp("stream")
+    bb = load_backbone(backbones.demo_backbone("internvl3")(root / "backbone", [PROMPT]))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 2 * bb.head_dim)).astype(np.float32)
+    detector = Detector(
+        np.array([[1, 0], [3, 2]]),
+        fit_scorer(x, (x[:, 0] > 0).astype(int)),
+        sigma=SIGMA,
+        backbone=bb.name,
+        prompt=PROMPT,
+        backbone_fingerprint=bb.fingerprint,
+        dtype="float32",
+    )
+    footage = np.concatenate(synthetic.load_footage(96, 72))  # 622 frames
+    clips = {  # name: (file, fps)
+        "a": (write_ts(root / "a.ts", footage[: 8 * 48 + 20], 50), 50),
+        "b": (write_ts(root / "b.ts", footage[::-1][: 6 * 48], 40), 40),  # ends on a window
+        "c": (write_ts(root / "c.ts", footage[200 : 200 + 4 * 48 + 30], 50), 50),
+    }
+    work = root / "work"
+    results, failures = pipeline.detect(
+        bb, detector, [f for f, _ in clips.values()], work, batch_size=BATCH, progress=False
+    )
+    assert not failures
+    # tau between two smoothed scores near their median, so that every clip has events
+    smoothed = np.sort(np.concatenate([r["smoothed_scores"] for r in results]))
+    tau = float(smoothed[len(smoothed) // 2 - 1 : len(smoothed) // 2 + 1].mean())
+    detector = Detector(**{**detector.__dict__, "tau": tau})
+    results, _ = pipeline.detect(
+        bb, detector, [f for f, _ in clips.values()], work, batch_size=BATCH, progress=False
+    )
+    expected = dict(zip(clips, results, strict=True))
+    assert all(r["events"] for r in results)
+    return bb, detector, clips, expected, root
+
+
+def by_type(lines, source, kind):
+    return [line for line in lines if line["source"] == source and line["type"] == kind]
+
+
+def assert_detect(lines, source, result, scores_only=False):
+    segments = by_type(lines, source, "segment")
+    assert [s["index"] for s in segments] == list(range(len(result["segment_scores"])))
+    assert [[s["start_frame"], s["end_frame"]] for s in segments] == result["segment_frames"]
+    np.testing.assert_allclose([s["score"] for s in segments], result["segment_scores"], atol=1e-5)
+    if scores_only:
+        return
+    np.testing.assert_allclose(
+        [s["smoothed"] for s in segments], result["smoothed_scores"], atol=1e-6
+    )
+    events = [{k: e[k] for k in result["events"][0]} for e in by_type(lines, source, "event")]
+    assert events == result["events"]
+    opened = by_type(lines, source, "event_open")
+    assert [o["start_segment"] for o in opened] == [e["start_segment"] for e in events]
+
+
+def test_online_smoothing_is_detects():
+    """Full lookahead: ``smooth`` of the whole sequence to the bit and ``localize``'s events,
+    for every length, short ones included (smoothed with a shorter kernel, so their lines wait
+    for the sequence to be as long as the kernel or to end)."""
+    rng = np.random.default_rng(1)
+    for sigma in (0.5, 1.5, 3.0):
+        for length in [*range(1, 24), 61]:
+            scores = rng.random(length).astype(np.float32)
+            smoother = stream.OnlineSmoother(sigma)
+            due = [d for s in scores for d in smoother.push(float(s))] + smoother.finish()
+            assert [d.index for d in due] == list(range(length))
+            expected = np.asarray(smooth(scores, sigma))
+            np.testing.assert_array_equal([d.smoothed for d in due], expected)
+            tau = float(np.median(expected))
+            tracker, events = stream.EventTracker(tau, 25.0), []
+            for d in due:
+                events.append(
+                    tracker.update(d.index, d.smoothed, (48 * d.index, 48 * d.index + 48))
+                )
+            events = [e for _, e in events if e] + [tracker.finish()]
+            runs = [(e["start_segment"], e["end_segment"]) for e in events if e]
+            assert runs == localize(expected, None, tau)
+
+
+def test_online_smoothing_waits_only_for_its_lookahead():
+    rng = np.random.default_rng(2)
+    scores = rng.random(40)
+    half = kernel_half_width(1.5, np.inf)
+    for lookahead in (0, 2, half):
+        smoother = stream.OnlineSmoother(1.5, lookahead)
+        for t, s in enumerate(scores):
+            for d in smoother.push(float(s)):
+                if t >= smoother.full:  # past the start, a line waits exactly its lookahead
+                    assert t - d.index == lookahead == d.lookahead
+        # a few kernels' widths of scores, whatever the length
+        assert len(smoother._scores) < 64 + 2 * smoother.full
+    # causal: the Gaussian's taps on the past, renormalised
+    smoother = stream.OnlineSmoother(1.5, 0)
+    due = [d for s in scores for d in smoother.push(float(s))]
+    weights = np.exp(-(np.arange(-half, 1) ** 2) / (2 * 1.5**2))
+    t = 20
+    expected = (weights * scores[t - half : t + 1]).sum() / weights.sum()
+    np.testing.assert_allclose(due[t].smoothed, expected, rtol=1e-6)
+
+
+def test_a_dropped_segment_is_left_out_of_its_neighbours_smoothing():
+    scores = np.linspace(0.2, 0.8, 15)
+    smoother = stream.OnlineSmoother(1.0)
+    due = []
+    for t, s in enumerate(scores):
+        due += smoother.push(None if t == 7 else float(s))
+    due += smoother.finish()
+    assert [d.index for d in due] == [t for t in range(15) if t != 7]
+    weights = np.exp(-(np.arange(-3, 4) ** 2) / 2.0)
+    kept = np.arange(-3, 4) != -1  # segment 8's tap on segment 7
+    expected = (weights * scores[5:12])[kept].sum() / weights[kept].sum()
+    np.testing.assert_allclose(due[7].smoothed, expected, rtol=1e-6)  # due[7] is segment 8
+
+
+def test_a_pipe_and_a_growing_file_at_once_equal_detect(setup, tmp_path):
+    """An MPEG-TS stream through a pipe (50 fps) and a file appended to (40 fps, ending on a
+    window), both at real time, at once: detect's segments, scores, smoothed scores and events,
+    each line while the stream still runs."""
+    bb, detector, clips, expected, _ = setup
+    (a, fps_a), (b, fps_b) = clips["a"], clips["b"]
+    growing = tmp_path / "growing.ts"
+    growing.touch()
+
+    def append():
+        with open(growing, "ab", buffering=0) as f:
+            feed(f.write, b, fps_b)
+
+    reader, writer = pipe_feed(a, fps_a)
+    appender = in_thread(append)
+    lines = []
+    summary = stream.watch_streams(
+        stream.SegmentScorer(bb, detector, BATCH),
+        [stream.pipe(reader, "pipe"), stream.followed_file(growing, idle_s=1.0)],
+        lines.append,
+    )
+    writer.join(), appender.join()
+    assert_detect(lines, "pipe", expected["a"])
+    assert_detect(lines, str(growing), expected["b"])
+    assert summary["pipe"] == {
+        "segments": 8, "dropped": 0, "events": len(expected["a"]["events"]), "unscored": 0,
+        "reopened": 0, "error": None,
+    }  # fmt: skip
+    # Live: segment 2's line (it waits for 3 more segments) long before the pipe's last frame.
+    first = by_type(lines, "pipe", "segment")[2]["time"]
+    assert by_type(lines, "pipe", "end")[0]["time"] - first > 2 * 48 / fps_a
+    head = by_type(lines, "pipe", "segment")[0]
+    assert head["lookahead_s"] == round(3 * 48 / fps_a, 3) and head["end_s"] == 0.96
+
+
+def test_a_whole_file_at_once_loses_nothing_with_room_to_wait(setup):
+    """A source faster than real time (a finished clip piped in at once): with room for all its
+    segments nothing is dropped, and the scores are detect's."""
+    bb, detector, clips, expected, _ = setup
+    r, w = os.pipe()
+
+    def write():
+        with os.fdopen(w, "wb") as f:
+            f.write(clips["c"][0].read_bytes())
+
+    writer = in_thread(write)
+    lines = []
+    summary = stream.watch_streams(
+        stream.SegmentScorer(bb, detector, BATCH),
+        [stream.pipe(os.fdopen(r, "rb", buffering=0))],
+        lines.append,
+        max_pending=16,
+    )
+    writer.join()
+    assert summary["-"]["dropped"] == 0
+    assert_detect(lines, "-", expected["c"])
+
+
+def test_a_stall_and_a_disconnection(setup, caplog):
+    """A pipe that stalls for 2.5 s carries on where it was (detect's scores, smoothed scores and
+    events) while the other source goes on; a TCP source that drops mid-stream is reopened with
+    backoff (logged), its clock carries on, and it gives up once its server is gone."""
+    bb, detector, clips, expected, _ = setup
+    (a, fps_a), (c, fps_c) = clips["a"], clips["c"]
+    server = socket.create_server(("127.0.0.1", 0))
+    url = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+
+    def serve():
+        for until in (3 * 48 + 10, None):  # the first connection drops inside segment 3
+            conn, _ = server.accept()
+            with conn:
+                feed(conn.sendall, c, fps_c, until=until)
+        server.close()
+
+    server_thread = in_thread(serve)
+    reader, writer = pipe_feed(a, fps_a, stall=(3 * 48 + 5, 2.5))
+    lines = []
+    caplog.set_level(logging.WARNING, logger="headhunt_jax.stream")
+    summary = stream.watch_streams(
+        stream.SegmentScorer(bb, detector, BATCH),
+        [stream.pipe(reader, "stalls"), stream.live_input(url, timeout_s=5.0)],
+        lines.append,
+        lookahead=0,
+        reconnect=stream.Reconnect(first_s=0.2, retries=1),
+    )
+    writer.join(), server_thread.join()
+    assert_detect(lines, "stalls", expected["a"], scores_only=True)
+    assert summary["stalls"]["reopened"] == 0 and summary["stalls"]["error"] is None
+    live = by_type(lines, url, "segment")
+    first, second = live[:3], live[3:]  # 3 whole segments before the drop, then the clip again
+    assert [s["index"] for s in live] == list(range(3 + 4))
+    c_result = expected["c"]
+    np.testing.assert_allclose(
+        [s["score"] for s in first], c_result["segment_scores"][:3], atol=1e-5
+    )
+    np.testing.assert_allclose([s["score"] for s in second], c_result["segment_scores"], atol=1e-5)
+    assert second[0]["start_frame"] == 3 * 48  # the stream's clock carries on
+    assert summary[url]["reopened"] == 1  # after the drop (after the clip's end, refused)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("reopening in 0.2 s" in m for m in messages) == 2
+    assert any("giving up" in m for m in messages)
+    # no event spans the reconnection: the first connection's end closed its event
+    for e in by_type(lines, url, "event"):
+        assert e["end_segment"] <= 3 or e["start_segment"] >= 3
+    assert len(by_type(lines, url, "event")) == len(by_type(lines, url, "event_open"))
+    # the TCP source's lines went on while the pipe stalled (between its segments 2 and 3)
+    before, after = (s["time"] for s in by_type(lines, "stalls", "segment")[2:4])
+    assert any(before + 0.2 < s["time"] < after - 1.0 for s in live)
+
+
+class SlowScorer(stream.SegmentScorer):
+    """The scorer, ``delay_s`` slower a batch."""
+
+    delay_s = 0.0
+
+    def __call__(self, segments):
+        time.sleep(self.delay_s)
+        return super().__call__(segments)
+
+
+def test_a_slow_scorer_drops_the_oldest_segments(setup):
+    bb, detector, clips, expected, _ = setup
+    a, fps = clips["a"]
+    scorer = SlowScorer(bb, detector, BATCH)
+    scorer.delay_s = 2.5  # 2.6 segments arrive during a batch, one may wait
+    reader, writer = pipe_feed(a, fps)
+    lines = []
+    summary = stream.watch_streams(scorer, [stream.pipe(reader)], lines.append, max_pending=1)
+    writer.join()
+    scored = by_type(lines, "-", "segment")
+    dropped = by_type(lines, "-", "dropped")
+    assert dropped and summary["-"]["dropped"] == dropped[-1]["total"] > 0
+    indices = [i for d in dropped for i in d["segments"]]
+    assert sorted(indices + [s["index"] for s in scored]) == list(range(8))
+    assert sum(d["count"] for d in dropped) == len(indices)
+    assert scored[-1]["index"] == 7 and max(indices) < 7  # the oldest go, the newest stays
+    for s in scored:
+        assert s["score"] == pytest.approx(expected["a"]["segment_scores"][s["index"]], abs=1e-5)
+
+
+def test_sources_from_the_command_line(tmp_path):
+    assert stream.parse_source("-", stdin=sys.stdin).name == "-"
+    live = stream.parse_source("rtsp://camera/1", options={"rtsp_transport": "tcp"})
+    assert live.live and live.name == "rtsp://camera/1"
+    (tmp_path / "x.ts").write_bytes(b"")
+    assert not stream.parse_source(str(tmp_path / "x.ts")).live
+    assert stream.parse_source(f"file://{tmp_path}/x.ts").name == str(tmp_path / "x.ts")
+    with pytest.raises(ValueError, match="no such file, and not a URL"):
+        stream.parse_source(str(tmp_path / "missing.ts"))
+    with pytest.raises(ValueError, match="given twice"):
+        source = stream.parse_source(str(tmp_path / "x.ts"))
+        stream.watch_streams(None, [source, source], print)
+
+
+def _watch_registered() -> bool:
+    from headhunt_jax import cli
+
+    parser = cli.build_parser()
+    return "watch" in parser._subparsers._group_actions[0].choices
+
+
+needs_cli = pytest.mark.skipif(
+    not _watch_registered(), reason="cli.build_parser does not register watch yet"
+)
+
+
+@needs_cli
+def test_watch_command_on_standard_input_and_ctrl_c(setup, tmp_path):
+    """``headhunt-jax watch ... -``: JSON lines on stdout as the stream is piped in at real
+    time; Ctrl-C (the pipe still open) smooths what was scored, closes the open event, prints
+    the end line and exits 130."""
+    bb, detector, clips, expected, root = setup
+    detector.save(tmp_path / "detector")
+    a, fps = clips["a"]
+    args = ["--detector", tmp_path / "detector", "--model", root / "backbone", "--quiet"]
+    run = subprocess.Popen(
+        [SCRIPT, "watch", *map(str, args), "--batch-size", str(BATCH), "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    watchdog = threading.Timer(120, run.kill)
+    watchdog.start()
+    in_thread(feed, lambda b: (run.stdin.write(b), run.stdin.flush()), a, fps, until=7 * 48 + 5)
+    lines = []
+    for raw in run.stdout:  # segments 0-3 are due once segment 6 is complete
+        lines.append(json.loads(raw))
+        if len(by_type(lines, "-", "segment")) == 4:
+            break
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    watchdog.cancel()
+    lines += [json.loads(raw) for raw in out.splitlines()]
+    assert run.returncode == 130, err.decode()
+    assert "interrupted" in err.decode()
+    segments = by_type(lines, "-", "segment")
+    assert [s["index"] for s in segments] == list(range(7))
+    np.testing.assert_allclose(
+        [s["score"] for s in segments], expected["a"]["segment_scores"][:7], atol=1e-5
+    )
+    assert len(by_type(lines, "-", "event")) == len(by_type(lines, "-", "event_open"))
+    (end,) = by_type(lines, "-", "end")
+    assert end["segments"] == 7 and end["error"] is None
+
+
+@needs_cli
+def test_watch_command_errors_are_one_line(setup, tmp_path):
+    bb, detector, clips, expected, root = setup
+    detector.save(tmp_path / "detector")
+    run = subprocess.run(
+        [SCRIPT, "watch", "--detector", tmp_path / "detector", "--model", root / "backbone",
+         tmp_path / "missing.ts"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "missing.ts: no such file, and not a URL" in run.stderr

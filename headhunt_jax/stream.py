@@ -87,6 +87,7 @@ class Source:
     name: str
     open: Callable[[threading.Event], av.container.InputContainer]
     live: bool = False
+    hint: str = ""  # added to a problem met before the first segment
 
 
 class _Followed:
@@ -139,7 +140,8 @@ def followed_file(path, idle_s: float = 10.0) -> Source:
 def pipe(file, name: str = "-") -> Source:
     """A container on an open binary pipe (``sys.stdin.buffer``, the read end of ``os.pipe``);
     it ends when the writer closes the pipe."""
-    return Source(name, lambda stop: av.open(_Pipe(file, stop), "r"))
+    hint = " (a pipe needs a container that streams, e.g. MPEG-TS: ffmpeg -i IN -f mpegts -)"
+    return Source(name, lambda stop: av.open(_Pipe(file, stop), "r"), hint=hint)
 
 
 def live_input(
@@ -524,9 +526,9 @@ def _read_connection(number, reopened, source, inbox, stop, reader_kw) -> tuple[
     try:
         reader = VideoReader(source.name, container=source.open(stop), **reader_kw)
     except VideoError as err:
-        return err.problem, 0
+        return err.problem + source.hint, 0
     except (av.FFmpegError, OSError) as err:
-        return f"cannot be opened ({err})", 0
+        return f"cannot be opened ({err}){source.hint}", 0
     inbox.put(_Opened(number, reader.fps, reopened))
     segments = 0
     try:
@@ -537,7 +539,7 @@ def _read_connection(number, reopened, source, inbox, stop, reader_kw) -> tuple[
                 break
         return None, segments
     except VideoError as err:
-        return err.problem, segments
+        return err.problem + ("" if segments else source.hint), segments
     finally:
         reader.close()
         inbox.put(_Closed(number))

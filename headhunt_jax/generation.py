@@ -159,32 +159,18 @@ def _step(module, *args):
     return module.language_model.decode(*args)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "cache_length"))
-def _decode(
-    model,
-    params,
-    logits,
-    kv,
-    key_mask,
-    next_positions,
-    eos,
-    pad,
-    max_new_tokens,
-    cache_length,
-):
-    """From the prefill's last logits [B, V] and its keys and values ([L, B, T, K, H] each, the
-    prefix's before them): greedy tokens [B, max_new_tokens] and each row's count.
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
+def _decode(model, params, logits, kv, key_mask, filled, next_positions, eos, pad, max_new_tokens):
+    """From the prefill's last logits [B, V] and its keys and values ([L, B, S, K, H] each, the
+    prefix's before them, padded to the cache's S slots, the first ``filled`` in use): greedy
+    tokens [B, max_new_tokens] and each row's count.
 
     The layers' weights are split once, before the loop (``Decoder.decode``), and each layer's
     cache is a buffer of its own that the loop updates in place."""
-    b, filled = key_mask.shape
+    b = key_mask.shape[0]
     layers = stack.unstacked(params["language_model"][stack.LAYERS], kv[0].shape[0])
-    pad_slots = ((0, 0), (0, 0), (0, cache_length - filled), (0, 0))
-    caches = [
-        tuple(jnp.pad(x.swapaxes(1, 2), pad_slots) for x in layer)  # [B, K, S, H]
-        for layer in zip(*kv, strict=True)
-    ]
-    slots = jnp.pad(key_mask, ((0, 0), (0, cache_length - filled)))
+    caches = [tuple(x.swapaxes(1, 2) for x in layer) for layer in zip(*kv, strict=True)]
+    slots = key_mask
 
     def pick(logits, done):
         token = jnp.argmax(logits.astype(jnp.float32), axis=-1).astype(jnp.int32)
@@ -266,17 +252,22 @@ def generate(
     logits, kv = _prefill(bb.model, bb.params, ids_, vision_, positions_, key_mask_, cache)
     if cache is not None:
         kv = tuple(jnp.concatenate([c, x], axis=2) for c, x in zip(cache, kv, strict=True))
+    # Padded to the cache's length here, outside the loop's compilation: it compiles once per
+    # cache length (a multiple of CACHE_BLOCK), not once per prompt length.
+    filled = key_mask_.shape[1]
+    kv = tuple(jnp.pad(x, ((0, 0), (0, 0), (0, cache_length - filled), (0, 0), (0, 0))) for x in kv)
+    key_mask_ = jnp.pad(key_mask_, ((0, 0), (0, cache_length - filled)))
     tokens, lengths = _decode(
         bb.model,
         bb.params,
         logits,
         kv,
         key_mask_,
+        jnp.int32(filled),
         jnp.asarray(_next_positions(positions)),
         jnp.asarray(eos if eos else (-1,), jnp.int32),
         pad,
         max_new_tokens,
-        cache_length,
     )
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     text = None if tokenizer is None else decode(tokenizer, tokens, lengths, eos)

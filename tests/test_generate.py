@@ -302,3 +302,16 @@ def test_smollm2_real_weights_answer_as_transformers(smollm2):
     np.testing.assert_array_equal(gen.tokens[:, : want.shape[1]], want)
     assert "Paris" in gen.text[0], gen.text
     print(gen.text, gen.lengths, eos)
+
+
+def test_prompt_lengths_share_the_decoding_loop(tmp_path):
+    """Prompts of other lengths in one cache block compile the one-token loop once (each
+    prefill still compiles for its own length)."""
+    from headhunt_jax import generation
+
+    bb = hh.load_backbone(hf.save(hf.build(hf.tiny_text_config()), tmp_path / "text"))
+    generate(bb, np.asarray([[5, 6, 7]]), 4, eos_token_id=())
+    before = generation._decode._cache_size()
+    for length in (4, 9, 20):
+        generate(bb, np.arange(1, length + 1)[None], 4, eos_token_id=())
+    assert generation._decode._cache_size() == before

@@ -357,11 +357,28 @@ def forward(model, params, prompt_ids, vision_inputs, layers, prefix=None, posit
         )
         prompt_ids, vision = tuple(ids[:, prefix:] for ids in prompt_ids), {}
         positions = tuple(None if p is None else p[:, prefix:] for p in positions)
+    return _heads_after(model, variables, prompt_ids, cache, positions, layers, vision)
+
+
+def _heads_after(model, variables, prompt_ids, cache, positions, layers, vision):
+    """[M, B, len(layers), N, H]: each prompt's ids run against a prefix's keys and values
+    (``cache``, layers < the deepest asked for; None: no prefix) at its positions."""
+    depth = max(layers) + 1
     out = []
     for ids, pos in zip(prompt_ids, positions, strict=True):
         heads = model.apply(variables, ids, depth=depth, prefix_kv=cache, positions=pos, **vision)
         out.append(last_position_heads(heads, layers))
     return jnp.stack(out)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "layers"))
+def heads_after_prefix(model, params, ids, keys, values, positions, layers):
+    """``forward``'s per-prompt pass for ids [B, T] after a prefix whose keys and values of
+    every layer were computed already (``generation.prefill``): [B, len(layers), N, H]."""
+    depth = max(layers) + 1
+    cache = (keys[:depth], values[:depth])
+    out = _heads_after(model, {"params": params}, (ids,), cache, (positions,), layers, {})
+    return out[0]
 
 
 def vision_inputs(pixel_values=None, **inputs) -> dict:
@@ -376,12 +393,20 @@ def check_inputs(bb: Backbone, input_ids, vision: dict) -> None:
     bb.family.check_inputs(bb.config, input_ids, vision)
 
 
-def prepare_inputs(bb: Backbone, prompt_ids, vision: dict):
+def prepare_inputs(bb: Backbone, prompt_ids, vision: dict, attention_mask=None):
     """The checked HF keyword inputs -> (the module's vision inputs, each prompt's positions or
-    None), by the family's ``prepare`` (on the host)."""
-    if bb.family.prepare is None:
+    None), by the family's ``prepare`` (on the host). ``attention_mask`` (one prompt, left
+    padding 0): positions skip the padding; a family without ``prepare`` then counts the real
+    tokens, as transformers does."""
+    if bb.family.prepare is not None:
+        ids = [np.asarray(i) for i in prompt_ids]
+        if attention_mask is None:
+            return bb.family.prepare(bb.config, ids, vision)
+        return bb.family.prepare(bb.config, ids, vision, attention_mask=attention_mask)
+    if attention_mask is None:
         return vision, None
-    return bb.family.prepare(bb.config, [np.asarray(i) for i in prompt_ids], vision)
+    mask = np.asarray(attention_mask) != 0
+    return vision, [np.where(mask, np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)]
 
 
 def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None, **inputs):

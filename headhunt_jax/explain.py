@@ -11,31 +11,30 @@ from it, and keeps the keys and values of the segments that may become an event'
 newest few (a smoothed score is final once the kernel's half width of segments after it is
 scored) and the best so far of the run above tau. When a run ends, its peak is explained from
 the kept keys and values: only the question's tokens and the answer are new, and memory is
-bounded by the kernel's width, not by the video's length. Events not explained during the pass
-(videos already in the store; a peak that the final smoothing puts elsewhere) are explained
-afterwards from their frames decoded again (``explain_events``).
+bounded by the kernel's width, not by the video's length. The smoothed scores and events are
+``watch``'s online ones, which equal ``detect``'s. Events not explained during the pass (videos
+already in the ``--work`` store) are explained afterwards from their frames decoded again
+(``explain_events``).
 """
 
 import dataclasses
-import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from headhunt_jax.backbone import Backbone
+from headhunt_jax.backbone import Backbone, heads_after_prefix
 from headhunt_jax.errors import InputError
 from headhunt_jax.extract import frame_seconds
 from headhunt_jax.generation import Prefix, generate, prefill
 from headhunt_jax.hunt import gather_heads
-from headhunt_jax.locator import _kernel, kernel_half_width, smooth
-from headhunt_jax.models.decoder import last_position_heads
 from headhunt_jax.models.tokenizer import load_tokenizer
+from headhunt_jax.pipeline import detector_scores
 from headhunt_jax.prefix import shared_prefix_length
+from headhunt_jax.stream import EventTracker, OnlineSmoother
 from headhunt_jax.video import FRAMES_PER_SEGMENT, SEGMENT_LENGTH, VideoError, VideoReader
 
 DEFAULT_QUESTION = "Describe the abnormal event in these frames."
@@ -56,19 +55,6 @@ def text_prefix_length(bb: Backbone, prompt_ids: Sequence[np.ndarray]) -> int:
     return n
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layers"))
-def _suffix_heads(model, params, ids, keys, values, positions, layers):
-    depth = max(layers) + 1
-    heads = model.apply(
-        {"params": params},
-        ids,
-        depth=depth,
-        prefix_kv=(keys[:depth], values[:depth]),
-        positions=positions,
-    )
-    return last_position_heads(heads, layers)
-
-
 def features_with_prefix(bb: Backbone, prompt_ids, prefix_length: int, layers, **vision):
     """(the head features of ``prompt_ids`` [B, T] at ``layers``, [B, len(layers), N, H], as
     ``head_features`` gives them; the ``Prefix`` of their first ``prefix_length`` tokens, every
@@ -78,7 +64,7 @@ def features_with_prefix(bb: Backbone, prompt_ids, prefix_length: int, layers, *
     suffix = ids[:, prefix_length:]
     positions = jnp.asarray(cache.positions_after(suffix.shape[1]))
     layers = tuple(int(i) for i in layers)
-    feats = _suffix_heads(
+    feats = heads_after_prefix(
         bb.model, bb.params, jnp.asarray(suffix), cache.keys, cache.values, positions, layers
     )
     return np.asarray(feats), cache
@@ -95,16 +81,19 @@ def answer(bb, cache: Prefix, questions, max_new_tokens, tokenizer) -> str | lis
 
 @dataclasses.dataclass
 class _Video:
-    scores: list = dataclasses.field(default_factory=list)
+    smoother: OnlineSmoother
+    events: EventTracker
     kept: dict = dataclasses.field(default_factory=dict)  # segment -> (Prefix, question ids)
-    final: int = 0  # segments whose smoothed score is final
-    best: tuple | None = None  # (segment, smoothed score) of the open run's peak so far
+    scored: int = 0
+    final: int = 0  # segments whose smoothed score is out
 
 
 class Explainer:
     """Explains events during ``extract_features`` (``explainer=``): see the module docstring.
 
     ``batch_features`` stands in for the extraction's own forward; ``close`` ends a video.
+    Smoothed scores and events are ``watch``'s (``stream.OnlineSmoother`` with the kernel's
+    half width of lookahead, ``stream.EventTracker``): ``detect``'s, as the segments come.
     ``answers``: {video id: {peak segment: answer}}; ``reused``: events explained from kept
     keys and values."""
 
@@ -121,69 +110,56 @@ class Explainer:
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         self.max_new_tokens = max_new_tokens
         self.tokenizer = load_tokenizer(bb.path)
-        sigma = detector.sigma
-        # from this many segments on, the kernel does not depend on the video's length
-        self.settle = int(6 * sigma) + 2
-        self.half = kernel_half_width(sigma, self.settle)
-        self.kernel = _kernel(sigma, self.settle, self.half)
-        self.videos: dict[int, _Video] = defaultdict(_Video)
+        self.videos: dict[int, _Video] = {}
         self.answers: dict[str, dict[int, object]] = {}
         self.reused = 0
         self._pending: dict[int, dict[int, object]] = defaultdict(dict)
+        self._ids: dict[tuple, list[np.ndarray]] = {}
 
     def batch_features(self, processor, input_ids, batch, spec) -> np.ndarray:
         """The detection features of a batch (as ``extract.batch_features``: [1, B, K, D]),
         keeping each real row's prefix and scoring it."""
         (ids,) = input_ids
-        frames, size = batch.pixels.shape[1], batch.pixels.shape[-2:]
-        questions = [processor.prompt_ids(q, frames, size) for q in self.questions]
+        frames, size = batch.pixels.shape[1], tuple(batch.pixels.shape[-2:])
+        questions = self._question_ids(processor, frames, size)
         n = text_prefix_length(self.bb, [ids[:1]] + [q[None] for q in questions])
         seconds = [r.frame_seconds for r in batch.rows]
         seconds += seconds[-1:] * (len(batch.pixels) - len(seconds))  # padding rows
         vision = processor.vision_inputs(batch.pixels, np.asarray(seconds, np.float32))
         feats, cache = features_with_prefix(self.bb, ids, n, spec.layers, **vision)
         feats = gather_heads(feats[None], spec.heads, spec.layers)
-        from headhunt_jax.pipeline import detector_scores
-
         scores = detector_scores(self.detector, feats[0].reshape(len(ids), -1))
         for i, row in enumerate(batch.rows):
-            video = self.videos[row.video]
-            video.kept[len(video.scores)] = (
-                cache.rows(slice(i, i + 1)),
-                [q[n:] for q in questions],
-            )
-            video.scores.append(float(scores[i]))
-            self._advance(row.video)
+            video = self.videos.get(row.video)
+            if video is None:
+                detector = self.detector
+                video = _Video(OnlineSmoother(detector.sigma), EventTracker(detector.tau, 1.0))
+                self.videos[row.video] = video
+            video.kept[video.scored] = (cache.rows(slice(i, i + 1)), [q[n:] for q in questions])
+            video.scored += 1
+            self._advance(row.video, video.smoother.push(float(scores[i])))
         return feats
 
-    def _advance(self, n: int, closing: bool = False) -> None:
-        """Finalizes the smoothed scores that can be, opening and closing runs above tau."""
-        video, tau = self.videos[n], self.detector.tau
-        count = len(video.scores)
-        exact = (
-            np.asarray(smooth(np.asarray(video.scores), self.detector.sigma)) if closing else None
-        )
-        while video.final < count and (
-            closing or (video.final + self.half < count and count >= self.settle)
-        ):
-            i = video.final
-            if closing:
-                value = float(exact[i])
-            else:
-                window = np.asarray(video.scores[max(0, i - self.half) : i + self.half + 1])
-                taps = self.kernel[max(0, self.half - i) :][: len(window)]
-                value = float(window @ taps)
-            if value > tau and (video.best is None or value > video.best[1]):
-                video.best = (i, value)
-            elif value <= tau and video.best is not None:
-                self._explain(n, video.best[0])
-                video.best = None
-            video.final += 1
-            keep = {video.best[0]} if video.best else set()
-            for j in [j for j in video.kept if j < video.final and j not in keep]:
-                del video.kept[j]
-        if closing and video.best is not None:
-            self._explain(n, video.best[0])
+    def _question_ids(self, processor, frames: int, size: tuple[int, int]) -> list[np.ndarray]:
+        """Each question's prompt ids for segments of ``frames`` frames of ``size`` (cached)."""
+        if (frames, size) not in self._ids:
+            self._ids[frames, size] = [
+                processor.prompt_ids(q, frames, size) for q in self.questions
+            ]
+        return self._ids[frames, size]
+
+    def _advance(self, n: int, due) -> None:
+        """Runs the smoothed scores now out through the events; a closed event's peak is
+        explained, and only the segments that may still be a peak keep their keys and values."""
+        video = self.videos[n]
+        for s in due:
+            _, closed = video.events.update(s.index, s.smoothed, (0, 0))
+            if closed is not None:
+                self._explain(n, closed["peak_segment"])
+            video.final = s.index + 1
+        keep = video.events.peak
+        for j in [j for j in video.kept if j < video.final and j != keep]:
+            del video.kept[j]
 
     def _explain(self, n: int, segment: int) -> None:
         cache, questions = self.videos[n].kept.pop(segment)
@@ -194,7 +170,11 @@ class Explainer:
     def close(self, n: int, video_id: str | None) -> None:
         """Video ``n`` of the extraction has ended (``video_id`` None: it failed)."""
         if n in self.videos:
-            self._advance(n, closing=True)
+            video = self.videos[n]
+            self._advance(n, video.smoother.finish())
+            closed = video.events.finish()
+            if closed is not None:
+                self._explain(n, closed["peak_segment"])
             del self.videos[n]
         answers = self._pending.pop(n, {})
         if video_id is not None:

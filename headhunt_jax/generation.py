@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from headhunt_jax.backbone import Backbone, check_inputs, vision_inputs
+from headhunt_jax.backbone import Backbone, check_inputs, prepare_inputs, vision_inputs
 from headhunt_jax.errors import InputError
 from headhunt_jax.models import stack
 
@@ -94,13 +94,10 @@ def _eos(bb, eos_token_id) -> tuple[int, ...]:
 
 
 def _positions(bb: Backbone, ids: np.ndarray, mask: np.ndarray, vision: dict):
-    """(the module's vision inputs, each token's rotary positions [B, T] or [B, T, 3]): the
-    family's ``prepare`` where it has one, else the real tokens counted (as transformers)."""
-    if bb.family.prepare is not None:
-        vision, (positions,) = bb.family.prepare(bb.config, [ids], vision, attention_mask=mask)
-        return vision, np.asarray(positions, np.int32)
-    positions = np.where(mask, np.cumsum(mask, axis=1) - 1, 0)
-    return vision, positions.astype(np.int32)
+    """(the module's vision inputs, each token's rotary positions [B, T] or [B, T, 3]), left
+    padding skipped (``backbone.prepare_inputs``)."""
+    vision, (positions,) = prepare_inputs(bb, [ids], vision, attention_mask=mask)
+    return vision, np.asarray(positions, np.int32)
 
 
 def _next_positions(positions: np.ndarray) -> np.ndarray:
@@ -124,7 +121,7 @@ def _check(bb: Backbone, input_ids, vision: dict, mask) -> tuple[np.ndarray, np.
     return ids.astype(np.int32), mask
 
 
-def _placed(bb: Backbone, *arrays):
+def _on_device(*arrays):
     """The inputs as device arrays. On a sharded backbone they are replicated: every data
     replica decodes the same (small) batch against the parameters split over 'model'."""
     return tuple(jax.tree.map(jnp.asarray, a) for a in arrays)
@@ -150,7 +147,7 @@ def prefill(bb: Backbone, input_ids, pixel_values=None, **inputs) -> Prefix:
     vision = vision_inputs(pixel_values, **inputs)
     ids, mask = _check(bb, input_ids, vision, None)
     vision, positions = _positions(bb, ids, mask, vision)
-    ids_, vision_, positions_, mask_ = _placed(bb, ids, vision, positions, mask)
+    ids_, vision_, positions_, mask_ = _on_device(ids, vision, positions, mask)
     _, (keys, values) = _prefill(bb.model, bb.params, ids_, vision_, positions_, mask_, None)
     return Prefix(keys, values, _next_positions(positions))
 
@@ -248,7 +245,7 @@ def generate(
         key_mask = np.concatenate([np.ones((len(ids), prefix.length), bool), mask], axis=1)
         length = prefix.length + ids.shape[1]
     cache_length = -(-(length + max_new_tokens) // CACHE_BLOCK) * CACHE_BLOCK
-    ids_, vision_, positions_, key_mask_ = _placed(bb, ids, vision, positions, key_mask)
+    ids_, vision_, positions_, key_mask_ = _on_device(ids, vision, positions, key_mask)
     logits, kv = _prefill(bb.model, bb.params, ids_, vision_, positions_, key_mask_, cache)
     if cache is not None:
         kv = tuple(jnp.concatenate([c, x], axis=2) for c, x in zip(cache, kv, strict=True))

@@ -335,6 +335,11 @@ class EventTracker:
         self.tau, self.fps = np.float32(tau), fps
         self._run: _Run | None = None
 
+    @property
+    def peak(self) -> int | None:
+        """The open event's peak segment so far (None when none is open)."""
+        return None if self._run is None else self._run.peak_at
+
     def update(self, index: int, smoothed, frames: tuple[int, int]) -> tuple[Line | None, ...]:
         """The segment at ``index`` covering ``frames`` [start, end) -> (the event_open line,
         the closed event), each None when there is none."""

@@ -388,7 +388,7 @@ class Decoder(nn.Module):
         ``layers``: each layer's parameters on their own (``stack.unstacked``), ``caches``: each
         layer's (keys, values) [B, K, S, H]; ``key_mask`` [B, S]: the slots it sees, its own
         included. The layers run one after another, not as a scan: a scan's slice of the stacked
-        weights is a copy, which for one token costs as much as the matmul itself.
+        weights is a copy, which for one token costs more than the matmul.
         """
         x = self.embed(input_ids).astype(self.dtype)
         block, out = self.block(), []

@@ -119,3 +119,25 @@ def test_decoder_with_left_padding_and_explicit_positions():
     positions = jnp.maximum(jnp.arange(9 + pad)[None] - pad, 0)
     got = run(padded, positions=positions, key_mask=key_mask)
     np.testing.assert_allclose(got[:, pad:], want, rtol=1e-4, atol=1e-5)
+
+
+def test_per_head_mask_with_grouped_heads_and_rows_that_see_nothing():
+    """A mask per query head ([B, N, T, S], 6 query heads on 2 kv heads) hides each head's own
+    keys; a query that sees no key gets the mean of the values, as in XLA's one-shot path."""
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((2, 9, 6, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 9, 2, 8)).astype(np.float32) for _ in range(2))
+    visible = rng.random((2, 6, 9, 9)) > 0.4
+    visible[0, 1, 4] = False  # head 1's query 4 of row 0 sees nothing
+    got = np.asarray(attention(q, k, v, causal=False, impl="chunked", chunk=4, mask=visible))
+    for i in range(2):
+        for head in range(6):
+            g = head // 3
+            scores = q[i, :, head].astype(np.float64) @ k[i, :, g].T / np.sqrt(8)
+            w = np.where(visible[i, head], np.exp(scores - scores.max(-1, keepdims=True)), 0)
+            want = (w / np.maximum(w.sum(-1, keepdims=True), 1e-300)) @ v[i, :, g]
+            seen = visible[i, head].any(-1)
+            np.testing.assert_allclose(got[i, seen, head], want[seen], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[0, 4, 1], v[0, :, 0].mean(0), rtol=1e-5, atol=1e-6)
+    xla = attention(q, k, v, causal=False, impl="xla", mask=visible)
+    np.testing.assert_allclose(got, np.asarray(xla), rtol=1e-5, atol=1e-6)

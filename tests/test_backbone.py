@@ -14,6 +14,7 @@ import torch
 
 import headhunt_jax as hh
 from headhunt_jax import backbone, weights
+from headhunt_jax.models import stack
 
 hf = pytest.importorskip("hf_reference")
 
@@ -76,6 +77,25 @@ def test_internvl_parity(tmp_path, rng, norm_type, qk_norm, image_size, pixels_s
     ids, n_images = hf.multimodal_ids(rng, batch=2, images_per_sample=3, tokens_per_image=tokens)
     pixels = rng.standard_normal((n_images, 3, pixels_size, pixels_size)).astype(np.float32)
     check_parity(tmp_path, model, ids, pixels)
+
+
+def test_internvl_parity_with_the_tower_in_groups_of_images(tmp_path, rng, monkeypatch):
+    """On a CPU the tower runs its images a group at a time (``stack.over_images``). With two
+    images (of 17 tokens) a step, 6 images run in 3 steps, each step every third image, and the
+    features and logits still match transformers."""
+    steps = []
+    lax_map = jax.lax.map
+    monkeypatch.setattr(stack, "CPU_IMAGE_TOKENS_PER_STEP", 2 * 17)
+    monkeypatch.setattr(jax.lax, "map", lambda f, xs: steps.append(len(xs)) or lax_map(f, xs))
+    backbone.forward.clear_cache()  # traced again under the patched step size
+    backbone._logits.clear_cache()
+    model = hf.build(hf.tiny_internvl_config())
+    ids, n_images = hf.multimodal_ids(rng, batch=2, images_per_sample=3, tokens_per_image=4)
+    pixels = rng.standard_normal((n_images, 3, 56, 56)).astype(np.float32)
+    check_parity(tmp_path, model, ids, pixels)
+    assert steps and set(steps) == {3}
+    backbone.forward.clear_cache()
+    backbone._logits.clear_cache()
 
 
 def test_internvl_untied_head_and_vision_layernorm(tmp_path, rng):

@@ -29,6 +29,7 @@ from headhunt_jax.backbones.llava_onevision.modeling import (  # noqa: E402
     bilinear_weights,
     check_inputs,
 )
+from headhunt_jax.models import stack  # noqa: E402
 from headhunt_jax.models.decoder import last_position_heads  # noqa: E402
 
 TOL = 1e-4
@@ -175,6 +176,23 @@ def test_video_parity(tmp_path, rng, vision_feature_layer, kv_heads, frame_count
         ids = video_ids(rng, model.cfg, batch=2, frames=frames)
         videos = rng.standard_normal((2, frames, 3, SIZE, SIZE)).astype(np.float32)
         check_parity(model, params, torch_model, ids, pixel_values_videos=videos)
+
+
+def test_video_parity_with_the_tower_in_groups_of_frames(tmp_path, rng, monkeypatch):
+    """On a CPU the tower runs its frames a group at a time (``stack.over_images``). With two
+    frames a step, 6 frames run in 3 steps (each step every third frame) and both kept layers
+    still match transformers."""
+    steps = []
+    lax_map = jax.lax.map
+    monkeypatch.setattr(stack, "CPU_IMAGE_TOKENS_PER_STEP", 2 * (SIZE // PATCH) ** 2)
+    monkeypatch.setattr(jax.lax, "map", lambda f, xs: steps.append(len(xs)) or lax_map(f, xs))
+    torch_model = build(tiny_config([0, -1], 2))
+    torch_model.save_pretrained(tmp_path / "ckpt")
+    model, params = load(tmp_path / "ckpt")
+    ids = video_ids(rng, model.cfg, batch=2, frames=3)
+    videos = rng.standard_normal((2, 3, 3, SIZE, SIZE)).astype(np.float32)
+    check_parity(model, params, torch_model, ids, pixel_values_videos=videos)
+    assert steps and set(steps) == {3}
 
 
 def image_ids(rng, cfg, sizes):

@@ -227,8 +227,11 @@ class InternViT(nn.Module):
         block = VisionLayer(cfg, self.dtype, self.attention_impl, parent=None)
         example = jnp.zeros((1, 1, e), self.dtype)
         layers = self.param(stack.LAYERS, stack.stacked(block, cfg.num_layers, example))
-        x, _ = stack.scan(
-            lambda p, _, x: (block.apply({"params": p}, x), None), layers, x, 0, cfg.num_layers
+        x = stack.over_images(
+            lambda x: stack.scan(
+                lambda p, _, x: (block.apply({"params": p}, x), None), layers, x, 0, cfg.num_layers
+            )[0],
+            x,
         )
         if not cfg.use_mean_pooling:
             x = LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="final_norm")(x)

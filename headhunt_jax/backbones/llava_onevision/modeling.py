@@ -139,15 +139,19 @@ class SiglipVisionTower(nn.Module):
         block = SiglipLayer(cfg, self.dtype, self.attention_impl, parent=None)
         example = jnp.zeros((1, 1, e), self.dtype)
         params = self.param(stack.LAYERS, stack.stacked(block, cfg.num_layers, example))
-        kept, done = {0: x}, 0
-        for stop in sorted(set(layers) - {0}):  # one scan up to each kept layer
-            x, _ = stack.scan(
-                lambda p, _, x: (block.apply({"params": p}, x), None), params, x, done, stop
-            )
-            kept[stop], done = x, stop
+
+        def run(x):
+            kept, done = {0: x}, 0
+            for stop in sorted(set(layers) - {0}):  # one scan up to each kept layer
+                x, _ = stack.scan(
+                    lambda p, _, x: (block.apply({"params": p}, x), None), params, x, done, stop
+                )
+                kept[stop], done = x, stop
+            return tuple(kept[i] for i in layers)
+
         if self.is_initializing():
             LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="post_layernorm")(x)
-        return tuple(kept[i] for i in layers)
+        return stack.over_images(run, x)
 
 
 def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:

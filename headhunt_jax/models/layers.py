@@ -143,7 +143,7 @@ ATTENTION_IMPLS = ("xla", "cudnn", "chunked")
 
 
 def attention(
-    q, k, v, *, causal: bool, impl: str = "chunked", chunk: int = 64, mask=None, segment_ids=None
+    q, k, v, *, causal: bool, impl: str = "chunked", chunk: int = 128, mask=None, segment_ids=None
 ):
     """Softmax attention. q [B, T, N, H], k/v [B, S, K, H] with K dividing N (query head n reads
     kv head n // (N / K)); a causal query i sits at key position S - T + i.
@@ -182,9 +182,11 @@ def attention(
 def _chunked_attention(q, k, v, causal, chunk, mask):
     """The 'chunked' attention, laid out for the matmuls: each kv head's G query heads are one
     block of G * chunk rows ([B, K, G * chunk, H] against [B, K, S, H]: no copy of k or v per
-    query head), and the softmax is normalised after the values' matmul ([.., H] divided, not
-    [.., S]). On a CPU this is 1.7x faster than per-head blocks over the same keys and keeps
-    each block's scores small enough to stay in cache."""
+    query head), the mask is added to the scores (XLA fuses an add into the matmul, not a
+    select), and the softmax is normalised after the values' matmul ([.., H] divided, not
+    [.., S]). On 2 CPU cores, against per-head blocks of ``jax.nn.dot_product_attention``: a
+    causal pass over 1,190 tokens (8 query heads on 2 kv heads) 65 -> 34 ms, a vision layer's
+    attention over 32 images of 257 tokens 58 -> 15 ms."""
     b, t, n, h = q.shape
     s, kh = k.shape[1], k.shape[2]
     g, offset = n // kh, s - t
@@ -210,7 +212,7 @@ def _chunked_attention(q, k, v, causal, chunk, mask):
             seen = (offset + start + jnp.arange(rows))[:, None] >= jnp.arange(keys)[None, :]
             visible = seen if visible is None else visible & seen
         if visible is not None:
-            scores = jnp.where(visible, scores, hidden)
+            scores = scores + jnp.where(visible, 0.0, hidden)
         p = jnp.exp(scores - scores.max(-1, keepdims=True))
         out = jax.lax.dot_general(
             p.astype(v.dtype).reshape(b, kh, g * rows, keys),

@@ -27,7 +27,10 @@ bb = backbone.Backbone(model, backbone.random_params(model), "mid")
 ids = _models.segment_ids(cfg, {frames}, 1)
 size = cfg.vision.image_size
 pixels = np.random.default_rng(0).standard_normal(({frames}, 3, size, size)).astype(np.float32)
-lowered = backbone._head_features.lower(model, bb.params, ids, pixels, tuple(range(cfg.text.num_layers)))
+vision, positions = backbone.prepare_inputs(bb, [ids], {{"pixel_values": pixels}})
+(placed_ids,), placed, positions = backbone.place_batch(bb, [ids], vision, positions)
+layers = backbone.layer_indices(bb, None)
+lowered = backbone.forward.lower(model, bb.params, (placed_ids,), placed, layers, None, positions)
 scratch = lowered.compile().memory_analysis().temp_size_in_bytes
 np.asarray(backbone.head_features(bb, ids, pixels))
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) * 1024

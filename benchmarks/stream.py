@@ -55,15 +55,7 @@ def log(*a):
 
 def write_ts(path: Path, frames: np.ndarray) -> tuple[bytes, list[int]]:
     """The clip as MPEG-TS bytes and each frame's packet's end offset."""
-    with av.open(str(path), "w", format="mpegts") as container:
-        video = container.add_stream("libx264", rate=FPS)
-        video.width, video.height = frames.shape[2], frames.shape[1]
-        video.pix_fmt = "yuv420p"
-        video.options = {"crf": "23", "preset": "veryfast", "tune": "zerolatency", "g": "50"}
-        for f in frames:
-            container.mux(video.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        container.mux(video.encode())
-    data = path.read_bytes()
+    data = synthetic.write_h264(path, frames, FPS, crf=23, live_gop=50).read_bytes()
     with av.open(str(path)) as container:
         starts = [p.pos for p in container.demux(container.streams.video[0]) if p.size]
     return data, [*starts[1:], len(data)]

@@ -459,18 +459,22 @@ def detections(detector: Detector, store: FeatureStore, video_ids=None) -> list[
     return [video_result(detector, store, store.read(v)) for v in ids]
 
 
+def seconds(frames: int, fps: float) -> float:
+    """``frames`` frames at ``fps`` in seconds, rounded as every reported time is."""
+    return round(frames * (1.0 / fps), 3)
+
+
 def event_fields(start, end, first_frame, last_frame, fps, peak_score, peak_segment) -> dict:
     """An event as ``detect`` (and ``watch``) reports it: segments [start, end), frames
     [first_frame, last_frame), seconds, duration, the peak's smoothed score and segment."""
-    seconds = 1.0 / fps
     return {
         "start_segment": int(start),
         "end_segment": int(end),
         "start_frame": int(first_frame),
         "end_frame": int(last_frame),
-        "start_s": round(first_frame * seconds, 3),
-        "end_s": round(last_frame * seconds, 3),
-        "duration_s": round((last_frame - first_frame) * seconds, 3),
+        "start_s": seconds(first_frame, fps),
+        "end_s": seconds(last_frame, fps),
+        "duration_s": seconds(last_frame - first_frame, fps),
         "peak_score": round(float(peak_score), 6),
         "peak_segment": int(peak_segment),
     }

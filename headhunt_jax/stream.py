@@ -66,7 +66,7 @@ from headhunt_jax.detector import Detector
 from headhunt_jax.errors import InputError
 from headhunt_jax.extract import Batch, Row, batch_features, frame_seconds, store_spec
 from headhunt_jax.locator import kernel_half_width, smooth
-from headhunt_jax.pipeline import check_compatible, detector_scores, event_fields
+from headhunt_jax.pipeline import check_compatible, detector_scores, event_fields, seconds
 from headhunt_jax.video import FRAMES_PER_SEGMENT, SEGMENT_LENGTH, Segment, VideoError, VideoReader
 
 log = logging.getLogger(__name__)
@@ -309,11 +309,6 @@ class OnlineSmoother:
             self._base = keep_from
 
 
-def seconds(frame: int, fps: float) -> float:
-    """A frame's time on the stream's clock, rounded as ``detect`` rounds it."""
-    return round(frame * (1.0 / fps), 3)
-
-
 @dataclasses.dataclass
 class _Run:
     """An open event: segments [start, end), frames [first_frame, last_frame), its peak."""
@@ -426,8 +421,8 @@ class SegmentScorer:
         rows = []
         for i, (seg, fps) in enumerate(segments):
             pixels[i] = seg.pixels
-            seconds = frame_seconds(seg.frame_indices, fps)
-            rows.append(Row(i, seg.start_frame, seg.end_frame, seg.frame_indices, seconds))
+            times = frame_seconds(seg.frame_indices, fps)
+            rows.append(Row(i, seg.start_frame, seg.end_frame, seg.frame_indices, times))
         ids = self._prompt_ids(shape[-2:])
         feats = batch_features(self.bb, self.processor, ids, Batch(pixels, rows, []), self.spec)
         x = feats[0].reshape(self.batch_size, -1)  # the padding rows too: one shape

@@ -144,7 +144,7 @@ def make_videos(
             )
             events = ((start, start + length),)
         name = f"demo{i:03d}_label_{label}.mp4"
-        write_mp4(out_dir / name, frames, fps)
+        write_h264(out_dir / name, frames, fps)
         videos.append(SyntheticVideo(out_dir / name, label, events, total))
     with open(out_dir / "annotations.txt", "w") as f:
         for v in videos:
@@ -153,16 +153,22 @@ def make_videos(
     return videos
 
 
-def write_mp4(path, frames: np.ndarray, fps: int) -> None:
-    """uint8 [n, H, W, 3] -> H.264 mp4 (yuv420p)."""
+def write_h264(path, frames: np.ndarray, fps: int, *, crf: int = 20, live_gop: int = 0) -> Path:
+    """uint8 [n, H, W, 3] -> H.264 (yuv420p) in the container of the path's suffix (.mp4, .ts,
+    ...). ``live_gop``: as a live encoder writes it, no B-frames and a keyframe every
+    ``live_gop`` frames. Returns the path."""
+    options = {"crf": str(crf), "preset": "veryfast"}
+    if live_gop:
+        options.update(tune="zerolatency", g=str(live_gop))
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast"}
+        stream.options = options
         for f in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         container.mux(stream.encode())
+    return Path(path)
 
 
 # --- the same videos in the layouts of the paper's datasets -----------------------------------

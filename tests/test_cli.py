@@ -180,7 +180,7 @@ def test_detect_bad_inputs_finish_the_good_ones(work, detector, tmp_path):
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     short = tmp_path / "short.mp4"
-    synthetic.write_mp4(short, np.full((30, 48, 64, 3), 128, np.uint8), 25)
+    synthetic.write_h264(short, np.full((30, 48, 64, 3), 128, np.uint8), 25)
     out = tmp_path / "out.json"
     run = cli(
         "detect",

@@ -18,7 +18,7 @@ from headhunt_jax.datasets import (
     ucf_crime,
     xd_violence,
 )
-from headhunt_jax.synthetic import write_mp4
+from headhunt_jax.synthetic import write_h264
 from headhunt_jax.video import segment_frame_indices
 
 UCF_TRAIN = [
@@ -443,7 +443,9 @@ def test_xd_violence_tfds_segments_match_the_reader(tmp_path):
     lengths = {"Calm_label_A": 30, "Fight_label_B1-0-0": 100}
     (tmp_path / "data/videos").mkdir(parents=True)
     for name, frames in lengths.items():
-        write_mp4(tmp_path / f"data/videos/{name}.mp4", np.zeros((frames, 16, 16, 3), np.uint8), 25)
+        write_h264(
+            tmp_path / f"data/videos/{name}.mp4", np.zeros((frames, 16, 16, 3), np.uint8), 25
+        )
     write_lines(tmp_path / "data/annotations.txt", ["Fight_label_B1-0-0.mp4 20 70"])
     sources = build("XdViolence", "segments", tmp_path / "data", tmp_path / "tfds")
     assert set(sources) == {"test"}  # no train/ folder: no training split

@@ -33,19 +33,6 @@ BATCH = 4
 SIGMA = 1.0  # a 7-tap kernel: the clips below are longer than it, and short enough to stream
 
 
-def write_ts(path: Path, frames: np.ndarray, fps: int) -> Path:
-    """uint8 [n, H, W, 3] -> H.264 in MPEG-TS, as a live encoder writes it (no B-frames)."""
-    with av.open(str(path), "w", format="mpegts") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height = frames.shape[2], frames.shape[1]
-        video.pix_fmt = "yuv420p"
-        video.options = {"crf": "20", "preset": "veryfast", "tune": "zerolatency", "g": "25"}
-        for f in frames:
-            container.mux(video.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        container.mux(video.encode())
-    return path
-
-
 def feed(write, path: Path, fps: float, *, stall=None, until=None) -> float:
     """Writes the file's bytes with ``write`` at real time: each frame's packet at its frame's
     time; ``stall``: (frame, seconds) to pause before that frame; ``until``: stop before that
@@ -101,9 +88,15 @@ def setup(tmp_path_factory):
     )
     footage = np.concatenate(synthetic.load_footage(96, 72))  # 622 frames
     clips = {  # name: (file, fps)
-        "a": (write_ts(root / "a.ts", footage[: 8 * 48 + 20], 50), 50),
-        "b": (write_ts(root / "b.ts", footage[::-1][: 6 * 48], 40), 40),  # ends on a window
-        "c": (write_ts(root / "c.ts", footage[200 : 200 + 4 * 48 + 30], 50), 50),
+        "a": (synthetic.write_h264(root / "a.ts", footage[: 8 * 48 + 20], 50, live_gop=25), 50),
+        "b": (
+            synthetic.write_h264(root / "b.ts", footage[::-1][: 6 * 48], 40, live_gop=25),
+            40,
+        ),  # ends on a window
+        "c": (
+            synthetic.write_h264(root / "c.ts", footage[200 : 200 + 4 * 48 + 30], 50, live_gop=25),
+            50,
+        ),
     }
     work = root / "work"
     results, failures = pipeline.detect(

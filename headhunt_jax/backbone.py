@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from headhunt_jax import backbones, sharding, weights
+from headhunt_jax import backbones, hub, sharding, weights
 from headhunt_jax.models.decoder import DecoderConfig, last_position_heads
 from headhunt_jax.models.layers import ATTENTION_IMPLS
 
@@ -43,7 +43,8 @@ class Backbone:
 
     ``path`` is the checkpoint directory (tokenizer files live there); ``name`` identifies the
     backbone in detector bundles. ``mesh``: the devices the parameters are sharded over (by
-    ``sharding.RULES``); None: one device.
+    ``sharding.RULES``); None: one device. ``hub_ref``: ``org/name@commit`` when it was loaded
+    by a Hub id (``hub.resolve``), which names the same snapshot again.
     """
 
     model: nn.Module
@@ -51,6 +52,7 @@ class Backbone:
     name: str
     path: Path | None = None
     mesh: Mesh | None = None
+    hub_ref: str | None = None
 
     @property
     def config(self):
@@ -183,8 +185,6 @@ def random_params(model: nn.Module, seed: int = 0):
 
 
 def _read_config(path: Path) -> dict:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such directory")
     if not path.is_dir():
         raise ValueError(f"{path}: not a directory (a backbone is a checkpoint directory)")
     cfg_file = path / "config.json"
@@ -209,7 +209,8 @@ def load_backbone(
     attention: str = "auto",
     mesh: Mesh | None = None,
 ) -> Backbone:
-    """Loads a backbone from a HF checkpoint directory or a directory written by ``convert``.
+    """Loads a backbone from a HF checkpoint directory, a Hub id (``org/name[@revision]``, through
+    the ``huggingface_hub`` cache: ``hub.resolve``) or a directory written by ``convert``.
 
     HF: ``config.json`` + safetensors (single or sharded) of any family's model (its
     ``model_type`` picks the family, ``backbones.FAMILIES``; the family's key table reads the
@@ -218,9 +219,11 @@ def load_backbone(
     ``attention_impl``). ``mesh`` (``sharding.make_mesh``): each parameter goes straight to its
     shards by ``sharding.RULES``, so no device ever holds the whole tree; None: one device.
     """
-    path = Path(path)
+    source = hub.resolve(path)
+    path = source.path
     if (path / CONVERTED_CONFIG).exists():
-        return _load_converted(path, dtype, name, attention, mesh)
+        bb = _load_converted(path, dtype, name or source.repo_id, attention, mesh)
+        return dataclasses.replace(bb, hub_ref=source.hub_ref)
     cfg = _read_config(path)
     model = make_model(config_from_hf(cfg), dtype, attention)
     tied = model.cfg.text.tie_word_embeddings
@@ -243,7 +246,8 @@ def load_backbone(
         stack=_stacker(shardings),
     )
     params = flax.traverse_util.unflatten_dict(flat, sep="/")
-    return Backbone(model, params, name or cfg.get("_name_or_path") or path.name, path, mesh)
+    name = name or source.repo_id or cfg.get("_name_or_path") or path.name
+    return Backbone(model, params, name, path, mesh, source.hub_ref)
 
 
 def _flat_shardings(model: nn.Module, mesh: Mesh | None) -> dict:

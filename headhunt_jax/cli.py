@@ -94,6 +94,8 @@ def _detector(args):
     changes = {k: getattr(args, k) for k in ("sigma", "tau") if getattr(args, k, None) is not None}
     if changes:
         detector = dataclasses.replace(detector, **changes)
+    if args.model is None and detector.backbone_hub:
+        args.model = detector.backbone_hub  # the same snapshot, from the cache or the Hub
     if args.model is None:
         path = detector.backbone_path
         if not path:
@@ -579,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--model",
             required=required,
-            help="backbone: HF checkpoint or converted directory"
+            help="backbone: a Hugging Face Hub id (org/name or org/name@revision), or a HF "
+            "checkpoint or converted directory"
             + ("" if required else " (default: the one the detector was fitted on)"),
         )
         p.add_argument(
@@ -658,7 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to an orbax checkpoint")
-    p.add_argument("hf_dir", type=Path, help="HF checkpoint directory (config.json + safetensors)")
+    p.add_argument(
+        "hf_dir",
+        metavar="model",
+        help="a HF checkpoint directory (config.json + safetensors) or a Hub id (org/name or "
+        "org/name@revision)",
+    )
     p.add_argument("out", type=Path, help="output directory")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.set_defaults(func=_convert)

@@ -10,6 +10,7 @@ import numpy as np
 
 from headhunt_jax.bundle import BundleError, read_bundle, write_bundle
 from headhunt_jax.errors import InputError
+from headhunt_jax.hub import from_record, relative_to
 from headhunt_jax.hunt import check_heads
 from headhunt_jax.locator import DEFAULT_SIGMA, DEFAULT_TAU
 from headhunt_jax.scorer import KINDS, Scorer
@@ -30,7 +31,10 @@ class Detector:
     the training features came from ("float32", "bfloat16"; "" when unknown); training: how it
     was fitted (``pipeline.fit``: the store, rows, held-out metrics, what sigma and tau were
     chosen on; empty when unknown); backbone_path: the directory the backbone was loaded from
-    when its features were extracted ("" when unknown), which ``detect`` uses without --model;
+    when its features were extracted ("" when unknown), which ``detect`` uses without --model
+    (saved relative to the bundle when it lies beside it, so that the folder holding both can
+    move); backbone_hub: ``org/name@commit`` when that backbone was loaded by a Hub id ("" when
+    not), which ``detect`` resolves instead of the path;
     processor_options: the backbone processor's options the features were extracted with (e.g.
     Qwen2.5-VL's ``mode``), which ``detect`` extracts with again.
     """
@@ -45,6 +49,7 @@ class Detector:
     dtype: str = ""
     training: dict = dataclasses.field(default_factory=dict)
     backbone_path: str = ""
+    backbone_hub: str = ""
     processor_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -72,7 +77,8 @@ class Detector:
             "backbone_fingerprint": self.backbone_fingerprint,
             "dtype": self.dtype,
             "training": self.training,
-            "backbone_path": self.backbone_path,
+            "backbone_path": self.backbone_path and relative_to(self.backbone_path, path),
+            "backbone_hub": self.backbone_hub,
             "processor_options": dict(self.processor_options),
         }
         write_bundle(path, arrays, meta, overwrite)
@@ -94,7 +100,8 @@ class Detector:
             backbone_fingerprint=meta.get("backbone_fingerprint", ""),
             dtype=meta.get("dtype", ""),
             training=meta.get("training", {}),
-            backbone_path=meta.get("backbone_path", ""),
+            backbone_path=meta.get("backbone_path") and from_record(meta["backbone_path"], path),
+            backbone_hub=meta.get("backbone_hub", ""),
             processor_options=meta.get("processor_options", {}),
         )
 

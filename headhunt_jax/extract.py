@@ -399,7 +399,7 @@ def extract_features(
     )
     stores = [FeatureStore.create(d, spec) for d, spec in zip(out_dirs, specs, strict=True)]
     for store in stores:
-        store.record_backbone(bb.path)
+        store.record_backbone(bb.path, bb.hub_ref)
 
     stored = {v for v in ids if all(v in store for store in stores)}
     todo = [(v, p) for v, p in zip(ids, paths, strict=True) if v not in stored]

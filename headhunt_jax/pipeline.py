@@ -345,6 +345,7 @@ def fit(
         backbone_fingerprint=spec.backbone_fingerprint,
         dtype=spec.dtype,
         backbone_path=store.backbone_path or "",
+        backbone_hub=store.backbone_hub or "",
         processor_options=dict(spec.processor_options),
     )
     training = {

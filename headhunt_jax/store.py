@@ -244,11 +244,22 @@ class FeatureStore:
     @property
     def backbone_path(self) -> str | None:
         """The directory the backbone was loaded from at the last extraction, if recorded."""
-        file = self.path / BACKBONE_FILE
-        return json.loads(file.read_text())["path"] if file.exists() else None
+        return self._backbone_record().get("path")
 
-    def record_backbone(self, path) -> None:
-        text = json.dumps({"path": str(Path(path).absolute())}).encode()
+    @property
+    def backbone_hub(self) -> str | None:
+        """``org/name@commit`` when the backbone was loaded by a Hub id, if recorded."""
+        return self._backbone_record().get("hub")
+
+    def _backbone_record(self) -> dict:
+        file = self.path / BACKBONE_FILE
+        return json.loads(file.read_text()) if file.exists() else {}
+
+    def record_backbone(self, path, hub_ref: str | None = None) -> None:
+        record = {"path": str(Path(path).absolute())}
+        if hub_ref:
+            record["hub"] = hub_ref
+        text = json.dumps(record).encode()
         _atomic_write(self.path / BACKBONE_FILE, lambda f: f.write(text))
 
     def video_ids(self) -> list[str]:

@@ -209,6 +209,23 @@ def test_detect_bad_inputs_finish_the_good_ones(work, detector, tmp_path):
         assert name in run.stderr
 
 
+def test_a_moved_folder_keeps_its_backbone(work, detector, tmp_path):
+    """The detector records its backbone beside it relative to itself: the folder holding both
+    can be copied or moved, and ``detect`` without --model still finds the backbone."""
+    import shutil
+
+    root, model, clips = work
+    assert json.loads((detector / "meta" / "metadata").read_text())["backbone_path"] == "../model"
+    moved = tmp_path / "moved"
+    shutil.copytree(model, moved / "model")
+    shutil.copytree(detector, moved / "detector")
+    assert Detector.load(moved / "detector").backbone_path == str(moved / "model")
+    out = tmp_path / "d.json"
+    video = sorted(clips.glob("*.mp4"))[0]
+    cli("detect", "--detector", moved / "detector", video, "--out", out, "--quiet")
+    assert [r["video"] for r in json.loads(out.read_text())["videos"]] == [video.name]
+
+
 def test_one_line_errors(work, detector, tmp_path):
     root, model, clips = work
     assert_one_line_error(

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
 
 from headhunt_jax import backbone, backbones, weights  # noqa: E402
-from headhunt_jax.backbones.internvl.modeling import InternVLConfig  # noqa: E402
+from headhunt_jax.backbones.internvl.config import InternVLConfig  # noqa: E402
 from headhunt_jax.prefix import head_features_prompts  # noqa: E402
 
 # Layers of the published XD-Violence expert heads (checkpoints/xd_violence_internvl3_8b.json).

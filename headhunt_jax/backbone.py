@@ -150,9 +150,13 @@ def make_model(cfg, dtype=jnp.float32, attention: str = "auto") -> nn.Module:
     return backbones.for_config(cfg).module(cfg, dtype, attention_impl(attention, dtype))
 
 
-def config_from_hf(cfg: dict):
-    """Our config for a HF ``config.json`` dict, by its family (``backbones.FAMILIES``)."""
-    return backbones.for_model_type(cfg.get("model_type")).config_type.from_hf(cfg)
+def config_from_hf(cfg: dict, directory=None):
+    """Our config for a HF ``config.json`` dict, by its family (``backbones.FAMILIES``);
+    ``directory``: the checkpoint's, for what its format keeps outside config.json."""
+    family = backbones.for_model_type(cfg.get("model_type"))
+    if directory is not None and family.checkpoint_config is not None:
+        cfg = family.checkpoint_config(cfg, directory)
+    return family.config_type.from_hf(cfg)
 
 
 def preset(name: str):
@@ -225,7 +229,7 @@ def load_backbone(
         bb = _load_converted(path, dtype, name or source.repo_id, attention, mesh)
         return dataclasses.replace(bb, hub_ref=source.hub_ref)
     cfg = _read_config(path)
-    model = make_model(config_from_hf(cfg), dtype, attention)
+    model = make_model(config_from_hf(cfg, path), dtype, attention)
     tied = model.cfg.text.tie_word_embeddings
     tensors = (
         item for f in weights.safetensors_files(path) for item in weights.read_safetensors(f)
@@ -394,7 +398,19 @@ def check_inputs(bb: Backbone, input_ids, vision: dict) -> None:
     """Raises a clear ValueError when input_ids and the vision inputs do not fit together."""
     if np.ndim(input_ids) != 2:
         raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
+    check_length(bb, np.shape(input_ids)[1])
     bb.family.check_inputs(bb.config, input_ids, vision)
+
+
+def check_length(bb: Backbone, tokens: int) -> None:
+    """Refuses sequences longer than the positions the decoder's numbers hold for
+    (``DecoderConfig.max_positions``: past them dynamic rope scaling would change them)."""
+    limit = bb.text_config.max_positions
+    if limit and tokens > limit:
+        raise ValueError(
+            f"{tokens} tokens: {bb.name} computes the numbers of its checkpoint up to {limit} "
+            "positions (past them its dynamic rope scaling changes them, which is not supported)"
+        )
 
 
 def prepare_inputs(bb: Backbone, prompt_ids, vision: dict, attention_mask=None):

@@ -23,7 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from headhunt_jax.backbone import Backbone, check_inputs, prepare_inputs, vision_inputs
+from headhunt_jax.backbone import (
+    Backbone,
+    check_inputs,
+    check_length,
+    prepare_inputs,
+    vision_inputs,
+)
 from headhunt_jax.errors import InputError
 from headhunt_jax.models import stack
 
@@ -244,6 +250,7 @@ def generate(
         cache = (prefix.keys, prefix.values)
         key_mask = np.concatenate([np.ones((len(ids), prefix.length), bool), mask], axis=1)
         length = prefix.length + ids.shape[1]
+    check_length(bb, length + max_new_tokens)
     cache_length = -(-(length + max_new_tokens) // CACHE_BLOCK) * CACHE_BLOCK
     ids_, vision_, positions_, key_mask_ = _on_device(ids, vision, positions, key_mask)
     logits, kv = _prefill(bb.model, bb.params, ids_, vision_, positions_, key_mask_, cache)

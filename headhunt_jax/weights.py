@@ -221,18 +221,42 @@ def stack_layers(flat: dict[str, Any], stack: Callable[[str, list], Any] | None 
 
 class KeyTable:
     """A family's HF keys -> param paths. ``prefixes``: (long, short) pairs that shorten the key
-    layouts its checkpoints use, the first that matches wins; ``rows``: (regex on the short key,
-    param path template, transform)."""
+    layouts its checkpoints use, the first that matches wins; ``renames``: (regex, template)
+    pairs applied after them, that bring another layout's names onto the rows' (the first that
+    matches wins); ``splits``: (regex, templates) that cut a fused tensor into equal parts along
+    its first axis, one short key each; ``rows``: (regex on the short key, param path template,
+    transform)."""
 
-    def __init__(self, rows, prefixes=()):
+    def __init__(self, rows, prefixes=(), renames=(), splits=()):
         self.rows = [(re.compile(pattern + "$"), target, fn) for pattern, target, fn in rows]
         self.prefixes = tuple(prefixes)
+        self.renames = [(re.compile(pattern), target) for pattern, target in renames]
+        self.splits = [(re.compile(pattern + "$"), tuple(parts)) for pattern, parts in splits]
 
     def normalize(self, key: str) -> str:
         for prefix, short in self.prefixes:
             if key.startswith(prefix):
-                return short + key[len(prefix) :]
+                key = short + key[len(prefix) :]
+                break
+        for pattern, target in self.renames:
+            renamed, n = pattern.subn(target, key, count=1)
+            if n:
+                return renamed
         return key
+
+    def expand(self, key: str, w) -> Iterator[tuple[str, Any]]:
+        """(short key, tensor) pairs of one checkpoint tensor: itself, or its fused parts."""
+        short = self.normalize(key)
+        for pattern, parts in self.splits:
+            m = pattern.match(short)
+            if m:
+                if w.shape[0] % len(parts):
+                    raise CheckpointError(
+                        f"tensor {key} of shape {tuple(w.shape)} does not split in {len(parts)}"
+                    )
+                yield from zip((m.expand(p) for p in parts), np.split(w, len(parts)), strict=True)
+                return
+        yield short, w
 
     def map(self, key: str) -> tuple[str, Callable | None] | None:
         """HF key -> (param path 'a/b/c', transform), or None if no row matches."""
@@ -271,23 +295,32 @@ def convert(
     for key, w in tensors:
         if _IGNORED.match(key):
             continue
-        mapped = table.map(key)
-        if mapped is None or mapped[0] not in expected:
-            if tied_embeddings and table.normalize(key) == "lm_head.weight":
-                continue  # a tied head saved explicitly is the embedding again
-            unexpected.append(key)
-            continue
-        path, fn = mapped
-        shape = tuple(expected[path])
-        want = (
-            _HF_SHAPE[fn](shape) if fn in _HF_SHAPE else tuple(w.shape) if fn is reshape else shape
-        )
-        if tuple(w.shape) != tuple(want) or (fn is reshape and w.size != int(np.prod(shape))):
-            raise CheckpointError(
-                f"{source}: tensor {key} has shape {tuple(w.shape)}, expected {tuple(want)}"
+        try:
+            parts = list(table.expand(key, w))
+        except CheckpointError as e:
+            raise CheckpointError(f"{source}: {e}") from None
+        for short, w in parts:
+            mapped = table.map(short)
+            if mapped is None or mapped[0] not in expected:
+                if tied_embeddings and short == "lm_head.weight":
+                    continue  # a tied head saved explicitly is the embedding again
+                unexpected.append(key)
+                continue
+            path, fn = mapped
+            shape = tuple(expected[path])
+            want = (
+                _HF_SHAPE[fn](shape)
+                if fn in _HF_SHAPE
+                else tuple(w.shape)
+                if fn is reshape
+                else shape
             )
-        w = np.asarray(fn(w, shape) if fn else w).astype(dtype)
-        out[path] = w if place is None else place(path, w)
+            if tuple(w.shape) != tuple(want) or (fn is reshape and w.size != int(np.prod(shape))):
+                raise CheckpointError(
+                    f"{source}: tensor {key} has shape {tuple(w.shape)}, expected {tuple(want)}"
+                )
+            w = np.asarray(fn(w, shape) if fn else w).astype(dtype)
+            out[path] = w if place is None else place(path, w)
     if unexpected:
         raise CheckpointError(
             f"{source}: unexpected tensors: {', '.join(unexpected[:8])}"

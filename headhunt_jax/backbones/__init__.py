@@ -20,6 +20,9 @@ The contract a family keeps:
   module's vision inputs, each prompt's positions), on the host, for families whose shapes or
   positions depend on data (image grids, M-RoPE); every array it returns has the batch first;
   ``attention_mask`` (generation: one left-padded prompt) marks the padding that positions skip;
+- ``checkpoint_config(config.json dict, checkpoint_dir)`` (optional): the dict completed with what
+  a checkpoint format keeps outside config.json (InternVL's original format: its image token,
+  from the tokenizer), before ``from_hf``;
 - ``processor(cfg, checkpoint_dir, image_size)``: decoded frames + a prompt -> the module's inputs
   (``Processor``), or None for a text-only family;
 - ``demo_backbones``: tiny random-weight checkpoints of the family for ``demo --backbone``.
@@ -66,6 +69,7 @@ class Family:
     init_inputs: Callable[[Any], dict]
     check_inputs: Callable[[Any, np.ndarray, dict], None]
     prepare: Callable[[Any, list, dict], tuple[dict, list | None]] | None = None
+    checkpoint_config: Callable[[dict, Any], dict] | None = None
     processor: Callable[..., Processor] | None = None
     presets: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Tiny random-weight checkpoints for the demo, by name: (out_dir, prompts, seed) -> directory.

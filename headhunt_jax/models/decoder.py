@@ -46,6 +46,10 @@ class DecoderConfig:
     # Qwen2.5-VL's M-RoPE: the rotary frequencies split into sections rotated by the temporal,
     # height and width positions in turn (sizes summing to head_dim / 2); empty: 1-D RoPE.
     mrope_section: tuple[int, ...] = dataclasses.field(default=(), metadata={"added": True})
+    # Positions up to which the numbers are these (0: any). Dynamic NTK rope scaling leaves the
+    # rotary frequencies as they are up to the model's trained length and stretches them only
+    # past it, which this decoder does not do: longer inputs are refused.
+    max_positions: int = dataclasses.field(default=0, metadata={"added": True})
 
     @property
     def text(self) -> "DecoderConfig":
@@ -81,8 +85,16 @@ class DecoderConfig:
         rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
         theta = rope.pop("rope_theta", None) or cfg.get("rope_theta") or 10000.0
         rope_type = rope.get("rope_type", rope.get("type", "default"))
+        max_positions = 0
+        if rope_type == "dynamic":  # the default frequencies up to the trained length
+            max_positions = int(
+                rope.get("original_max_position_embeddings") or cfg["max_position_embeddings"]
+            )
+            rope_type = "default"
         if rope_type not in SUPPORTED_ROPE:
-            raise ValueError(f"unsupported rope_type {rope_type!r} (supported: {SUPPORTED_ROPE})")
+            raise ValueError(
+                f"unsupported rope_type {rope_type!r} (supported: {SUPPORTED_ROPE + ('dynamic',)})"
+            )
         scaling = () if rope_type == "default" else tuple(sorted(rope.items()))
         heads = cfg["num_attention_heads"]
         return cls(
@@ -103,6 +115,7 @@ class DecoderConfig:
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qk_norm=qwen3,
+            max_positions=max_positions,
         )
 
 

@@ -1,4 +1,5 @@
-"""InternVL3 / InternVL3.5 (``InternVLForConditionalGeneration``, model_type ``internvl``)."""
+"""InternVL3 / InternVL3.5, in either checkpoint format: transformers' ``InternVLForConditionalGeneration``
+(model_type ``internvl``) or InternVL's own ``InternVLChatModel`` (``internvl_chat``)."""
 
 import functools
 
@@ -6,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from headhunt_jax.backbones import Family, register
-from headhunt_jax.backbones.internvl.modeling import PRESETS, InternVL, InternVLConfig
+from headhunt_jax.backbones.internvl.config import PRESETS, InternVLConfig, checkpoint_config
+from headhunt_jax.backbones.internvl.modeling import InternVL
 from headhunt_jax.backbones.internvl.params import KEYS
 from headhunt_jax.backbones.internvl.processor import processor
 from headhunt_jax.backbones.internvl.tiny import tiny_backbone
@@ -43,12 +45,13 @@ def check_inputs(cfg: InternVLConfig, input_ids, vision_inputs: dict) -> None:
 FAMILY = register(
     Family(
         name="internvl",
-        model_types=("internvl",),
+        model_types=("internvl", "internvl_chat"),
         config_type=InternVLConfig,
         module=InternVL,
         keys=KEYS,
         init_inputs=init_inputs,
         check_inputs=check_inputs,
+        checkpoint_config=checkpoint_config,
         processor=processor,
         presets=PRESETS,
         demo_backbones={

@@ -1,4 +1,5 @@
-"""InternVL checkpoints' keys (InternVLForConditionalGeneration, both key layouts) -> params."""
+"""InternVL checkpoints' keys -> params: InternVLForConditionalGeneration's (both of its key
+layouts), and InternVLChatModel's, renamed onto them (its fused ``attn.qkv`` cut in three)."""
 
 from headhunt_jax import weights as w
 
@@ -78,8 +79,10 @@ KEYS = w.KeyTable(
         (r"proj\.(linear_[12])\.weight", r"projector/\1/kernel", w.linear),
         (r"proj\.(linear_[12])\.bias", r"projector/\1/bias", None),
     ],
-    # Both InternVL key layouts: transformers v5 (model.language_model.*) and v4.
+    # Both InternVL key layouts: transformers v5 (model.language_model.*) and v4; and the
+    # original's (vision_model.*, mlp1.*, language_model.model.*, language_model.lm_head.*).
     [
+        ("vision_model.", "vision."),
         ("model.language_model.", "lm."),
         ("language_model.model.", "lm."),
         ("language_model.lm_head.", "lm_head."),
@@ -88,5 +91,33 @@ KEYS = w.KeyTable(
         ("model.multi_modal_projector.", "proj."),
         ("multi_modal_projector.", "proj."),
         ("lm_head.", "lm_head."),
+    ],
+    # InternVLChatModel's names -> transformers' (after the prefixes above).
+    [
+        (r"^vision\.embeddings\.class_embedding$", "vision.embeddings.cls_token"),
+        (r"^vision\.embeddings\.position_embedding$", "vision.embeddings.position_embeddings"),
+        (
+            r"^vision\.embeddings\.patch_embedding\.",
+            "vision.embeddings.patch_embeddings.projection.",
+        ),
+        (
+            r"^vision\.encoder\.layers\.(\d+)\.attn\.proj\.",
+            r"vision.encoder.layer.\1.attention.projection_layer.",
+        ),
+        (r"^vision\.encoder\.layers\.(\d+)\.attn\.", r"vision.encoder.layer.\1.attention."),
+        (r"^vision\.encoder\.layers\.(\d+)\.norm1\.", r"vision.encoder.layer.\1.layernorm_before."),
+        (r"^vision\.encoder\.layers\.(\d+)\.norm2\.", r"vision.encoder.layer.\1.layernorm_after."),
+        (r"^vision\.encoder\.layers\.(\d+)\.ls([12])$", r"vision.encoder.layer.\1.lambda_\2"),
+        (r"^vision\.encoder\.layers\.(\d+)\.", r"vision.encoder.layer.\1."),
+        (r"^mlp1\.0\.", "proj.layer_norm."),
+        (r"^mlp1\.1\.", "proj.linear_1."),
+        (r"^mlp1\.3\.", "proj.linear_2."),
+    ],
+    # The original's vision attention: q, k and v rows fused in one tensor.
+    [
+        (
+            r"(vision\.encoder\.layer\.\d+\.attention)\.qkv\.(weight|bias)",
+            [r"\1.q_proj.\2", r"\1.k_proj.\2", r"\1.v_proj.\2"],
+        )
     ],
 )

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from headhunt_jax.backbones.internvl.modeling import InternVLConfig
+from headhunt_jax.backbones.internvl.config import InternVLConfig
 from headhunt_jax.backbones.internvl.prompt import build_prompt_ids
 from headhunt_jax.models.tokenizer import load_tokenizer
 from headhunt_jax.video import IMAGENET_MEAN, IMAGENET_STD

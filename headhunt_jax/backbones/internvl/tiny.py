@@ -3,7 +3,7 @@ the demo and the tests: the pipeline runs for real, the weights are not."""
 
 from pathlib import Path
 
-from headhunt_jax.backbones.internvl.modeling import InternVLConfig
+from headhunt_jax.backbones.internvl.config import InternVLConfig
 from headhunt_jax.backbones.internvl.prompt import IMG_CONTEXT, IMG_END, IMG_START, SYSTEM_MESSAGE
 from headhunt_jax.backbones.internvl.vision import VisionConfig
 from headhunt_jax.models.decoder import tiny_decoder

@@ -75,6 +75,25 @@ class VisionConfig:
             use_mean_pooling=bool(cfg.get("use_mean_pooling", True)),
         )
 
+    @classmethod
+    def from_chat(cls, cfg: dict) -> "VisionConfig":
+        """From InternVLChatModel's ``vision_config`` (InternViT's own names). Its tower has no
+        final norm (``use_mean_pooling`` here); drop path and flash attention change nothing
+        at inference."""
+        if cfg.get("use_moe"):
+            raise ValueError("a mixture-of-experts vision tower (use_moe) is not supported")
+        if cfg.get("qk_normalization") and cfg.get("layer_norm_eps", 1e-6) != 1e-6:
+            raise ValueError(
+                "qk_normalization with layer_norm_eps other than 1e-6 is not supported"
+            )
+        hf = {
+            **cfg,
+            "attention_bias": cfg.get("qkv_bias", False),
+            "use_qk_norm": cfg.get("qk_normalization", False),
+            "use_mean_pooling": True,
+        }
+        return cls.from_hf(hf)
+
 
 def _cubic_weights(in_size: int, out_size: int) -> np.ndarray:
     """[out, in] matrix of torch's bicubic resize (align_corners=False, A = -0.75, edge clamp)."""

@@ -105,7 +105,8 @@ def fingerprint(config) -> str:
     The sha256 of the config's fields as sorted JSON. A field added to a config after 0.1.0 is
     declared with ``metadata={"added": True}`` and counts only where it differs from its default,
     so that a new field keeps every existing fingerprint (and the stores and detectors that
-    record one) valid."""
+    record one) valid. A field declared with ``metadata={"fingerprint": False}`` never counts:
+    it bounds where the numbers hold without changing them."""
     text = json.dumps(_canonical(config), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -115,7 +116,8 @@ def _canonical(value):
         return {
             f.name: _canonical(getattr(value, f.name))
             for f in dataclasses.fields(value)
-            if not (f.metadata.get("added") and getattr(value, f.name) == f.default)
+            if f.metadata.get("fingerprint", True)
+            and not (f.metadata.get("added") and getattr(value, f.name) == f.default)
         }
     if isinstance(value, tuple | list):
         return [_canonical(v) for v in value]

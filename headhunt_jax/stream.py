@@ -1,7 +1,8 @@
 """Live streams: segments scored as their frames arrive, events reported as they happen.
 
-Sources (:func:`parse_source`): a file still being written, followed until it stops growing; a
-container on an open pipe (``-``: standard input, e.g. MPEG-TS piped from ffmpeg); anything else
+Sources (:func:`parse_source`): a file (:func:`followed_file`: a finished one read as ``detect``
+reads it; one still being written followed as it grows, until it stops growing, where its container
+can be read that way, else read once it is finished); a container on an open pipe (``-``: standard input, e.g. MPEG-TS piped from ffmpeg); anything else
 PyAV opens as a live input (``rtsp://``, ``http(s)://``, ``udp://``, ``srt://``, ``tcp://``, a
 V4L2 device such as ``/dev/video0``), reopened with backoff when it drops. Each source is read in
 its own thread by the ``VideoReader`` that ``detect`` reads files with, so a stream is cut into the
@@ -129,12 +130,126 @@ class _Pipe:
 
 
 def followed_file(path, idle_s: float = 10.0) -> Source:
-    """A file still being written, read as it grows; it ends once it has not grown for
-    ``idle_s`` seconds."""
+    """A video file, finished or still being written.
+
+    Finished (not modified for ``idle_s`` seconds, or an MP4/MOV whose index, the ``moov`` atom,
+    is written and ends the file): opened as ``detect`` opens it, so any file PyAV reads. Still
+    being written: followed as it grows, until it has not grown for ``idle_s`` seconds, where its
+    container can be read that way (:func:`file_layout`: MPEG-TS, Matroska/WebM, fragmented
+    MP4, FLV, raw H.264/HEVC, Y4M); any other (an ordinary MP4/MOV, whose index comes at its
+    end; AVI...) is read once it is finished, a warning saying so."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: not a regular file")
-    return Source(str(path), lambda stop: av.open(_Followed(path, idle_s, stop), "r"))
+    return Source(str(path), functools.partial(_open_file, path, idle_s))
+
+
+# What file_layout says of a file's bytes so far.
+STREAMS = "streams"  # a container that can be read while it is written
+COMPLETE = "complete"  # an MP4/MOV with its index, whole: finished
+UNSTREAMABLE = "unstreamable"  # readable once finished only (an MP4/MOV without its index yet)
+UNKNOWN = "unknown"  # too few bytes to tell
+_ISO_ATOMS = {b"ftyp", b"styp", b"moov", b"moof", b"mdat", b"free", b"skip", b"wide", b"pnot"}
+_STREAM_MAGIC = (b"\x1a\x45\xdf\xa3", b"FLV", b"\x00\x00\x00\x01", b"\x00\x00\x01", b"YUV4MPEG2")
+
+
+def file_layout(path: Path) -> str:
+    """Whether the file as it is now can be read while it is written (STREAMS), is a whole
+    MP4/MOV (COMPLETE), is an MP4/MOV or another container that only a finished file can be
+    read from (UNSTREAMABLE), or is too short to tell (UNKNOWN). Reads the head and the
+    MP4/MOV atoms' headers only."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+        if len(head) < 8:
+            return UNKNOWN
+        if head[4:8] in _ISO_ATOMS:
+            return _iso_layout(f, os.fstat(f.fileno()).st_size)
+    if head[:1] == b"\x47" and (len(head) < 189 or head[188:189] == b"\x47"):  # MPEG-TS
+        return STREAMS
+    if any(head.startswith(m) for m in _STREAM_MAGIC):
+        return STREAMS
+    return UNSTREAMABLE
+
+
+def _is_iso(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8)[4:8] in _ISO_ATOMS
+
+
+def _atoms(f, start: int, end: int):
+    """(type, start, end) of the MP4/MOV atoms in [start, end) of the file, as far as their
+    headers are written; an end past the file's means the atom is not whole yet."""
+    at = start
+    while at + 8 <= end:
+        f.seek(at)
+        header = f.read(16)
+        if len(header) < 8:
+            return
+        size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+        if size == 1:
+            if len(header) < 16:
+                return
+            size = int.from_bytes(header[8:16], "big")
+        elif size == 0:  # to the end of the file (a writer's placeholder until it finishes)
+            size = -1
+        if 0 <= size < 8:
+            return  # not atoms (a damaged file): the demuxer will say so
+        yield kind, at, (at + size if size > 0 else -1)
+        if size < 0:
+            return
+        at += size
+
+
+def _iso_layout(f, size: int) -> str:
+    index = samples = False
+    for kind, start, end in _atoms(f, 0, size):
+        whole = 0 < end <= size
+        if kind in (b"moof", b"styp"):
+            return STREAMS  # fragments (fragmented MP4, CMAF)
+        if kind == b"moov" and whole:
+            if any(k == b"mvex" for k, _, _ in _atoms(f, start + 8, end)):
+                return STREAMS  # an empty index: the samples are in the fragments after it
+            index = True
+        samples = samples or kind == b"mdat"
+        if not whole:  # still being written (or, for mdat, its size not yet written)
+            return UNSTREAMABLE if samples else UNKNOWN
+        if end == size:
+            if index and samples:
+                return COMPLETE
+            return UNSTREAMABLE if samples else UNKNOWN  # the index after the samples: to come
+    return UNSTREAMABLE if samples else UNKNOWN
+
+
+def _open_file(path: Path, idle_s: float, stop: threading.Event) -> av.container.InputContainer:
+    """The file's container: the file itself once it is finished, a :class:`_Followed` reader
+    while it is written in a container that can be read so; a file that cannot is waited for."""
+    warned = False
+    while True:
+        layout = file_layout(path)
+        finished = time.time() - path.stat().st_mtime > idle_s
+        if finished or layout == COMPLETE:
+            if path.stat().st_size == 0:
+                raise VideoError(path, "empty file")
+            try:
+                return av.open(str(path))
+            except av.FFmpegError as err:
+                problem = f"not a readable video file ({err})"
+                if layout != COMPLETE and _is_iso(path):
+                    problem += " (an MP4/MOV without its index, the moov atom: not finished?)"
+                raise VideoError(path, problem) from err
+        if layout == STREAMS:
+            return av.open(_Followed(path, idle_s, stop), "r")
+        if layout == UNSTREAMABLE and not warned:
+            log.warning(
+                "%s: being written in a container that cannot be read until it is finished "
+                "(for a live file write MPEG-TS, Matroska or fragmented MP4); waiting for it "
+                "to be finished (no growth for %g s)",
+                path,
+                idle_s,
+            )
+            warned = True
+        if stop.wait(POLL_S):
+            raise InterruptedError(f"{path}: stopped while waiting for the file to be finished")
 
 
 def pipe(file, name: str = "-") -> Source:

@@ -28,9 +28,12 @@ def add_watch_command(subparsers, backbone_args, load_detector, load_backbone) -
         "sources",
         nargs="+",
         metavar="SOURCE",
-        help="a file being written (followed until it stops growing), anything PyAV opens as a "
-        "live input (rtsp://, http(s)://, udp://, srt://, tcp://, a V4L2 device such as "
-        "/dev/video0), or - for a container on standard input (e.g. MPEG-TS from ffmpeg)",
+        help="a video file: a finished one (any file detect reads) is read whole; one still "
+        "being written is followed as it grows, until it stops growing, if its container can "
+        "be read so (MPEG-TS, Matroska/WebM, fragmented MP4), and otherwise (an ordinary MP4/MOV, "
+        "whose index is written last) read once finished, with a warning; anything PyAV opens "
+        "as a live input (rtsp://, http(s)://, udp://, srt://, tcp://, a V4L2 device such as "
+        "/dev/video0); or - for a container on standard input (e.g. MPEG-TS from ffmpeg)",
     )
     p.add_argument(
         "--lookahead",
@@ -49,8 +52,8 @@ def add_watch_command(subparsers, backbone_args, load_detector, load_backbone) -
         "--idle-timeout",
         type=float,
         default=10.0,
-        help="seconds a followed file may go without growing before it counts as ended "
-        "(default 10)",
+        help="seconds a file may go without growing before it counts as finished: a file not "
+        "modified for that long is read whole, a followed one ends (default 10)",
     )
     p.add_argument(
         "--read-timeout",

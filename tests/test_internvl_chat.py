@@ -241,3 +241,16 @@ def test_inputs_past_the_trained_length_are_refused():
         hh.head_features(bb, ref["input_ids"], ref["pixel_values"])
     with pytest.raises(ValueError, match="up to 66 positions"):
         hh.generate(bb, ref["input_ids"][:, :60], 8, ref["pixel_values"])
+
+
+def test_generation_equals_transformers_on_the_twin(twins):
+    """Greedy tokens from the original-format checkpoint equal transformers' generate on its
+    -hf twin (the original's own generation goes through chat(), which takes one prompt)."""
+    from test_generate import NEW, torch_generate
+
+    chat_dir, _, model = twins
+    ref = np.load(chat_dir / "reference.npz")
+    ids, pixels = ref["input_ids"].astype(np.int64), ref["pixel_values"]
+    want = torch_generate(model, ids, np.ones_like(ids), (), pixel_values=pixels)
+    got = hh.generate(hh.load_backbone(chat_dir), ids, NEW, pixels, eos_token_id=())
+    np.testing.assert_array_equal(got.tokens, want)

@@ -48,3 +48,19 @@ def test_dynamic_rope_holds_up_to_the_trained_length():
     llm = dict(cfg["llm_config"], rope_scaling={"rope_type": "yarn", "factor": 4.0})
     with pytest.raises(ValueError, match="unsupported rope_type 'yarn'"):
         backbone.config_from_hf({**cfg, "llm_config": llm})
+
+
+# Presets whose config was not found verbatim: the size of their weight files as the Hub's file
+# listing shows it (decimal GB, three significant digits; the README of released_configs), bf16.
+LISTED = {
+    "InternVL3-1B": (1.88e9, 0.005e9),  # model.safetensors, in both formats
+    "InternVL3-2B": (4.18e9, 0.005e9),  # model.safetensors
+    "InternVL3.5-1B": (2.12e9, 0.005e9),  # model.safetensors
+    "llava-onevision-qwen2-7b-ov": ((4.91 + 4.99 + 4.93 + 1.23) * 1e9, 0.02e9),  # 4 shards
+}
+
+
+@pytest.mark.parametrize("name", sorted(LISTED))
+def test_preset_size_equals_the_listed_weight_files(name):
+    listed, rounding = LISTED[name]
+    assert abs(2 * parameter_count(backbone.preset(name)) - listed) <= rounding

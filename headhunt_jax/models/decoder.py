@@ -48,8 +48,11 @@ class DecoderConfig:
     mrope_section: tuple[int, ...] = dataclasses.field(default=(), metadata={"added": True})
     # Positions up to which the numbers are these (0: any). Dynamic NTK rope scaling leaves the
     # rotary frequencies as they are up to the model's trained length and stretches them only
-    # past it, which this decoder does not do: longer inputs are refused.
-    max_positions: int = dataclasses.field(default=0, metadata={"added": True})
+    # past it, which this decoder does not do: longer inputs are refused. Not part of the
+    # fingerprint: a checkpoint without the scaling gives the same numbers where both run.
+    max_positions: int = dataclasses.field(
+        default=0, metadata={"added": True, "fingerprint": False}
+    )
 
     @property
     def text(self) -> "DecoderConfig":

@@ -330,7 +330,8 @@ def test_error_unsupported_model_type(tmp_path):
 def test_error_unsupported_model_type_lists_the_supported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(
-        ValueError, match=r"supported: internvl, internvl_chat, llava_onevision, qwen2_5_vl, qwen2, qwen3, llama\)"
+        ValueError,
+        match=r"supported: internvl, internvl_chat, llava_onevision, qwen2_5_vl, qwen2, qwen3, llama\)",
     ):
         hh.load_backbone(tmp_path)
 

@@ -21,6 +21,9 @@ from headhunt_jax.errors import UserError
 from headhunt_jax.watch import add_watch_command
 
 DATASETS = ("ucf_crime", "xd_violence")
+# The families' tiny demo checkpoints (``backbones.demo_backbone``; listed here so that the
+# parser does not import the families, and checked against the registry by the tests).
+DEMO_BACKBONES = ("internvl3", "internvl3.5", "llava-onevision", "qwen2.5-vl")
 
 
 class CliError(UserError):
@@ -92,6 +95,10 @@ def _detector(args):
 
     detector = Detector.load(args.detector)
     changes = {k: getattr(args, k) for k in ("sigma", "tau") if getattr(args, k, None) is not None}
+    if changes.get("tau") is not None and not 0 <= changes["tau"] < 1:
+        raise CliError(
+            f"--tau must be in [0, 1): a threshold on probabilities, got {changes['tau']}"
+        )
     if changes:
         detector = dataclasses.replace(detector, **changes)
     if args.model is None and detector.backbone_hub:
@@ -215,6 +222,9 @@ def _extract(args):
     from headhunt_jax.extract import extract_features
     from headhunt_jax.pipeline import load_heads
 
+    empty = [i + 1 for i, p in enumerate(args.prompt) if not p.strip()]
+    if empty:
+        raise CliError(f"--prompt number {empty[0]} is empty: give the question to ask")
     if len(args.prompt) != len(args.out):
         raise CliError(
             f"{len(args.prompt)} --prompt but {len(args.out)} --out: give one store per prompt"
@@ -638,8 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="an option of the backbone family's processor (repeatable), e.g. mode=video "
-            "for Qwen2.5-VL's frames as one video (default mode=images, the original's)",
+            help="an option of the backbone family's processor (repeatable). Qwen2.5-VL: "
+            "mode={images,video} (images, the default, is the original's: the frames as "
+            "images; video: as one video). InternVL and LLaVA-OneVision take none",
         )
 
     def report_arg(p):
@@ -826,7 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backbone",
         default="internvl3",
-        help="the architecture of the tiny random backbone (internvl3, internvl3.5, ...)",
+        choices=DEMO_BACKBONES,
+        help="the architecture of the tiny random backbone",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -851,17 +863,64 @@ def _compile_cache(enabled: bool) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def _check_values(args) -> None:
+    """Values that parse but mean nothing a user could want."""
+    if getattr(args, "lam", 0) < 0:
+        raise CliError(
+            f"--lam must be >= 0: the weight of a head's instability across prompts, got {args.lam}"
+        )
+
+
+class Terminated(BaseException):
+    """SIGTERM, as preemptible machines and pod schedulers send it: raised in the main thread
+    (a BaseException, so that no handler of a video's failure takes it for one)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
+def _kept(args) -> str:
+    """What an interrupted command leaves, and how to go on."""
+    from headhunt_jax.store import SPEC_FILE, FeatureStore
+
+    if args.command == "extract":
+        stores = [Path(out) for out in args.out if (Path(out) / SPEC_FILE).exists()]
+        counts = ", ".join(f"{len(FeatureStore(s))} videos in {s}" for s in stores)
+        return (
+            f"kept {counts or 'nothing yet'} (a video being written is dropped whole); rerun "
+            "the same command to resume"
+        )
+    if args.command == "reproduce":
+        return f"the finished stages are kept in {args.out}; rerun the same command to continue"
+    if args.command == "watch":
+        return "the events above were reported as they closed; the open ones are lost"
+    return "nothing half-written is kept"
+
+
 def main(argv=None) -> int:
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
     _compile_cache(not args.no_compile_cache)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
+        _check_values(args)
         return args.func(args) or 0
+    except Terminated:
+        print(f"headhunt-jax {args.command}: terminated (SIGTERM): {_kept(args)}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("headhunt-jax: interrupted", file=sys.stderr)
         return 130
     except (UserError, *_PATH_ERRORS) as e:
         print(f"headhunt-jax {args.command}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

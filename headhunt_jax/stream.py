@@ -223,12 +223,13 @@ def _iso_layout(f, size: int) -> str:
 def _open_file(path: Path, idle_s: float, stop: threading.Event) -> av.container.InputContainer:
     """The file's container: the file itself once it is finished, a :class:`_Followed` reader
     while it is written in a container that can be read so; a file that cannot is waited for."""
-    warned = False
+    warned, started = False, time.time()
     while True:
-        layout = file_layout(path)
-        finished = time.time() - path.stat().st_mtime > idle_s
+        layout, info = file_layout(path), path.stat()
+        # Not modified for idle_s: finished (an empty file: given idle_s to start from now).
+        finished = time.time() - max(info.st_mtime, 0 if info.st_size else started) > idle_s
         if finished or layout == COMPLETE:
-            if path.stat().st_size == 0:
+            if info.st_size == 0:
                 raise VideoError(path, "empty file")
             try:
                 return av.open(str(path))

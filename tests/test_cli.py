@@ -420,3 +420,82 @@ def test_detect_explain(work, detector, tmp_path):
         "detect", "--detector", detector, video, "--explain", "--max-new-tokens", 0, check=False
     )
     assert_one_line_error(bad, "max_new_tokens")
+
+
+def wait_for(predicate, process, timeout=300):
+    """Polls until ``predicate()`` or the process ends; True when the predicate held."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and process.poll() is None:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_during_extract_keeps_what_is_done_and_resumes(work, detector, tmp_path):
+    """A preempted extraction says what it kept and exits 143; the rerun finishes the stores,
+    equal to the uninterrupted run's (the ``detector`` fixture's stores)."""
+    import signal
+
+    from headhunt_jax.store import FeatureStore
+
+    root, model, clips = work
+    stores = [tmp_path / "s0", tmp_path / "s1"]
+    args = ["extract", "--model", model, "--videos", clips, "--prompt", PROMPTS[0], "--out",
+            stores[0], "--prompt", PROMPTS[1], "--out", stores[1], "--batch-size", 1, "--quiet"]  # fmt: skip
+    process = subprocess.Popen(
+        [SCRIPT, *map(str, args)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert wait_for(lambda: any(stores[1].glob("*.npz")), process), "nothing was written"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if "terminated" in x]
+    ids = [set(FeatureStore(s).video_ids()) for s in stores]
+    assert f"kept {len(ids[0])} videos in {stores[0]}" in line and "rerun" in line
+    kept = len(ids[0] & ids[1])  # a signal between a video's two files leaves it in one store
+    assert 1 <= kept < 8
+    assert not list(stores[0].glob("*.tmp")) and not list(stores[1].glob("*.tmp"))
+    run = cli(*args)
+    assert f"{8 - kept} videos written, {kept} already there" in run.stdout
+    for resumed, whole in zip(stores, [root / "store0", root / "store1"], strict=True):
+        resumed, whole = FeatureStore(resumed), FeatureStore(whole)
+        assert resumed.video_ids() == whole.video_ids()
+        for video in whole.video_ids():
+            np.testing.assert_allclose(
+                resumed.read(video).features, whole.read(video).features, rtol=1e-5, atol=1e-5
+            )
+
+
+def test_values_that_mean_nothing_are_refused_in_one_line(work, detector, tmp_path, capsys):
+    from headhunt_jax import backbones
+    from headhunt_jax import cli as command_line
+
+    root, model, clips = work
+    video = sorted(clips.glob("*.mp4"))[0]
+    cases = [
+        (["hunt", root / "store0", root / "store1", "--lam", "-5", "--out", tmp_path / "h.json"],
+         "--lam must be >= 0"),
+        (["detect", "--detector", detector, "--tau", "2", video], "--tau must be in [0, 1)"),
+        (["extract", "--model", model, "--videos", clips, "--prompt", " ", "--out", tmp_path / "s"],
+         "--prompt number 1 is empty"),
+        (["extract", "--model", model, "--videos", clips, "--prompt", "p", "--out", tmp_path / "s",
+          "--processor-option", "mode=video"], "InternVL's processor has no options (got mode)"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert command_line.main(list(map(str, argv))) == 1, argv
+        err = capsys.readouterr().err
+        (line,) = [x for x in err.splitlines() if "error:" in x]
+        assert message in line and "Traceback" not in err
+    assert not (tmp_path / "h.json").exists()
+    # Choice-like flags list their choices and refuse others (argparse: usage + error, exit 2).
+    with pytest.raises(SystemExit) as exit_:
+        command_line.main(["demo", "--backbone", "foo", "--out", str(tmp_path / "d")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'foo'" in err and "'llava-onevision'" in err
+    demos = {n for f in backbones.FAMILIES.values() for n in f.demo_backbones}
+    assert set(command_line.DEMO_BACKBONES) == demos

@@ -3,6 +3,7 @@ one out (``models--org--name/{blobs,snapshots/<commit>,refs/main}``) in a tempor
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -28,10 +29,12 @@ def hub_cache(home: Path, repo_id: str, checkpoint: Path, commit: str = COMMIT) 
     snapshot = repo / "snapshots" / commit
     (repo / "blobs").mkdir(parents=True)
     snapshot.mkdir(parents=True)
-    for f in sorted(checkpoint.iterdir()):
+    for f in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
         blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
         shutil.copy(f, blob)
-        (snapshot / f.name).symlink_to(Path("../..") / "blobs" / blob.name)
+        link = snapshot / f.relative_to(checkpoint)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(os.path.relpath(blob, link.parent)))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     return snapshot

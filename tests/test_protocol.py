@@ -3,8 +3,10 @@ the demo's footage, with the demo's tiny backbone: labels from the layouts, the 
 ``reproduce`` and its resumption."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,16 @@ def test_reproduce_on_xd_violence_twice(model, xd, prompts, tmp_path):
         "reproduce", "xd_violence", "--root", xd, "--model", model, "--out", out,
         "--prompts", prompts, "--calibration-fraction", 0.5, "--k", 3,
     ]  # fmt: skip
+    # Preempted while extracting: one line, exit 143; the rerun finishes the run.
+    process = subprocess.Popen(
+        [SCRIPT, *map(str, args), "--quiet"], stderr=subprocess.PIPE, text=True
+    )
+    while process.poll() is None and not any((out / "features").rglob("*.npz")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr
+    assert f"terminated (SIGTERM): the finished stages are kept in {out}" in stderr
     first = cli(*args, "--quiet")
     report = json.loads((out / "report.json").read_text())
     assert report["videos"] == {"calibration": 8, "validation": 6, "test": 8}

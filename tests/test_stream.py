@@ -115,6 +115,36 @@ def setup(tmp_path_factory):
     return bb, detector, clips, expected, root
 
 
+def write_fragmented_mp4(path: Path, frames: np.ndarray, fps: int) -> Path:
+    """A fragmented MP4 (an empty index, then a fragment a keyframe), as a live writer makes it."""
+    with av.open(str(path), "w", options={"movflags": "frag_keyframe+empty_moov"}) as container:
+        s = container.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"crf": "20", "preset": "veryfast", "tune": "zerolatency", "g": "25"}
+        for f in frames:
+            container.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(s.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def mp4s(setup):
+    """{name: (file, detect's result)}: clip c's frames as an ordinary MP4 (synthetic.write_h264,
+    the demo's writer: B-frames, the index at the end) and as a fragmented one."""
+    bb, detector, _, _, root = setup
+    frames = np.concatenate(synthetic.load_footage(96, 72))[200 : 200 + 4 * 48 + 30]
+    files = {
+        "plain": synthetic.write_h264(root / "plain.mp4", frames, 50),
+        "fragmented": write_fragmented_mp4(root / "fragmented.mp4", frames, 50),
+    }
+    results, failures = pipeline.detect(
+        bb, detector, list(files.values()), root / "work_mp4", batch_size=BATCH, progress=False
+    )
+    assert not failures
+    by_path = {r["path"]: r for r in results}
+    return {k: (f, by_path[str(f)]) for k, f in files.items()}
+
+
 def by_type(lines, source, kind):
     return [line for line in lines if line["source"] == source and line["type"] == kind]
 
@@ -129,7 +159,8 @@ def assert_detect(lines, source, result, scores_only=False):
     np.testing.assert_allclose(
         [s["smoothed"] for s in segments], result["smoothed_scores"], atol=1e-6
     )
-    events = [{k: e[k] for k in result["events"][0]} for e in by_type(lines, source, "event")]
+    fields = result["events"][0] if result["events"] else {}
+    events = [{k: e[k] for k in fields} for e in by_type(lines, source, "event")]
     assert events == result["events"]
     opened = by_type(lines, source, "event_open")
     assert [o["start_segment"] for o in opened] == [e["start_segment"] for e in events]
@@ -304,6 +335,113 @@ def test_a_stall_and_a_disconnection(setup, caplog):
     assert any(before + 0.2 < s["time"] < after - 1.0 for s in live)
 
 
+def test_file_layout_tells_what_can_be_followed(setup, mp4s, tmp_path):
+    """What a file's bytes so far say: MPEG-TS, Matroska and fragmented MP4 can be read while
+    written; an ordinary MP4 only once its index (at its end) is written."""
+    clips = setup[2]
+    plain, fragmented = mp4s["plain"][0].read_bytes(), mp4s["fragmented"][0].read_bytes()
+    mkv = tmp_path / "x.mkv"
+    with av.open(str(clips["c"][0])) as src, av.open(str(mkv), "w") as dst:  # remuxed
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    cases = [
+        (b"", stream.UNKNOWN),
+        (plain[:40], stream.UNKNOWN),  # ftyp, free: the mdat's header not yet written
+        (plain[:2000], stream.UNSTREAMABLE),  # samples, the index to come
+        (plain[:-10], stream.UNSTREAMABLE),  # the index being written
+        (plain, stream.COMPLETE),
+        (fragmented[:100], stream.UNKNOWN),  # the index's header only
+        (fragmented[:2000], stream.STREAMS),
+        (fragmented, stream.STREAMS),
+        (clips["c"][0].read_bytes()[:1000], stream.STREAMS),
+        (mkv.read_bytes()[:1000], stream.STREAMS),
+        (b"RIFF\x00\x10\x00\x00AVI LIST", stream.UNSTREAMABLE),
+    ]
+    for i, (data, layout) in enumerate(cases):
+        (tmp_path / f"{i}.bin").write_bytes(data)
+        assert stream.file_layout(tmp_path / f"{i}.bin") == layout, i
+
+
+def test_a_finished_mp4_is_read_as_detect_reads_it(setup, mp4s, tmp_path):
+    """An ordinary MP4 (its index at its end), just written or old: detect's segments, scores,
+    smoothed scores and events, at once (no wait for it to stop growing); an old MP4 that was
+    never finished (no index): one line that says so."""
+    bb, detector, *_ = setup
+    plain, result = mp4s["plain"]
+    old = tmp_path / "old.mp4"
+    old.write_bytes(plain.read_bytes())
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(plain.read_bytes()[:-500])
+    for path in (old, cut):
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    fresh = tmp_path / "fresh.mp4"
+    fresh.write_bytes(plain.read_bytes())
+    lines = []
+    started = time.monotonic()
+    summary = stream.watch_streams(
+        stream.SegmentScorer(bb, detector, BATCH),
+        [stream.followed_file(p, idle_s=30.0) for p in (fresh, old, cut)],
+        lines.append,
+    )
+    assert time.monotonic() - started < 30.0
+    for path in (fresh, old):
+        assert_detect(lines, str(path), result)
+        assert summary[str(path)]["error"] is None
+    assert "moov atom" in summary[str(cut)]["error"]
+    assert summary[str(cut)]["segments"] == 0
+
+
+def test_a_growing_mp4_is_followed_if_fragmented_else_read_once_finished(
+    setup, mp4s, tmp_path, caplog
+):
+    """While written: a fragmented MP4 (at real time) is followed, its lines (causal smoothing)
+    before its end; an ordinary one, appended to, is waited for (a warning) and read once its
+    index is written. Both give detect's segments and scores."""
+    bb, detector, *_ = setup
+    (plain, plain_result), (fragmented, fragmented_result) = mp4s["plain"], mp4s["fragmented"]
+    growing = {name: tmp_path / f"growing_{name}.mp4" for name in ("plain", "fragmented")}
+    finished = {}
+    for path in growing.values():
+        path.touch()
+
+    def append_plain():
+        data = plain.read_bytes()
+        with open(growing["plain"], "ab", buffering=0) as f:
+            for i in range(0, len(data), len(data) // 5 + 1):
+                f.write(data[i : i + len(data) // 5 + 1])
+                time.sleep(0.3)
+        finished["plain"] = time.time()
+
+    def append_fragmented():
+        with open(growing["fragmented"], "ab", buffering=0) as f:
+            feed(f.write, fragmented, 50)
+        finished["fragmented"] = time.time()
+
+    writers = [in_thread(append_plain), in_thread(append_fragmented)]
+    caplog.set_level(logging.WARNING, logger="headhunt_jax.stream")
+    lines = []
+    summary = stream.watch_streams(
+        stream.SegmentScorer(bb, detector, BATCH),
+        [stream.followed_file(p, idle_s=1.0) for p in growing.values()],
+        lines.append,
+        lookahead=0,
+    )
+    for writer in writers:
+        writer.join()
+    assert_detect(lines, str(growing["plain"]), plain_result, scores_only=True)
+    assert_detect(lines, str(growing["fragmented"]), fragmented_result, scores_only=True)
+    assert all(s["error"] is None for s in summary.values())
+    assert min(s["time"] for s in by_type(lines, str(growing["plain"]), "segment")) >= (
+        finished["plain"] - 0.3
+    )
+    assert by_type(lines, str(growing["fragmented"]), "segment")[0]["time"] < finished["fragmented"]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "growing_plain.mp4" in warning and "until it is finished" in warning
+
+
 class SlowScorer(stream.SegmentScorer):
     """The scorer, ``delay_s`` slower a batch."""
 
@@ -410,3 +548,29 @@ def test_watch_command_errors_are_one_line(setup, tmp_path):
     )  # fmt: skip
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "missing.ts: no such file, and not a URL" in run.stderr
+
+
+@needs_cli
+def test_watch_command_on_a_finished_mp4(setup, mp4s, tmp_path):
+    """The issue's case: ``watch`` on a finished MP4 (the demo's writer) scores it; one that was
+    never finished fails on one line."""
+    bb, detector, clips, expected, root = setup
+    detector.save(tmp_path / "detector")
+    plain, result = mp4s["plain"]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(plain.read_bytes()[:-500])
+    os.utime(cut, (time.time() - 60, time.time() - 60))
+    run = subprocess.run(
+        [SCRIPT, "watch", "--detector", tmp_path / "detector", "--model", root / "backbone",
+         "--quiet", "--batch-size", str(BATCH), plain, cut],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = [json.loads(raw) for raw in run.stdout.splitlines()]
+    assert_detect(lines, str(plain), result)
+    assert by_type(lines, str(plain), "end")[0]["error"] is None
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    (error,) = run.stderr.splitlines()
+    assert (
+        error.startswith(f"headhunt-jax watch: {cut}: not a readable video file")
+        and "moov" in error
+    )

@@ -8,6 +8,7 @@ import numpy as np
 
 from headhunt_jax.backbones.internvl.config import InternVLConfig
 from headhunt_jax.backbones.internvl.prompt import build_prompt_ids
+from headhunt_jax.errors import InputError
 from headhunt_jax.models.tokenizer import load_tokenizer
 from headhunt_jax.video import IMAGENET_MEAN, IMAGENET_STD
 
@@ -42,7 +43,7 @@ class InternVLProcessor:
 
 def processor(cfg: InternVLConfig, checkpoint_dir, image_size: int | None = None, **options):
     if options:
-        raise ValueError(f"InternVL's processor has no options (got {', '.join(options)})")
+        raise InputError(f"InternVL's processor has no options (got {', '.join(options)})")
     return InternVLProcessor(
         cfg, load_tokenizer(checkpoint_dir), image_size or cfg.vision.image_size
     )

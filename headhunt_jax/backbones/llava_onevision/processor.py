@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from headhunt_jax.backbones.llava_onevision.config import PRESETS, LlavaOnevisionConfig
+from headhunt_jax.errors import InputError
 from headhunt_jax.models.tokenizer import load_tokenizer
 
 VIDEO_TOKEN = "<video>"
@@ -190,7 +191,7 @@ class OnevisionProcessor:
 
 def processor(cfg: LlavaOnevisionConfig, checkpoint_dir, image_size: int | None = None, **options):
     if options:
-        raise ValueError(f"LLaVA-OneVision's processor has no options (got {', '.join(options)})")
+        raise InputError(f"LLaVA-OneVision's processor has no options (got {', '.join(options)})")
     if image_size not in (None, cfg.image_size):
         raise ValueError(
             f"LLaVA-OneVision takes frames at {cfg.image_size} px only (SigLIP's position "

@@ -28,6 +28,7 @@ import numpy as np
 
 from headhunt_jax.backbones.qwen2_5_vl import processor_pixels as pp
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VLConfig
+from headhunt_jax.errors import InputError
 from headhunt_jax.models.tokenizer import load_tokenizer
 
 MODES = ("images", "video")
@@ -204,7 +205,11 @@ class QwenProcessor:
 def processor(cfg: Qwen25VLConfig, checkpoint_dir, image_size=None, mode="images", **options):
     """The processor of a checkpoint directory; ``mode``: 'images' or 'video'."""
     if options:
-        raise ValueError(f"Qwen2.5-VL's processor takes mode only, not {', '.join(options)}")
+        raise InputError(f"Qwen2.5-VL's processor takes mode only, not {', '.join(options)}")
+    if mode not in MODES:
+        raise InputError(
+            f"Qwen2.5-VL's processor mode must be one of {', '.join(MODES)}, got {mode!r}"
+        )
     if image_size is not None:
         raise ValueError(
             "Qwen2.5-VL sizes each video by its own resolution (min_pixels / max_pixels in the "

@@ -1,7 +1,8 @@
 """headhunt-jax: video anomaly detection from single attention heads of a frozen MLLM.
 
-The public API (stable names) is listed in ``_PUBLIC``. Submodules are imported on first use so
-that ``import headhunt_jax`` and the CLI's ``--help`` stay fast.
+The public API (stable names) is listed in ``_PUBLIC``; ``dir(headhunt_jax)`` shows it and
+nothing else. Submodules are imported on first use so that ``import headhunt_jax`` and the CLI's
+``--help`` stay fast.
 """
 
 import importlib
@@ -28,6 +29,7 @@ _PUBLIC = {
     # temporal locator
     "smooth": "headhunt_jax.locator",
     "localize": "headhunt_jax.locator",
+    "event_mask": "headhunt_jax.locator",
     "calibrate": "headhunt_jax.locator",
     # detector bundle and evaluation
     "Detector": "headhunt_jax.detector",
@@ -51,4 +53,5 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_PUBLIC))
+    """The public names only (not this module's imports, nor the submodules loaded so far)."""
+    return sorted(_PUBLIC)

@@ -58,6 +58,7 @@ def next_power_of_two(n):
 
 
 def _check_scores(scores, name="scores"):
+    """The host's check of a video's scores (``localize``, ``calibrate``): 1-D, finite."""
     scores = np.asarray(scores)
     if scores.ndim != 1:
         raise ValueError(f"{name} must be a 1-D sequence of segment scores, got {scores.shape}")
@@ -67,43 +68,66 @@ def _check_scores(scores, name="scores"):
 
 
 def _check_sigma(sigma):
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+    if isinstance(sigma, jax.Array) or not sigma > 0:
+        raise ValueError(f"sigma must be positive (a static Python number), got {sigma}")
 
 
 def smooth(scores, sigma):
     """Gaussian smoothing of segment scores [T] -> [T] float32.
 
-    Sequence lengths and kernel widths are padded to powers of two (zeros, which the 'same'
-    convolution assumes anyway), so videos of different lengths share a few compilations.
+    Traceable: inside ``jax.jit``, ``jax.vmap`` (over videos of one length, [B, T]) and
+    ``jax.grad`` it gives what the eager call gives; ``sigma`` is static (a Python number). The
+    shape and dtype are checked (also while tracing); values are not (NaN stays NaN: the CLI
+    and ``localize`` check them). Eager calls pad lengths and kernel widths to powers of two
+    (zeros, which the 'same' convolution assumes anyway), so that videos of different lengths
+    share a few compilations; the padding adds only zero terms, so the numbers are the same.
     """
-    scores = _check_scores(scores)
     _check_sigma(sigma)
+    scores = jnp.asarray(scores)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be a 1-D sequence of segment scores, got {scores.shape}")
+    if not jnp.issubdtype(scores.dtype, jnp.number):
+        raise ValueError(f"scores must be numbers, got {scores.dtype}")
+    scores = scores.astype(jnp.float32)
     length = scores.shape[0]
     if length <= 1:
-        return jnp.asarray(scores)
-    half = next_power_of_two(kernel_half_width(sigma, length))
+        return scores
+    half = kernel_half_width(sigma, length)
+    if isinstance(scores, jax.core.Tracer):  # inside the user's transformation: inline
+        kernel = _kernel(sigma, length, half).astype(np.float32)
+        padded = jnp.pad(scores, (half, half))
+        return sum(kernel[k] * padded[k : k + length] for k in range(2 * half + 1))
+    half = next_power_of_two(half)
     positions = next_power_of_two(length)
-    flat = np.zeros(positions + 2 * half, np.float32)
-    flat[half : half + length] = scores
+    flat = jnp.zeros(positions + 2 * half, jnp.float32).at[half : half + length].set(scores)
     kernel = _kernel(sigma, length, half).astype(np.float32)[None]
-    return _smooth_flat(flat, np.zeros(positions, np.int32), kernel)[:length]
+    return _smooth_flat(flat, jnp.zeros(positions, jnp.int32), kernel)[:length]
+
+
+def event_mask(scores, sigma=DEFAULT_SIGMA, threshold=DEFAULT_TAU):
+    """Which segments belong to an event: bool [T], the smoothed score > threshold.
+
+    The traceable half of ``localize`` (``sigma`` and ``threshold`` static; None: no smoothing):
+    under ``jax.jit`` and ``jax.vmap`` over videos [B, T] it equals the eager call."""
+    scores = jnp.asarray(scores, jnp.float32)
+    smoothed = scores if sigma is None else smooth(scores, sigma)
+    return smoothed > threshold
 
 
 def localize(scores, sigma=DEFAULT_SIGMA, threshold=DEFAULT_TAU):
-    """Anomalous events of one video: runs of segments whose smoothed score exceeds the threshold.
+    """Anomalous events of one video: runs of segments whose smoothed score exceeds the threshold
+    (``event_mask``). On the host: the events' number varies.
 
     Args:
-      scores: [T] segment scores (anomaly probabilities).
+      scores: [T] segment scores (anomaly probabilities), finite.
       sigma: Gaussian smoothing sigma; None scores the raw sequence.
       threshold: tau; a segment is anomalous when its score is > tau.
 
     Returns:
       list of (start, end) segment indices, end exclusive, in order.
     """
-    scores = _check_scores(scores)
-    smoothed = scores if sigma is None else np.asarray(smooth(scores, sigma))
-    anomalous = np.concatenate([[False], smoothed > threshold, [False]])
+    mask = np.asarray(event_mask(_check_scores(scores), sigma, threshold))
+    anomalous = np.concatenate([[False], mask, [False]])
     edges = np.flatnonzero(np.diff(anomalous.astype(np.int8)))
     return [(int(start), int(end)) for start, end in edges.reshape(-1, 2)]
 

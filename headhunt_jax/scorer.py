@@ -197,17 +197,22 @@ def _probabilities(scorer, x):
 
 
 def score(scorer, x):
-    """Anomaly probabilities [N] of features x [N, F].
+    """Anomaly probabilities [...] of features x [..., F] ([N, F] -> [N]).
 
     For the SVM this is the sigmoid of its decision value: a monotone map, so rankings, ROC AUC and
-    AP are the SVM's own.
+    AP are the SVM's own. Traceable: inside ``jax.jit``, ``jax.vmap`` (over samples) and
+    ``jax.grad`` (with respect to x or the scorer's parameters; a ``Scorer`` is a pytree) it gives
+    what the eager call gives. The shape is checked, values are not (the CLI checks features).
     """
-    x = _check_features(x)
-    if x.shape[1] != scorer.feature_dim:
+    x = jnp.asarray(x)
+    if x.ndim < 1 or x.shape[-1] != scorer.feature_dim:
         raise ValueError(
-            f"x has {x.shape[1]} features, the scorer was trained on {scorer.feature_dim}"
+            f"x must be [..., F] with F = {scorer.feature_dim}, the features the scorer was "
+            f"trained on; got shape {x.shape}"
         )
-    return _probabilities(scorer, x)
+    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
+        raise ValueError(f"x must be numeric, got {x.dtype}")
+    return _probabilities(scorer, x.astype(jnp.float32))
 
 
 def save_scorer(path, scorer, *, overwrite=False):

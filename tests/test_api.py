@@ -26,6 +26,11 @@ def test_public_names_resolve():
         assert callable(getattr(hh, name)), name
 
 
+def test_dir_shows_the_public_names_and_nothing_else():
+    hh.head_features  # noqa: B018  (loads submodules, which must not show either)
+    assert dir(hh) == sorted(hh.__all__)
+
+
 def test_cli_help_lists_every_command():
     script = Path(sys.executable).with_name("headhunt-jax")
     out = subprocess.run([script, "--help"], capture_output=True, text=True, check=True).stdout

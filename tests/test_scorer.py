@@ -90,9 +90,14 @@ def test_bad_input_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="kind"):
         hh.fit_scorer(x, y, kind="forest")
     scorer = hh.fit_scorer(x, y)
-    with pytest.raises(ValueError, match=f"trained on {F}"):
+    with pytest.raises(ValueError, match=f"F = {F}, the features the scorer was trained on"):
         hh.score(scorer, x[:, :3])
+    # Values are checked at the edge (score is traceable): the detector's scoring of features.
+    from headhunt_jax.detector import Detector
+    from headhunt_jax.pipeline import detector_scores
+
+    detector = Detector(np.array([[0, 0]]), scorer)
     with pytest.raises(ValueError, match="NaN or inf"):
-        hh.score(scorer, np.full_like(x, np.inf))
+        detector_scores(detector, np.full_like(x, np.inf))
     with pytest.raises(FileNotFoundError):
         load_scorer(tmp_path / "missing")

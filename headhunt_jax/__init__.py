@@ -23,6 +23,7 @@ _PUBLIC = {
     "saliency": "headhunt_jax.hunt",
     "robust_saliency": "headhunt_jax.hunt",
     "top_k_heads": "headhunt_jax.hunt",
+    "head_attribution": "headhunt_jax.attribution",
     # scorer
     "fit_scorer": "headhunt_jax.scorer",
     "score": "headhunt_jax.scorer",

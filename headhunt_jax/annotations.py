@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from headhunt_jax.errors import InputError
+from headhunt_jax.files import read_lines
 from headhunt_jax.video import VIDEO_EXTENSIONS
 
 
@@ -56,18 +57,17 @@ def _frame_pairs(path, line_number, line, fields):
 def _parse(path, min_fields, frame_fields_from, what):
     path = Path(path)
     annotations = {}
-    with open(path) as lines:
-        for line_number, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < min_fields:
-                raise AnnotationError(path, line_number, line, f"expected {what}")
-            name = video_key(fields[0])
-            if name in annotations:
-                raise AnnotationError(path, line_number, line, f"{name} is annotated twice")
-            fields = fields[frame_fields_from:]
-            annotations[name] = _frame_pairs(path, line_number, line, fields)
+    for line_number, line in enumerate(read_lines(path, "an annotation file"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < min_fields:
+            raise AnnotationError(path, line_number, line, f"expected {what}")
+        name = video_key(fields[0])
+        if name in annotations:
+            raise AnnotationError(path, line_number, line, f"{name} is annotated twice")
+        fields = fields[frame_fields_from:]
+        annotations[name] = _frame_pairs(path, line_number, line, fields)
     return annotations
 
 

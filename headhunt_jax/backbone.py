@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from headhunt_jax import backbones, hub, sharding, weights
+from headhunt_jax import backbones, files, hub, sharding, weights
 from headhunt_jax.models.decoder import DecoderConfig, last_position_heads
 from headhunt_jax.models.layers import ATTENTION_IMPLS
 
@@ -37,6 +37,11 @@ PROCESSOR_FILES = (
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["params"],
+    meta_fields=["model", "name", "path", "mesh", "hub_ref"],
+)
 @dataclasses.dataclass(frozen=True)
 class Backbone:
     """A loaded backbone: its Flax module, its parameters and where it came from.
@@ -45,6 +50,9 @@ class Backbone:
     backbone in detector bundles. ``mesh``: the devices the parameters are sharded over (by
     ``sharding.RULES``); None: one device. ``hub_ref``: ``org/name@commit`` when it was loaded
     by a Hub id (``hub.resolve``), which names the same snapshot again.
+
+    A pytree: the parameters are its leaves, everything else is static, so a backbone passes
+    into the user's ``jax.jit`` and ``jax.grad`` as an argument (``bb.params`` included).
     """
 
     model: nn.Module
@@ -198,10 +206,7 @@ def _read_config(path: Path) -> dict:
         raise weights.CheckpointError(
             f"{path}: no config.json (not a Hugging Face checkpoint directory)"
         )
-    try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise weights.CheckpointError(f"{cfg_file}: invalid JSON ({e})") from None
+    return files.read_json(cfg_file, "a Hugging Face config", error=weights.CheckpointError)
 
 
 def _param_shardings(model: nn.Module, mesh: Mesh):
@@ -280,11 +285,13 @@ def _stacker(shardings: dict):
 
 def save_converted(bb: Backbone, out) -> Path:
     """Writes the parameters with orbax plus a small JSON config; copies the tokenizer and
-    processor files."""
+    processor files; then ``sha256.json``, the hash of each of those files
+    (``files.write_manifest``), which loading checks."""
     import orbax.checkpoint as ocp
 
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
+    files.remove_manifest(out)  # a write cut short leaves no manifest of other files
     meta = {
         "kind": bb.family.name,
         "name": bb.name,
@@ -294,10 +301,14 @@ def save_converted(bb: Backbone, out) -> Path:
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(out / "params", bb.params, force=True)
     (out / CONVERTED_CONFIG).write_text(json.dumps(meta, indent=2))
+    written = [out / CONVERTED_CONFIG, *(p for p in (out / "params").rglob("*") if p.is_file())]
     if bb.path is not None:
         for f in PROCESSOR_FILES:
             if (bb.path / f).exists():
-                shutil.copy2(bb.path / f, out / f)
+                if not (out / f).exists() or not (bb.path / f).samefile(out / f):
+                    shutil.copy2(bb.path / f, out / f)
+                written.append(out / f)
+    files.write_manifest(out, written)
     return out
 
 
@@ -306,14 +317,28 @@ def _config_dict(cfg) -> dict:
 
 
 def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
+    """A directory written by ``save_converted``: its files checked against its ``sha256.json``
+    (none in one written before it existed) and read; a damaged one is an error naming it."""
     import orbax.checkpoint as ocp
 
-    meta = json.loads((path / CONVERTED_CONFIG).read_text())
-    config = backbones.for_name(meta["kind"]).config_type.from_dict(meta["config"])
+    manifest = files.check_manifest(path)
+    meta_file = path / CONVERTED_CONFIG
+    meta = files.read_json(meta_file, "a converted backbone's config")
+    if not isinstance(meta.get("kind"), str) or not isinstance(meta.get("config"), dict):
+        raise weights.CheckpointError(f"{meta_file}: no kind and config (not written by convert)")
+    try:
+        config = backbones.for_name(meta["kind"]).config_type.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise weights.CheckpointError(f"{meta_file}: a damaged config ({e})") from None
     model = make_model(config, dtype, attention)
     where = path.absolute() / "params"
+    files.check_orbax_json(where)
     with ocp.StandardCheckpointer() as ckpt:
-        stored = flax.traverse_util.flatten_dict(dict(ckpt.metadata(where).item_metadata), sep="/")
+        with files.orbax_errors(where, manifest):
+            tree = ckpt.metadata(where).item_metadata
+        if tree is None:  # orbax could not read it (and logged why); the restore names the file
+            files.quiet_abandoned_reads()
+        stored = flax.traverse_util.flatten_dict(dict(tree or {}), sep="/")
         # Written before the layers were stacked (0.1.0 on): one layers_N subtree a layer.
         unstacked = any(weights.layer_slot(key) for key in stored)
         shapes = param_shapes(model)
@@ -323,12 +348,13 @@ def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
             key: jax.ShapeDtypeStruct(shape, model.dtype, sharding=shardings.get(key))
             for key, shape in shapes.items()
         }
-        flat = ckpt.restore(where, flax.traverse_util.unflatten_dict(target, sep="/"))
+        with files.orbax_errors(where, manifest):
+            flat = ckpt.restore(where, flax.traverse_util.unflatten_dict(target, sep="/"))
     flat = flax.traverse_util.flatten_dict(flat, sep="/")
     if unstacked:
         flat = weights.stack_layers(flat, _stacker(shardings))
     params = flax.traverse_util.unflatten_dict(flat, sep="/")
-    return Backbone(model, params, name or meta["name"], path, mesh)
+    return Backbone(model, params, name or meta.get("name") or path.name, path, mesh)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,11 +422,24 @@ def vision_inputs(pixel_values=None, **inputs) -> dict:
     return {k: v for k, v in {"pixel_values": pixel_values, **inputs}.items() if v is not None}
 
 
+def _traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
 def check_inputs(bb: Backbone, input_ids, vision: dict) -> None:
-    """Raises a clear ValueError when input_ids and the vision inputs do not fit together."""
+    """Raises a clear ValueError when input_ids and the vision inputs do not fit together. While
+    tracing, the shapes are checked; the family's checks of values (placeholder counts) need
+    concrete inputs and run on eager calls."""
     if np.ndim(input_ids) != 2:
         raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
     check_length(bb, np.shape(input_ids)[1])
+    if _traced(input_ids, *vision.values()):
+        if bb.family.prepare is not None:
+            raise ValueError(
+                f"{bb.name}: this family computes its positions on the host from input_ids and "
+                "the vision inputs (prepare), so head_features cannot be traced for it"
+            )
+        return
     bb.family.check_inputs(bb.config, input_ids, vision)
 
 
@@ -463,8 +502,14 @@ def place_batch(bb: Backbone, ids_list, vision: dict, positions=None):
             "head features need a mesh of this process's own devices (make_mesh() without "
             "devices); with several processes, each extracts its own share of the videos"
         )
-    place = jnp.asarray if bb.mesh is None else functools.partial(sharding.shard_batch, bb.mesh)
-    ids = tuple(place(np.asarray(i, np.int32)) for i in ids_list)
+    traced = _traced(*ids_list, *vision.values())
+    if bb.mesh is None or traced:  # under the user's jit, the placement is jit's
+        place = jnp.asarray
+    else:
+        place = functools.partial(sharding.shard_batch, bb.mesh)
+    ids = tuple(
+        place(jnp.asarray(i, jnp.int32) if traced else np.asarray(i, np.int32)) for i in ids_list
+    )
     placed = {k: place(v) for k, v in vision.items() if np.shape(v)[0] > 0}
     return ids, placed, None if positions is None else tuple(place(p) for p in positions)
 

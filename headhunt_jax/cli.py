@@ -144,7 +144,9 @@ def _video_list(items) -> tuple[list[Path], Path | None]:
             videos += found
             root = item if len(items) == 1 else None
         elif item.suffix.lower() in (".txt", ".lst", ".list"):
-            lines = [line.strip() for line in item.read_text().splitlines()]
+            from headhunt_jax import files
+
+            lines = [line.strip() for line in files.read_lines(item, "a video list")]
             videos += [
                 Path(line) if Path(line).is_absolute() else item.parent / line
                 for line in lines

@@ -61,7 +61,6 @@ annotation that differs from the video's folder.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import math
 import re
 import zlib
@@ -79,6 +78,8 @@ from headhunt_jax.annotations import (
     xd_violence_label,
 )
 from headhunt_jax.errors import InputError, UserError
+from headhunt_jax.files import read_lines, read_text
+from headhunt_jax.resources import package_dir
 from headhunt_jax.video import VIDEO_EXTENSIONS
 
 Split = Literal["train", "test", "all"]
@@ -97,7 +98,7 @@ XD_ANNOTATION_FILE = "annotations.txt"
 XD_TEST_LIST = "test_list.txt"
 
 # The official lists, packaged from data/ (data/README.md).
-OFFICIAL_DIR = Path(str(importlib.resources.files("headhunt_jax.data")))
+OFFICIAL_DIR = package_dir("data")
 UCF_OFFICIAL = OFFICIAL_DIR / "ucf_crime"
 XD_OFFICIAL = OFFICIAL_DIR / "xd_violence"
 XD_CATEGORIES = {
@@ -245,7 +246,7 @@ def _ucf_official_names(by_key: dict[str, list[Path]]) -> bool:
     official = {
         video_key(line.strip())
         for name in UCF_SPLIT_FILES.values()
-        for line in (UCF_OFFICIAL / name).read_text().splitlines()
+        for line in read_lines(UCF_OFFICIAL / name, "a split list")
         if line.strip()
     }
     return not official.isdisjoint(by_key)
@@ -253,8 +254,8 @@ def _ucf_official_names(by_key: dict[str, list[Path]]) -> bool:
 
 def _ucf_annotated_classes(path: Path) -> dict[str, str]:
     """{video key: class column} of a file that parse_ucf_crime_annotations has accepted."""
-    with open(path) as lines:
-        return {video_key(f[0]): f[1] for f in map(str.split, lines) if f}
+    lines = read_lines(path, "an annotation file")
+    return {video_key(f[0]): f[1] for f in map(str.split, lines) if f}
 
 
 def _ucf_split_lists(root: Path, split_lists) -> dict[str, Path] | None:
@@ -279,8 +280,8 @@ def _ucf_split_lists(root: Path, split_lists) -> dict[str, Path] | None:
 
 
 def _read_split_list(path: Path) -> list[tuple[int, str]]:
-    with open(path) as lines:
-        return [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
+    lines = read_lines(path, "a split list (one video a line)")
+    return [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
 def _ucf_members_listed(lists, wanted, videos_dir, files, by_key, warnings, missing_ok=False):
@@ -541,7 +542,7 @@ def xd_violence(
     events: dict[str, list[tuple[int, int]]] = {}
     if "test" in wanted:
         annotation = _find_file(annotation_file, [XD_ANNOTATION_FILE], [root, folders["test"]])
-        listed = set((XD_OFFICIAL / XD_TEST_LIST).read_text().split())
+        listed = set(read_text(XD_OFFICIAL / XD_TEST_LIST, "a test list").split())
         names = {video_key(p.name) for p in files["test"]}
         packaged = False
         if official and not listed.isdisjoint(names):

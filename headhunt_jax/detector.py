@@ -2,20 +2,20 @@
 prompt, saved and loaded as one orbax checkpoint. (Scoring with it: ``pipeline.detector_scores``.)"""
 
 import dataclasses
-import importlib.resources
-import json
 from pathlib import Path
 
 import numpy as np
 
+from headhunt_jax import files
 from headhunt_jax.bundle import BundleError, read_bundle, write_bundle
 from headhunt_jax.errors import InputError
 from headhunt_jax.hub import from_record, relative_to
 from headhunt_jax.hunt import check_heads
 from headhunt_jax.locator import DEFAULT_SIGMA, DEFAULT_TAU
+from headhunt_jax.resources import package_dir
 from headhunt_jax.scorer import KINDS, Scorer
 
-PUBLISHED_DIR = Path(str(importlib.resources.files("headhunt_jax.checkpoints")))
+PUBLISHED_DIR = package_dir("checkpoints")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +86,11 @@ class Detector:
     @classmethod
     def load(cls, path):
         """Read a bundle written by save (bundles of earlier versions lack some fields: they
-        take their defaults)."""
+        take their defaults). A damaged one is an error that names the file."""
         arrays, meta = read_bundle(path)
         if "expert_heads" not in arrays or "scorer_kind" not in meta:
             raise BundleError(f"{path}: not a detector (no expert heads or scorer)")
+        _check_meta(path, meta)
         return cls(
             expert_heads=np.asarray(arrays["expert_heads"]),
             scorer=Scorer(meta["scorer_kind"], arrays["scorer"]),
@@ -120,10 +121,46 @@ class Detector:
         )
 
 
+# The bundle's JSON fields and their types (the first four in every bundle since 0.1.0).
+_META_TYPES = {
+    "scorer_kind": str,
+    "sigma": (int, float),
+    "tau": (int, float),
+    "backbone": str,
+    "prompt": str,
+    "backbone_fingerprint": str,
+    "dtype": str,
+    "training": dict,
+    "backbone_path": str,
+    "backbone_hub": str,
+    "processor_options": dict,
+}
+_META_REQUIRED = ("scorer_kind", "sigma", "tau", "backbone", "prompt")
+
+
+def _check_meta(path, meta: dict) -> None:
+    """A bundle's JSON as save writes it: the fields of every version, of their types."""
+    missing = [k for k in _META_REQUIRED if k not in meta]
+    wrong = [
+        k
+        for k, kind in _META_TYPES.items()
+        if k in meta and (not isinstance(meta[k], kind) or isinstance(meta[k], bool))
+    ]
+    if missing or wrong:
+        problems = [f"no {k}" for k in missing] + [
+            f"{k} of type {type(meta[k]).__name__}" for k in wrong
+        ]
+        file = Path(path).absolute() / "meta" / "metadata"  # where orbax keeps the JSON item
+        raise BundleError(
+            f"{file if file.is_file() else path}: not a detector bundle's metadata "
+            f"({', '.join(problems)})"
+        )
+
+
 def published_experts(name="xd_violence_internvl3_8b", directory=PUBLISHED_DIR):
     """The published expert-head record `name` (a JSON file in checkpoints/) as a dict."""
     path = Path(directory) / f"{name}.json"
     if not path.is_file():
         available = sorted(p.stem for p in Path(directory).glob("*.json"))
         raise FileNotFoundError(f"no published experts {name!r} in {directory}; have {available}")
-    return json.loads(path.read_text())
+    return files.read_json(path, "a published expert-head record")

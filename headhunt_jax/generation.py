@@ -15,7 +15,6 @@ segment's frames, then several questions about them.
 
 import dataclasses
 import functools
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from headhunt_jax import files
 from headhunt_jax.backbone import (
     Backbone,
     check_inputs,
@@ -86,7 +86,7 @@ def eos_ids(bb: Backbone) -> tuple[int, ...]:
         file = None if bb.path is None else Path(bb.path) / name
         if file is None or not file.exists():
             continue
-        cfg = json.loads(file.read_text())
+        cfg = files.read_json(file, "a generation config")
         eos = cfg.get("eos_token_id", (cfg.get("text_config") or {}).get("eos_token_id"))
         if eos is not None:
             return tuple(int(e) for e in np.atleast_1d(eos))

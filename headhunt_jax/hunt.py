@@ -7,12 +7,20 @@ over a chunk of heads and `lax.map` walks over the chunks, so memory is bounded 
 by the number of heads. On a mesh the heads are split over all devices (`shard_map`), each device
 holding only its heads' features.
 
+``saliency``, ``robust_saliency`` and ``top_k_heads`` are traceable (``jax.jit``, ``jax.vmap``, and
+``jax.grad`` of ``robust_saliency``): labels are data, so the class sizes are traced values and
+each class is a mask (weights) over the clips, never a slice. The clips are still sorted anomalies first (a
+traced argsort), which keeps them in the original's order. Checks of values (labels in {0, 1}, both
+classes, finite numbers) need concrete arrays: ``check_saliency_inputs`` and ``check_finite``, which
+the pipeline calls at its edge and an eager call makes itself; under tracing they are skipped.
+
 The linear algebra is matmuls only (`_inverse_cholesky`), not LAPACK: jaxlib's batched CPU LAPACK
 kernels deadlock when two of them run at once on a small XLA thread pool, and each spawns OpenBLAS
 threads that fight the pool's (50x slower under load on 2 cores).
 """
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +45,8 @@ _KMEANS_MAX_ITER = 300  # sklearn's KMeans budget; Lloyd stops earlier once the 
 
 # Matrices up to this size are factored column by column in a loop; larger ones are split in two.
 _CHOLESKY_BLOCK = 32
+# Rows of a block of the class Gram matrices (``_class_grams``).
+_GRAM_ROWS = 32
 # Working memory of one head is a handful of [N, N] float32 arrays.
 _CHUNK_BYTES = 256 * 2**20
 _NN_ARRAYS_PER_HEAD = 8
@@ -73,34 +83,33 @@ def _inverse_cholesky(a, floor):
     return w, jnp.concatenate([pivots1, pivots2])
 
 
-def _ledoit_wolf(emp, xc):
-    """Ledoit-Wolf shrunk covariance [D, D], sklearn's estimator, from the class's centred
-    samples xc [n, D] and their biased covariance emp [D, D]."""
-    n, dim = xc.shape
+def _ledoit_wolf(emp, row_sq, n):
+    """Ledoit-Wolf shrunk covariance [D, D], sklearn's estimator, from the biased covariance
+    emp [D, D] of a class's n samples and the squared norms row_sq [N] of its centred samples
+    (0 on the other class's rows)."""
+    dim = emp.shape[0]
     mu = jnp.trace(emp) / dim
     eye = jnp.eye(dim, dtype=emp.dtype)
     delta = jnp.sum((emp - mu * eye) ** 2) / dim
-    row_sq = jnp.sum(xc * xc, axis=1)
     beta = (jnp.sum(row_sq * row_sq) / n - jnp.sum(emp * emp)) / (dim * n)
     beta = jnp.clip(beta, 0.0, delta)
     shrinkage = jnp.where(delta > 0, beta / jnp.where(delta > 0, delta, 1.0), 0.0)
     return (1.0 - shrinkage) * emp + shrinkage * mu * eye
 
 
-def _lda_dual(xw, d, n_a):
+def _lda_dual(xw, d, is_anomaly, n_a, n_n):
     """d^T (xw^T xw + ridge I)^-1 d for N - 2 < D, from the N x N dual.
 
     S_w = xw^T xw is singular there and the ridge directions dominate, but float32 cannot resolve
     a 1e-6 ridge next to the rounding of S_w. The dual form is
     d^T (X^T X + r I)^-1 d = d^T (d - X^T (X X^T + r I)^-1 X d) / r; X X^T has two known null
     directions, the normalised class indicators (X d has no component along them), which are
-    lifted to the scale of X X^T so that the N x N system is well conditioned. xw [N, D]: the
-    n_a anomalies then the normals, each minus its class mean.
+    lifted to the scale of X X^T so that the N x N system is well conditioned. xw [N, D]: every
+    clip minus its class mean; is_anomaly [N] the class mask, n_a and n_n its class sizes.
     """
     n = xw.shape[0]
-    is_anomaly = jnp.arange(n) < n_a
-    ua = is_anomaly / np.sqrt(n_a).astype(np.float32)
-    un = ~is_anomaly / np.sqrt(n - n_a).astype(np.float32)
+    ua = is_anomaly / jnp.sqrt(n_a)
+    un = ~is_anomaly / jnp.sqrt(n_n)
     gram = xw @ xw.T
     lift = jnp.trace(gram) / n
     system = gram + lift * (jnp.outer(ua, ua) + jnp.outer(un, un))
@@ -143,8 +152,45 @@ def _kl_fails(gram, cov, pivots):
     return overflow | jnp.any(zero_pivot)
 
 
-def _gaussian_criteria(xa, xn):
-    """(lda, kl) of one head from its anomalous and normal samples xa [n_a, D], xn [n_n, D].
+def _class_grams(xw, num_anomalies):
+    """(X_a^T X_a, X_n^T X_n) [D, D] of the rows xw [N, D], the first num_anomalies (traced) of
+    them anomalies and the rest normals.
+
+    The rows go in blocks of _GRAM_ROWS: a block wholly of one class adds its Gram matrix to that
+    class's (a loop whose trip counts are data), the block that holds the boundary is split by a
+    mask. That is one N x D x D product and one block more, where masking all the rows of each
+    class would take two. A class's sum only ever adds its own rows (the other's are left out or
+    exactly zero).
+    """
+    n, dim = xw.shape
+    size = min(_GRAM_ROWS, n)
+    blocks = -(-n // size)
+    xw = jnp.pad(xw, ((0, blocks * size - n), (0, 0)))
+    boundary = num_anomalies // size  # the block holding the boundary; `blocks` when none does
+
+    def block(b):
+        return jax.lax.dynamic_slice_in_dim(xw, b * size, size)
+
+    def add(b, total):
+        rows = block(b)
+        return total + rows.T @ rows
+
+    zero = jnp.zeros((dim, dim), xw.dtype)
+    gram_a = jax.lax.fori_loop(0, boundary, add, zero)
+    gram_n = jax.lax.fori_loop(boundary + 1, blocks, add, zero)
+    rows = block(jnp.minimum(boundary, blocks - 1))
+    in_a = (boundary * size + jnp.arange(size) < num_anomalies)[:, None]
+    split = boundary < blocks
+    rows_a = jnp.where(in_a & split, rows, 0.0)
+    rows_n = jnp.where(in_a | ~split, 0.0, rows)
+    return gram_a + rows_a.T @ rows_a, gram_n + rows_n.T @ rows_n
+
+
+def _gaussian_criteria(x, num_anomalies):
+    """(lda, kl) of one head from its samples x [N, D], the first num_anomalies (an int32 scalar,
+    traced) anomalous and the rest normal. Each class is a mask: its mean is a masked sum over
+    its size, and its Gram matrix X^T X and Ledoit-Wolf estimate take its own rows only
+    (``_class_grams``). A class of no clip is counted as 1 (finite; zeroed later).
 
     lda: d^T (S_w + ridge I)^-1 d with S_w = (n_a - 1) C_a + (n_n - 1) C_n, 0 below _LDA_FLOOR
     (the original's (w^T d)^2 / (w^T S w) with w = S^+ d is this quadratic form, S + ridge I being
@@ -154,30 +200,36 @@ def _gaussian_criteria(xa, xn):
     cancel, and tr(S_n^-1 S_a) + tr(S_a^-1 S_n) - 2D = |W_a E W_n^T|_F^2 with E = S_a - S_n and
     S^-1 = W^T W: a sum of squares, free of the cancellation of "traces - 2D".
     """
-    (n_a, dim), n_n = xa.shape, xn.shape[0]
-    d = jnp.mean(xa, axis=0) - jnp.mean(xn, axis=0)
-    xa = xa - jnp.mean(xa, axis=0)
-    xn = xn - jnp.mean(xn, axis=0)
-    eye = jnp.eye(dim, dtype=xa.dtype)
-    gram_a = xa.T @ xa
-    gram_n = xn.T @ xn
+    n, dim = x.shape
+    is_anomaly = jnp.arange(n) < num_anomalies
+    n_a = jnp.maximum(num_anomalies, 1).astype(x.dtype)
+    n_n = jnp.maximum(n - num_anomalies, 1).astype(x.dtype)
+    rows = is_anomaly[:, None]
+    mean_a = jnp.sum(jnp.where(rows, x, 0.0), axis=0) / n_a
+    mean_n = jnp.sum(jnp.where(rows, 0.0, x), axis=0) / n_n
+    d = mean_a - mean_n
+    xw = x - jnp.where(rows, mean_a, mean_n)  # each clip minus its class's mean
+    row_sq = jnp.sum(xw * xw, axis=1)
+    eye = jnp.eye(dim, dtype=x.dtype)
+    gram_a, gram_n = _class_grams(xw, num_anomalies)
     emp_a = gram_a / n_a
     emp_n = gram_n / n_n
-    cov_a = _ledoit_wolf(emp_a, xa) + _KL_RIDGE * eye
-    cov_n = _ledoit_wolf(emp_n, xn) + _KL_RIDGE * eye
+    cov_a = _ledoit_wolf(emp_a, jnp.where(is_anomaly, row_sq, 0.0), n_a) + _KL_RIDGE * eye
+    cov_n = _ledoit_wolf(emp_n, jnp.where(is_anomaly, 0.0, row_sq), n_n) + _KL_RIDGE * eye
     matrices = [cov_a, cov_n]
     floors = [_KL_RIDGE, _KL_RIDGE]
-    primal = n_a + n_n - 2 >= dim
+    # n_a + n_n = N is static, so the choice of the primal or the dual form is too.
+    primal = n - 2 >= dim
     if primal:
         # One batched factorisation for all three matrices keeps the compiled program small.
         matrices.append(n_a * emp_a + n_n * emp_n + _LDA_RIDGE * eye)
         floors.append(_LDA_RIDGE)
-    inverse, pivots = jax.vmap(_inverse_cholesky)(jnp.stack(matrices), jnp.array(floors, xa.dtype))
+    inverse, pivots = jax.vmap(_inverse_cholesky)(jnp.stack(matrices), jnp.array(floors, x.dtype))
     if primal:
         z = inverse[2] @ d
         lda = z @ z
     else:
-        lda = _lda_dual(jnp.concatenate([xa, xn]), d, n_a)
+        lda = _lda_dual(xw, d, is_anomaly, n_a, n_n)
 
     t = inverse[0] @ (cov_a - cov_n) @ inverse[1].T
     za = inverse[0] @ d
@@ -293,8 +345,7 @@ def _nmi(clusters, is_anomaly):
     """NMI of two two-class labelings [N] (bool), arithmetic-mean normalisation (sklearn's
     default).
 
-    The label classes are both present (checked by the caller). A single cluster has zero mutual
-    information, hence NMI 0, as in sklearn.
+    A single cluster (or a single class) has zero mutual information, hence NMI 0, as in sklearn.
     """
     n = clusters.shape[0]
     joint = jnp.stack(
@@ -317,17 +368,20 @@ def _nmi(clusters, is_anomaly):
 
 
 def _chunk_criteria(x, n_a):
-    """x [B, N, D] features of B heads, the n_a anomalous clips first -> [B, 4] (lda, kl, mmd,
-    nmi)."""
+    """x [B, N, D] features of B heads, the n_a anomalous clips first (n_a an int32 scalar, traced)
+    -> [B, 4] (lda, kl, mmd, nmi). Each class is a mask over the rows, so its size is data.
+    Divisions by a class size use at least 1: a class of fewer than 2 clips is zeroed later."""
     n = x.shape[1]
+    is_anomaly = jnp.arange(n) < n_a
+    count_a = jnp.maximum(n_a, 1).astype(jnp.float32)
+    count_n = jnp.maximum(n - n_a, 1).astype(jnp.float32)
     # Every criterion is translation invariant; centring makes the float32 Gram matrix accurate.
     x = x - jnp.mean(x, axis=1, keepdims=True)
-    lda, kl = jax.vmap(_gaussian_criteria)(x[:, :n_a], x[:, n_a:])
+    lda, kl = jax.vmap(_gaussian_criteria, in_axes=(0, None))(x, n_a)
     d2, pairs = jax.vmap(_pairwise_sq_dists)(x)
     # One head at a time, so that its pairs stay in cache over the 31 passes of the bisection.
     gamma = jax.lax.map(_rbf_gamma, pairs)
-    is_anomaly = np.arange(n) < n_a
-    w = np.where(is_anomaly, 1.0 / n_a, -1.0 / (n - n_a)).astype(np.float32)
+    w = jnp.where(is_anomaly, 1.0 / count_a, -1.0 / count_n)
     mmd = jax.vmap(_mmd, in_axes=(0, 0, None))(d2, gamma, w)
     clusters = jax.vmap(_two_means)(x, d2)
     nmi = jax.vmap(_nmi, in_axes=(0, None))(clusters, is_anomaly)
@@ -341,14 +395,19 @@ def _min_max(values):
     return (values - lo) / jnp.where(span > 0, span, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("num_anomalies", "heads_per_chunk", "mesh"))
-def _saliency(flat, order, num_anomalies, heads_per_chunk, mesh):
+@functools.partial(jax.jit, static_argnames=("heads_per_chunk", "mesh"))
+def _saliency(flat, is_anomaly, heads_per_chunk, mesh):
     """flat [N, P, D] features of P heads (padded to a multiple of the devices' chunks), split
-    over every axis of ``mesh`` along P; order [N] the clips' order, anomalous ones first.
-    Returns [P, 4]."""
+    over every axis of ``mesh`` along P; is_anomaly [N] bool. Returns [P, 4], zero where a class
+    has fewer than 2 clips."""
     axes = tuple(mesh.axis_names)
+    n = is_anomaly.shape[0]
+    # The clips sorted anomalies first (stable), as the original stacks them; the class sizes
+    # are data, so one compilation serves every labelling of N clips.
+    order = jnp.argsort(jnp.where(is_anomaly, 0, 1), stable=True)
+    num_anomalies = jnp.sum(is_anomaly, dtype=jnp.int32)
 
-    def local(x, order):  # x [N, P / devices, D]: this device's heads
+    def local(x, order, num_anomalies):  # x [N, P / devices, D]: this device's heads
         def chunk(start):
             block = jax.lax.dynamic_slice_in_dim(x, start, heads_per_chunk, axis=1)
             return _chunk_criteria(jnp.swapaxes(block[order], 0, 1), num_anomalies)
@@ -358,13 +417,15 @@ def _saliency(flat, order, num_anomalies, heads_per_chunk, mesh):
 
     # GPUs and TPUs otherwise multiply float32 in TF32 / bfloat16 passes, far from 1e-5.
     with jax.default_matmul_precision("highest"):
-        return jax.shard_map(
+        raw = jax.shard_map(
             local,
             mesh=mesh,
-            in_specs=(P(None, axes, None), P()),
+            in_specs=(P(None, axes, None), P(), P()),
             out_specs=P(axes),
             check_vma=False,
-        )(flat, order)
+        )(flat, order, num_anomalies)
+    # The original gives 0 for every criterion when a class has fewer than 2 clips.
+    return jnp.where(jnp.minimum(num_anomalies, n - num_anomalies) < 2, 0.0, raw)
 
 
 @functools.partial(jax.jit, static_argnames=("num_layers", "num_heads"))
@@ -383,17 +444,56 @@ def _chunk_size(n, total):
     return -(-total // num_chunks)
 
 
+def _traced(*values) -> bool:
+    """Whether any of the values is a tracer (under jit, vmap, grad ...), not a concrete array."""
+    return any(isinstance(v, jax.core.Tracer) for v in values)
+
+
+def check_saliency_inputs(features, labels) -> None:
+    """The checks of ``saliency``'s values, which need concrete arrays: labels all 0 or 1, both
+    classes present, features finite (as float32). Raises an ``InputError`` (a ValueError) that
+    says which; the pipeline calls it before scoring, and an eager ``saliency`` call does too."""
+    labels = np.asarray(labels)
+    if not np.isin(labels, (0, 1)).all():
+        raise InputError("labels must be 0 (normal) or 1 (anomaly)")
+    if np.unique(labels).size < 2:
+        raise InputError(
+            f"labels contain one class only ({int(labels.flat[0])}); saliency needs both normal "
+            "and anomalous clips"
+        )
+    with np.errstate(over="ignore"):  # values beyond float32's range become inf: refused
+        finite = np.isfinite(np.asarray(features, np.float32)).all()
+    if not finite:
+        raise InputError("features contain NaN or inf")
+
+
+def check_finite(values, name: str) -> None:
+    """An ``InputError`` naming ``name`` where the concrete ``values`` hold NaN or inf (the value
+    check of ``robust_saliency`` and ``top_k_heads``, made at the pipeline's edge and by their
+    eager calls)."""
+    if not np.isfinite(np.asarray(values)).all():
+        raise InputError(f"{name} contains NaN or inf")
+
+
 def saliency(features, labels, *, heads_per_chunk=None, mesh=None):
     """Saliency of every attention head for telling anomalous from normal clips.
 
+    Traceable: ``jax.jit(saliency)(features, labels)`` gives what the eager call gives, with
+    features, labels or both traced (the class sizes are data, not shapes: one compilation
+    serves every labelling of N clips); ``jax.vmap`` maps it over stacked prompts.
+    ``heads_per_chunk`` and ``mesh`` are static (Python values, not traced). Shapes and dtypes are checked while tracing; values only in an eager
+    call (``check_saliency_inputs``): traced labels other than 1 count as normal, and a class
+    of fewer than 2 clips (one class, say) gives zeros.
+
     Args:
-      features: [N, L, H, D] head features of N clips (L layers, H heads of dimension D).
+      features: [N, L, H, D] head features of N clips (L layers, H heads of dimension D),
+        floating point (computed in float32).
       labels: [N] 0/1 (1 = anomaly); both classes must be present.
       heads_per_chunk: heads scored together on a device (vmapped); by default as many as fit
-        in about 256 MiB of working memory (each head needs a few [N, N] arrays).
+        in about 256 MiB of working memory (each head needs a few [N, N] arrays). Static.
       mesh: a ``jax.sharding.Mesh`` (e.g. ``make_mesh()``) whose devices split the heads, all of
         its axes together; each device receives only its heads' features and scores them chunk
-        by chunk. The result is the same as on one device. Default: one device.
+        by chunk. The result is the same as on one device. Default: one device. Static.
 
     Returns:
       dict of [L, H] float32 arrays: the raw criteria "lda" (Fisher ratio), "kl" (symmetric KL of
@@ -403,8 +503,11 @@ def saliency(features, labels, *, heads_per_chunk=None, mesh=None):
       four criteria each min-max scaled over all heads. A class with fewer than 2 clips gives 0
       for every criterion, as in the original.
     """
-    features = np.asarray(features)
-    labels = np.asarray(labels)
+    traced = _traced(features, labels)
+    if not _traced(features):
+        features = np.asarray(features)
+    if not _traced(labels):
+        labels = np.asarray(labels)
     if features.ndim != 4:
         raise ValueError(f"features must be [N, L, H, D], got shape {features.shape}")
     if labels.shape != features.shape[:1]:
@@ -414,24 +517,15 @@ def saliency(features, labels, *, heads_per_chunk=None, mesh=None):
         )
     if not jnp.issubdtype(features.dtype, jnp.floating):
         raise ValueError(f"features must be floating point, got {features.dtype}")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0 (normal) or 1 (anomaly)")
-    if np.unique(labels).size < 2:
-        raise ValueError(
-            f"labels contain one class only ({int(labels[0])}); saliency needs both normal "
-            "and anomalous clips"
-        )
-    features = features.astype(np.float32, copy=False)
-    if not np.isfinite(features).all():
-        raise ValueError("features contain NaN or inf")
+    if labels.dtype != bool and not (
+        jnp.issubdtype(labels.dtype, jnp.integer) or jnp.issubdtype(labels.dtype, jnp.floating)
+    ):
+        raise ValueError(f"labels must be 0/1 integers (or bool), got {labels.dtype}")
     if heads_per_chunk is not None and heads_per_chunk < 1:
         raise ValueError(f"heads_per_chunk must be >= 1, got {heads_per_chunk}")
+    if not traced:
+        check_saliency_inputs(features, labels)
     n, num_layers, num_heads, dim = features.shape
-    num_anomalies = int(labels.sum())
-    if min(num_anomalies, n - num_anomalies) < 2:
-        # The original gives 0 for every criterion when a class has fewer than 2 clips.
-        zeros = jnp.zeros((num_layers, num_heads), jnp.float32)
-        return {name: zeros for name in (*CRITERIA, "combined")}
     if mesh is None:
         mesh = Mesh(np.asarray(jax.devices()[:1]), ("heads",))
     total = num_layers * num_heads
@@ -441,21 +535,29 @@ def saliency(features, labels, *, heads_per_chunk=None, mesh=None):
     heads_per_chunk = min(int(heads_per_chunk), per_device)
     padded = mesh.size * heads_per_chunk * -(-per_device // heads_per_chunk)
     # Padding repeats the first heads, so every device scans chunks of one shape; their scores
-    # are dropped.
+    # are dropped (each head is scored on its own, so the padding changes no result).
     index = np.arange(padded) % total
-    flat = features.reshape(n, total, dim)
-    sharding = NamedSharding(mesh, P(None, tuple(mesh.axis_names), None))
-    placed = jax.make_array_from_callback(
-        (n, padded, dim), sharding, lambda idx: flat[:, index[idx[1]]]
-    )
-    # Sorting the clips by class makes each class a static slice of the rows.
-    order = np.argsort(labels == 0, kind="stable")
-    raw = _saliency(placed, order, num_anomalies, heads_per_chunk, mesh)
+    if _traced(features):
+        flat = features.astype(jnp.float32).reshape(n, total, dim)
+        placed = flat if padded == total else flat[:, index]
+    else:
+        flat = features.astype(np.float32, copy=False).reshape(n, total, dim)
+        sharding = NamedSharding(mesh, P(None, tuple(mesh.axis_names), None))
+        placed = jax.make_array_from_callback(
+            (n, padded, dim), sharding, lambda idx: flat[:, index[idx[1]]]
+        )
+    raw = _saliency(placed, labels == 1, heads_per_chunk, mesh)
     return _combine(raw, num_layers, num_heads)
 
 
 def robust_saliency(combined, lam=0.5):
     """Robust Saliency Score over prompts: mean - lam * std (population std, ddof 0).
+
+    Traceable (``jax.jit``, ``jax.vmap`` over leading stacks, ``jax.grad``; the gradient of the
+    std is NaN where the M scores of a head are all equal). ``lam`` is a Python number, static
+    under jit (closed over, or in ``static_argnames``); a traced scalar works as well, since no
+    shape or check depends on it. The shape is checked while tracing; that the scores are
+    finite only in an eager call (``check_finite``).
 
     Args:
       combined: [M, L, H] combined saliency of each head under each of M >= 2 prompts.
@@ -469,8 +571,8 @@ def robust_saliency(combined, lam=0.5):
         raise ValueError(f"combined must be [M, L, H], got shape {combined.shape}")
     if combined.shape[0] < 2:
         raise ValueError(f"robust saliency needs at least 2 prompts, got {combined.shape[0]}")
-    if not bool(jnp.isfinite(combined).all()):
-        raise ValueError("combined contains NaN or inf")
+    if not _traced(combined):
+        check_finite(combined, "combined")
     return jnp.mean(combined, axis=0) - lam * jnp.std(combined, axis=0)
 
 
@@ -478,7 +580,10 @@ def top_k_heads(rss, k=5):
     """The k heads of highest robust saliency, best first.
 
     Ties go to the head with the larger flat (layer-major) index, as the original's reversed
-    ascending argsort does with a stable sort.
+    ascending argsort does with a stable sort; the same under ``jax.jit`` and ``jax.vmap`` (over
+    leading stacks [B, L, H] -> [B, k, 2]). ``k`` is static (a Python int: it is the result's
+    shape). The shape and k are checked while tracing; that rss is finite only in an eager call
+    (``check_finite``).
 
     Args:
       rss: [L, H] robust saliency scores.
@@ -490,10 +595,13 @@ def top_k_heads(rss, k=5):
     rss = jnp.asarray(rss)
     if rss.ndim != 2:
         raise ValueError(f"rss must be [L, H], got shape {rss.shape}")
+    if _traced(k):
+        raise TypeError("k must be a static Python int (the result's shape), got a traced value")
+    k = operator.index(k)
     if not 1 <= k <= rss.size:
         raise InputError(f"k must be in [1, {rss.size}], got {k}")
-    if not bool(jnp.isfinite(rss).all()):
-        raise ValueError("rss contains NaN or inf")
+    if not _traced(rss):
+        check_finite(rss, "rss")
     order = jnp.argsort(rss.ravel(), stable=True)[::-1][:k]
     return jnp.stack(jnp.divmod(order, rss.shape[1]), axis=1).astype(jnp.int32)
 

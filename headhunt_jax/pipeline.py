@@ -7,13 +7,13 @@ event (frames [start, end)); a row of any other video takes its video's label.
 """
 
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from headhunt_jax import files
 from headhunt_jax.annotations import (
     parse_ucf_crime_annotations,
     parse_xd_violence_annotations,
@@ -53,7 +53,8 @@ def read_annotations(path) -> dict[str, list[tuple[int, int]]]:
     """An XD-Violence ``annotations.txt`` or a UCF-Crime temporal annotation file (told apart by
     the second field: a class name in UCF-Crime's) -> {video key: [(start, end), ...]}."""
     path = Path(path)
-    first = next((line.split() for line in path.read_text().splitlines() if line.strip()), None)
+    lines = files.read_lines(path, "an annotation file")
+    first = next((line.split() for line in lines if line.strip()), None)
     if first is not None and len(first) > 1 and not first[1].lstrip("-").isdigit():
         return parse_ucf_crime_annotations(path)
     return parse_xd_violence_annotations(path)
@@ -164,7 +165,10 @@ def hunt(
 ) -> HuntResult:
     """Expert heads from all-head stores of the same videos under M >= 2 prompts, scored on the
     same (at most ``max_clips``, see ``clip_subset``) segments under every prompt; ``mesh``: the
-    devices that split the heads (``saliency``)."""
+    devices that split the heads (``saliency``). The values are checked here, at the edge
+    (``saliency`` and the rest are traceable and check shapes only while traced)."""
+    from headhunt_jax.hunt import check_finite, check_saliency_inputs
+
     if len(stores) < 2:
         raise InputError(f"hunting needs stores of at least 2 prompts, got {len(stores)}")
     first = stores[0].spec
@@ -190,11 +194,17 @@ def hunt(
             raise InputError(f"{s.path}: all segments have one label; hunting needs both classes")
         rows = clip_subset(y, max_clips) if rows is None else rows
         x = np.concatenate([v.features for v, _ in videos])[rows]
+        try:
+            check_saliency_inputs(x, y[rows])
+        except InputError as e:
+            raise InputError(f"{s.path}: {e}") from None
         scores = saliency(x, y[rows], mesh=mesh)
         combined.append(np.asarray(scores["combined"]))
         criteria.append({name: np.asarray(scores[name]) for name in CRITERIA})
     combined = np.stack(combined)
+    check_finite(combined, "the combined saliency")
     rss = np.asarray(robust_saliency(combined, lam))
+    check_finite(rss, f"the robust saliency (lam {lam})")
     heads = np.asarray(top_k_heads(rss, k))
     return HuntResult(
         heads,
@@ -224,13 +234,15 @@ def head_sample(x, labels, heads, rss, prompt: str) -> HeadSample:
 def load_heads(path) -> np.ndarray:
     """Expert heads [K, 2] from a ``hunt`` JSON file ("heads") or a published one
     ("expert_heads", as in checkpoints/)."""
+    from headhunt_jax import files
+
     path = Path(path)
+    record = files.read_json(path, "a heads file")
     try:
-        record = json.loads(path.read_text())
         heads = np.asarray(
             record["heads"] if "heads" in record else record["expert_heads"], np.int32
         )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise InputError(f"{path}: not a heads file ({e})") from None
     try:
         return check_heads(heads)
@@ -380,6 +392,8 @@ def detector_scores(detector: Detector, x) -> np.ndarray:
     """Scores [N] of features [N, F]; rows padded to a power of two so that videos of any length
     share a few compilations."""
     n = x.shape[0]
+    if not np.isfinite(x).all():
+        raise InputError("features contain NaN or inf")
     padded = np.zeros((next_power_of_two(n), x.shape[1]), np.float32)
     padded[:n] = x
     return np.asarray(score(detector.scorer, padded))[:n]

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from headhunt_jax import __version__, pipeline, plots
+from headhunt_jax import __version__, files, pipeline, plots
 from headhunt_jax import report as report_page
 from headhunt_jax.annotations import video_key
 from headhunt_jax.datasets import VideoItem, calibration_subset, load_dataset
@@ -71,7 +71,7 @@ def _check_protocol(out: Path, protocol: Protocol) -> None:
     if not protocol.processor_options:  # as run directories made before the field have it
         del wanted["processor_options"]
     if path.exists():
-        have = json.loads(path.read_text())
+        have = files.read_json(path, "a run's protocol")
         diffs = [
             f"{k}: {have.get(k)!r} there, {v!r} now" for k, v in wanted.items() if have.get(k) != v
         ]
@@ -109,7 +109,7 @@ class _Stages:
 
     def __init__(self, out: Path, say: Callable[[str], None]):
         self.path = out / "stages.json"
-        self.times = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.times = files.read_json(self.path, "a run's stage times") if self.path.exists() else {}
         self.reused: list[str] = []
         self.say = say
 
@@ -314,7 +314,7 @@ def _record_splits(path: Path, ids: dict[str, list[str]]) -> None:
     """Writes the splits once; a dataset that now lists other videos is an error, not a silent
     change of the videos the stored results came from."""
     if path.exists():
-        have = json.loads(path.read_text())
+        have = files.read_json(path, "a run's splits")
         changed = [name for name in ids if have.get(name) != ids[name]]
         if changed:
             raise InputError(

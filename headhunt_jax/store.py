@@ -38,6 +38,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+from headhunt_jax import files
 from headhunt_jax.errors import UserError
 from headhunt_jax.video import VideoMetadata
 
@@ -195,9 +196,10 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def _read_spec(path: Path) -> StoreSpec:
+    record = files.read_json(path, "a feature store description", error=StoreError)
     try:
-        return StoreSpec.from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        return StoreSpec.from_json(record)
+    except (KeyError, TypeError, ValueError) as err:
         raise StoreError(f"{path}: not a feature store description ({err})") from None
 
 
@@ -253,7 +255,9 @@ class FeatureStore:
 
     def _backbone_record(self) -> dict:
         file = self.path / BACKBONE_FILE
-        return json.loads(file.read_text()) if file.exists() else {}
+        if not file.exists():
+            return {}
+        return files.read_json(file, "the store's backbone record", error=StoreError)
 
     def record_backbone(self, path, hub_ref: str | None = None) -> None:
         record = {"path": str(Path(path).absolute())}
@@ -323,10 +327,25 @@ class FeatureStore:
                 arrays = {k: f[k] for k in ("features", "start_frames", "end_frames")}
                 frame_indices = f["frame_indices"]
                 thumbnails = _thumbnails(f) if "thumbnails" in f else None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        except (
+            OSError,
+            EOFError,
+            ValueError,
+            KeyError,
+            zipfile.BadZipFile,
+            NotImplementedError,  # zipfile: a compression method the damage made up
+        ) as err:
             raise StoreError(f"{path}: unreadable feature file ({err})") from None
+        if not (
+            isinstance(meta, dict)
+            and {"store", "video_id", "metadata", "label"} <= meta.keys()
+            and isinstance(meta["metadata"], dict)
+        ):
+            raise StoreError(f"{path}: unreadable feature file (its meta entry is damaged)")
         if meta["store"] != self._digest:
-            raise StoreError(f"{path}: written for a store of other settings than {SPEC_FILE}")
+            raise StoreError(
+                f"{path}: written for a store of other settings than {self.path / SPEC_FILE}"
+            )
         return VideoFeatures(
             video_id=meta["video_id"],
             frame_indices=frame_indices,

@@ -10,7 +10,7 @@ tensors as ``.../layers_N/...`` (the layout of 0.1.0's trees), and ``convert`` p
 slice N of its stacked parameter (``layer_slot``, ``unstack_shapes``, ``stack_layers``).
 """
 
-import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from headhunt_jax import files
 from headhunt_jax.errors import InputError
 
 _DTYPES = {
@@ -40,7 +41,10 @@ class CheckpointError(InputError):
 
 
 def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (name, array) from one .safetensors file, memory-mapped (bf16 via ml_dtypes)."""
+    """Yields (name, array) from one .safetensors file, memory-mapped (bf16 via ml_dtypes). The
+    header is checked whole before the first tensor: a file cut short or a damaged header is a
+    ``CheckpointError`` naming the file (the format has no checksum of the tensors' bytes)."""
+    path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -51,42 +55,70 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
         n = int.from_bytes(head, "little")
         if n <= 0 or 8 + n > size:
             raise CheckpointError(f"{path}: truncated or corrupt safetensors header")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+        raw = f.read(n)
+    header = files.parse_json(raw, path, "a safetensors header", error=CheckpointError)
     header.pop("__metadata__", None)
-    data_size = max((meta["data_offsets"][1] for meta in header.values()), default=0)
-    if 8 + n + data_size > size:
+    data_size = size - 8 - n
+    tensors = [(name, _tensor_entry(path, name, meta)) for name, meta in header.items()]
+    needed = max((end for _, (_, _, _, end) in tensors), default=0)
+    if needed > data_size:
         raise CheckpointError(
-            f"{path}: truncated safetensors file ({size} bytes, its header needs {8 + n + data_size})"
+            f"{path}: truncated safetensors file ({size} bytes, its header needs {8 + n + needed})"
         )
     mm = (
-        np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n, shape=(data_size,))
-        if data_size
-        else None
+        np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n, shape=(needed,)) if needed else None
     )
-    for name, meta in header.items():
-        if meta["dtype"] not in _DTYPES:
-            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
-        start, end = meta["data_offsets"]
-        dtype = np.dtype(_DTYPES[meta["dtype"]])
-        yield name, mm[start:end].view(dtype).reshape(meta["shape"])
+    for name, (dtype, shape, start, end) in tensors:
+        yield name, mm[start:end].view(dtype).reshape(shape)
+
+
+def _tensor_entry(path, name, meta) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, start, end) of a header's entry, checked: a known dtype, a shape of
+    non-negative integers and a byte range that holds exactly it."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (entry {name!r})")
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+    ok = (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    )
+    if not ok:
+        raise CheckpointError(f"{path}: corrupt safetensors header (tensor {name})")
+    dt = np.dtype(_DTYPES[dtype])
+    start, end = offsets
+    if end - start != math.prod(shape) * dt.itemsize:
+        raise CheckpointError(
+            f"{path}: corrupt safetensors header (tensor {name}: {end - start} bytes for "
+            f"{dtype} {shape})"
+        )
+    return dt, tuple(shape), start, end
 
 
 def safetensors_files(directory: Path) -> list[Path]:
     """The weight files of a checkpoint directory, sharded (with its index) or single."""
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        record = files.read_json(index, "a safetensors index", error=CheckpointError)
+        weight_map = record.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(s, str) and s for s in weight_map.values()
+        ):
+            raise CheckpointError(f"{index}: no weight_map of tensor names to shard file names")
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (directory / s).exists()]
         if missing:
             raise CheckpointError(f"{index}: shard files missing: {', '.join(missing)}")
         return [directory / s for s in shards]
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
+    files_ = sorted(directory.glob("*.safetensors"))
+    if not files_:
         raise CheckpointError(f"{directory}: no .safetensors weight files")
-    return files
+    return files_
 
 
 # ---------------------------------------------------------------------------------------------

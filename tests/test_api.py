@@ -36,3 +36,20 @@ def test_cli_help_lists_every_command():
     out = subprocess.run([script, "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("convert", "extract", "hunt", "fit", "detect", "evaluate", "demo"):
         assert command in out
+
+
+def test_packaged_data_is_found_from_a_source_checkout(monkeypatch):
+    """Python started at the checkout's root imports the source tree, where data/ and
+    checkpoints/ sit beside the package rather than inside it (an install maps them in)."""
+    import importlib.resources
+
+    from headhunt_jax import resources
+
+    def not_installed(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(importlib.resources, "files", not_installed)
+    assert resources.package_dir("data") == root / "data"
+    assert (resources.package_dir("data") / "prompts.json").is_file()
+    assert any(resources.package_dir("checkpoints").glob("*.json"))

@@ -96,5 +96,5 @@ def test_bad_bundles_are_rejected():
     with pytest.raises(ValueError, match="sigma"):
         Detector(HEADS, scorer, sigma=0.0)
     detector = Detector(HEADS, scorer)
-    with pytest.raises(ValueError, match="the scorer was trained on 24"):
+    with pytest.raises(ValueError, match="F = 24, the features the scorer was trained on"):
         scores(detector, np.zeros((2, L, H, D + 1), np.float32))

@@ -221,6 +221,16 @@ def test_on_mesh_features_match_one_device(divisible, batch, one_device_features
 
 
 @on_mesh
+def test_on_mesh_jit_of_head_features_equals_eager(divisible, batch, one_device_features):
+    """A sharded backbone passed into the user's jit: the parameters stay in their shards."""
+    ids, pixels = batch
+    bb = hh.load_backbone(divisible, mesh=sharding.make_mesh(4, 2))
+    got = jax.jit(hh.head_features)(bb, ids, pixels)
+    assert rel_err(got, one_device_features) <= TOL
+    assert rel_err(got, hh.head_features(bb, ids, pixels)) <= 1e-6
+
+
+@on_mesh
 def test_on_mesh_prefix_reuse_splits_the_batch(divisible, batch, rng):
     """Several prompts over the same frames on a (4, 2) mesh: the batch of 3 is padded to the
     data axis and split, and the features equal one device's."""

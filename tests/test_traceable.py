@@ -83,3 +83,79 @@ def test_event_mask_and_localize_built_on_it():
 def test_settings_are_static():
     with pytest.raises(ValueError, match="static"):
         jax.jit(lambda s, sigma: hh.smooth(s, sigma))(np.zeros(4), 1.5)
+
+
+CHAT = __import__("pathlib").Path(__file__).parent / "fixtures" / "internvl_chat" / "qwen2"
+
+
+@pytest.fixture(scope="module")
+def internvl():
+    ref = np.load(CHAT / "reference.npz")
+    return hh.load_backbone(CHAT), ref["input_ids"], ref["pixel_values"]
+
+
+def test_head_features_with_the_backbone_as_an_argument(internvl):
+    bb, ids, pixels = internvl
+    eager = hh.head_features(bb, ids, pixels)
+    np.testing.assert_array_equal(jax.jit(hh.head_features)(bb, ids, pixels), eager)
+    # the parameters as an argument: a Backbone is a pytree of them
+    as_params = jax.jit(lambda p: hh.head_features(hh.Backbone(bb.model, p, bb.name), ids, pixels))
+    np.testing.assert_array_equal(as_params(bb.params), eager)
+    with pytest.raises(ValueError, match=r"\[batch, tokens\]"):
+        jax.jit(hh.head_features)(bb, ids[0], pixels)
+
+
+def test_head_features_gradient_against_finite_differences(internvl):
+    bb, ids, pixels = internvl
+
+    def f(px):
+        return hh.head_features(bb, ids, px, layers=[1])[:, 0, 2].sum()
+
+    grad = jax.grad(f)(pixels)
+    direction = np.random.default_rng(0).standard_normal(pixels.shape).astype(np.float32)
+    eps = 1e-2
+    fd = (f(pixels + eps * direction) - f(pixels - eps * direction)) / (2 * eps)
+    np.testing.assert_allclose(float(jnp.vdot(grad, direction)), float(fd), rtol=2e-3)
+
+
+def test_a_users_jitted_detector(internvl, scorer):
+    """features -> the experts' features -> scores -> smoothed scores, one jitted function."""
+    bb, ids, pixels = internvl
+    heads = np.asarray([[0, 1], [1, 3], [1, 0]])
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, 3 * bb.head_dim)).astype(np.float32)
+    s = hh.fit_scorer(x, (x[:, 0] > 0).astype(int))
+
+    def detect(bb, ids, pixels):
+        features = hh.head_features(bb, ids, pixels)
+        experts = features[:, heads[:, 0], heads[:, 1]].reshape(len(ids), -1)
+        return hh.smooth(hh.score(s, experts), 1.0)
+
+    close(jax.jit(detect)(bb, ids, pixels), detect(bb, ids, pixels))
+
+
+def test_jit_of_head_features_equals_eager_for_every_family(tmp_path):
+    import hf_reference as hf
+    import test_llava_onevision as lov
+
+    rng = np.random.default_rng(2)
+    cases = []
+    text = hf.save(hf.build(hf.tiny_text_config("qwen3")), tmp_path / "text")
+    cases.append((text, {"input_ids": rng.integers(0, 290, (2, 9))}))
+    internvl = hf.save(hf.build(hf.tiny_internvl35_config()), tmp_path / "internvl")
+    ids, n = hf.multimodal_ids(rng, 2, 2, 4)
+    pixels = rng.standard_normal((n, 3, 56, 56)).astype(np.float32)
+    cases.append((internvl, {"input_ids": ids, "pixel_values": pixels}))
+    llava = hf.save(lov.build(lov.tiny_config()), tmp_path / "llava")
+    cfg = hh.load_backbone(llava).config
+    videos = rng.standard_normal((2, 2, 3, lov.SIZE, lov.SIZE)).astype(np.float32)
+    ids = lov.video_ids(rng, cfg, batch=2, frames=2)
+    cases.append((llava, {"input_ids": ids, "pixel_values_videos": videos}))
+    for path, inputs in cases:
+        bb = hh.load_backbone(path)
+        eager = hh.head_features(bb, **inputs)
+        close(jax.jit(lambda bb, inputs: hh.head_features(bb, **inputs))(bb, inputs), eager)
+    # Qwen2.5-VL lays its images out on the host (prepare): it says so under jit.
+    qwen = hh.load_backbone(hf.save(hf.build(hf.tiny_qwen2_5_vl_config()), tmp_path / "qwen"))
+    with pytest.raises(ValueError, match="cannot be traced"):
+        jax.jit(lambda ids: hh.head_features(qwen, ids))(np.zeros((1, 4), np.int32))

@@ -5,8 +5,12 @@ from pathlib import Path
 
 
 def load_tokenizer(path):
-    """A ``tokenizers.Tokenizer`` from a checkpoint directory or a tokenizer.json file."""
+    """A ``tokenizers.Tokenizer`` from a checkpoint directory or a tokenizer.json file; one that
+    cannot be read (not UTF-8, not JSON, not a tokenizer) is an ``InputError`` naming the file."""
     from tokenizers import Tokenizer
+
+    from headhunt_jax import files
+    from headhunt_jax.errors import InputError
 
     path = Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
@@ -14,10 +18,17 @@ def load_tokenizer(path):
         raise FileNotFoundError(
             f"{file}: no tokenizer.json (the checkpoint's fast tokenizer is needed)"
         )
+    what = "a tokenizer (tokenizer.json)"
+    text = files.read_text(file, what)
     try:
-        return Tokenizer.from_file(str(file))
-    except Exception as e:  # the tokenizers library raises a bare Exception
-        raise ValueError(f"{file}: not a readable tokenizer ({e})") from None
+        return Tokenizer.from_str(text)
+    except Exception as e:  # the tokenizers library raises a bare Exception on a bad file
+        try:  # not JSON: told with its line and column
+            files.parse_json(text, file)
+            why = files.first_line(e)
+        except InputError as bad:
+            why = str(bad).removeprefix(f"{file}: ")
+        raise InputError(f"{file}: not a readable tokenizer ({why})") from None
 
 
 def tiny_tokenizer(corpus, special_tokens):

@@ -3,6 +3,7 @@ the demo and the tests: the pipeline runs for real, the weights are not."""
 
 from pathlib import Path
 
+from headhunt_jax import files
 from headhunt_jax.backbones.internvl.config import InternVLConfig
 from headhunt_jax.backbones.internvl.prompt import IMG_CONTEXT, IMG_END, IMG_START, SYSTEM_MESSAGE
 from headhunt_jax.backbones.internvl.vision import VisionConfig
@@ -45,4 +46,5 @@ def tiny_backbone(
     bb = backbone.Backbone(model, backbone.random_params(model, seed), name)
     backbone.save_converted(bb, out_dir)
     tok.save(str(out_dir / "tokenizer.json"))
+    files.write_manifest(out_dir)  # the tokenizer too, not only what save_converted wrote
     return out_dir

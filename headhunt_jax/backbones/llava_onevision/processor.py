@@ -11,13 +11,13 @@ two of 255 on some pixels (torch's uint8 kernel rounds between its two passes di
 """
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from headhunt_jax import files
 from headhunt_jax.backbones.llava_onevision.config import PRESETS, LlavaOnevisionConfig
 from headhunt_jax.errors import InputError
 from headhunt_jax.models.tokenizer import load_tokenizer
@@ -144,7 +144,7 @@ def read_video_processor_config(checkpoint_dir, cfg: LlavaOnevisionConfig) -> tu
             break
     else:
         return MEAN, STD
-    d = json.loads(file.read_text())
+    d = files.read_json(file, "a processor config")
     s = cfg.image_size
     size = d.get("size", {"height": s, "width": s})
     problems = []

@@ -3,6 +3,7 @@ tokenizer, for the demo and the tests: the pipeline runs for real, the weights a
 
 from pathlib import Path
 
+from headhunt_jax import files
 from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig, SiglipConfig
 from headhunt_jax.backbones.llava_onevision.processor import VIDEO_TOKEN, chat_text
 from headhunt_jax.models.decoder import tiny_decoder
@@ -32,4 +33,5 @@ def tiny_backbone(out_dir, prompts, image_size: int = 112, seed: int = 0) -> Pat
     bb = backbone.Backbone(model, params, "tiny-llava-onevision-random")
     backbone.save_converted(bb, out_dir)
     tok.save(str(out_dir / "tokenizer.json"))
+    files.write_manifest(out_dir)  # the tokenizer too, not only what save_converted wrote
     return out_dir

@@ -20,12 +20,12 @@ Every video is processed at its own size: one compilation per distinct size.
 """
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from headhunt_jax import files
 from headhunt_jax.backbones.qwen2_5_vl import processor_pixels as pp
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VLConfig
 from headhunt_jax.errors import InputError
@@ -75,10 +75,7 @@ def _pixel_limits(checkpoint_dir, name: str, default: tuple[int, int]) -> tuple[
     file = Path(checkpoint_dir) / name
     if checkpoint_dir is None or not file.exists():
         return default
-    try:
-        d = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: invalid JSON ({e})") from None
+    d = files.read_json(file, "a processor config")
     size = d.get("size") or {}
     low = d.get("min_pixels", size.get("shortest_edge", default[0]))
     high = d.get("max_pixels", size.get("longest_edge", default[1]))

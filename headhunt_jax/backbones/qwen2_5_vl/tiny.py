@@ -4,6 +4,7 @@ tokenizer, for the demo and the tests: the pipeline runs for real, the weights a
 import json
 from pathlib import Path
 
+from headhunt_jax import files
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VisionConfig, Qwen25VLConfig
 from headhunt_jax.backbones.qwen2_5_vl.processor import (
     IMAGE_PAD,
@@ -50,6 +51,7 @@ def tiny_backbone(out_dir, prompts, image_size=None, seed: int = 0) -> Path:
     bb = backbone.Backbone(model, params, "tiny-qwen2.5-vl-random")
     backbone.save_converted(bb, out_dir)
     tok.save(str(out_dir / "tokenizer.json"))
+    files.write_manifest(out_dir)  # the tokenizer too, not only what save_converted wrote
     limits = {"min_pixels": 4 * 28 * 28, "max_pixels": TINY_MAX_PIXELS}
     for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
         (out_dir / name).write_text(json.dumps(limits, indent=2))

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
+from headhunt_jax import errors
 from headhunt_jax.errors import UserError
 from headhunt_jax.watch import add_watch_command
 
@@ -873,15 +874,6 @@ def _check_values(args) -> None:
         )
 
 
-class Terminated(BaseException):
-    """SIGTERM, as preemptible machines and pod schedulers send it: raised in the main thread
-    (a BaseException, so that no handler of a video's failure takes it for one)."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated
-
-
 def _kept(args) -> str:
     """What an interrupted command leaves, and how to go on."""
     from headhunt_jax.store import SPEC_FILE, FeatureStore
@@ -907,11 +899,19 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _compile_cache(not args.no_compile_cache)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    previous = signal.signal(signal.SIGTERM, errors.terminate) if main_thread else None
+    unraisable = sys.unraisablehook
+    # A signal that lands in a finalizer is swallowed there (and raised again at the next
+    # safe point): not a traceback to print.
+    sys.unraisablehook = lambda u: (
+        None if isinstance(u.exc_value, errors.Terminated) else unraisable(u)
+    )
     try:
         _check_values(args)
-        return args.func(args) or 0
-    except Terminated:
+        code = args.func(args) or 0
+        errors.check_terminated()  # a signal that a finalizer swallowed
+        return code
+    except errors.Terminated:
         print(f"headhunt-jax {args.command}: terminated (SIGTERM): {_kept(args)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
@@ -921,6 +921,7 @@ def main(argv=None) -> int:
         print(f"headhunt-jax {args.command}: error: {e}", file=sys.stderr)
         return 1
     finally:
+        sys.unraisablehook = unraisable
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
 

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone, head_features
-from headhunt_jax.errors import InputError
+from headhunt_jax.errors import InputError, check_terminated
 from headhunt_jax.hunt import check_heads, gather_heads
 from headhunt_jax.prefix import head_features_prompts
 from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures, processor_spec
@@ -422,6 +422,7 @@ def extract_features(
         contextlib.closing(_prefetch(make)) as stream,
     ):
         for batch in stream:
+            check_terminated()
             if batch.rows:
                 input_ids = prompt_ids(batch.pixels.shape[-2:])
                 if explainer is None:

@@ -171,7 +171,7 @@ def remove_manifest(root) -> None:
 def write_manifest(root, files: Iterable | None = None) -> Path:
     """``root/sha256.json``: the size and SHA-256 of ``files`` (paths under ``root``; default:
     every file under it). Written last, after every file it lists is complete."""
-    root = Path(root)
+    root = Path(root).absolute()  # rglob's paths of a relative root are relative to the cwd
     if files is None:
         files = (p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
     listed = {}

@@ -263,3 +263,13 @@ def test_a_damaged_store_description_is_one_store_error(tmp_path):
         StoreError, match=re.escape(f"{tmp_path / 'store.json'}: not UTF-8 text (byte 14)")
     ):
         FeatureStore(tmp_path)
+
+
+def test_a_manifest_of_a_relative_folder(tmp_path, monkeypatch):
+    from headhunt_jax import files
+
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    (tmp_path / "out" / "sub" / "a.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    manifest = json.loads(files.write_manifest("out").read_text())
+    assert list(manifest["files"]) == ["sub/a.json"]

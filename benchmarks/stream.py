@@ -17,6 +17,18 @@ and the ratio of the streams kept to it (what decoding, preprocessing and the ba
 
     python benchmarks/stream.py [--backbones demo,mid] [--segments 6] [--size 320x240]
 
+``--soak MINUTES``: instead, a soak test of one ``watch_streams`` run against one detector (the
+first of ``--backbones``) for that long, with three live sources produced at real time by a writer
+process (``--feed``), each frame encoded (H.264, no B-frames) and written at its frame's time:
+an MPEG-TS file appended to (25 fps), MPEG-TS on a pipe (25 fps) and a Matroska file written
+progressively (15 fps), 160 x 120 by default, so that two cores score them with room to spare and
+a dropped segment means the scorer fell behind. Every ``--interval`` seconds (60) it records this
+process's resident memory (psutil, else /proc/self/status), the live Python objects and the
+segments scored and dropped; it prints a table of them and a summary: the memory growth after the
+first ``--warmup`` minutes (3) in MB/hour (a least-squares line), the drops, the segments.
+
+    python benchmarks/stream.py --soak 30 [--backbones demo] [--size 160x120]
+
 Backbones: ``demo`` (the demo's tiny InternVL3, 112 px), ``mid`` (``_models.MID``, 224 px), or
 a preset's shapes (e.g. ``InternVL3-8B``, for a GPU), random weights and the demo's tokenizer;
 expert heads on the last layer, so the whole decoder runs.
@@ -24,7 +36,11 @@ expert heads on the last layer, so the whole decoder runs.
 
 import argparse
 import dataclasses
+import datetime
+import gc
 import os
+import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,7 +60,7 @@ from headhunt_jax.detector import Detector  # noqa: E402
 from headhunt_jax.models.tokenizer import tiny_tokenizer  # noqa: E402
 from headhunt_jax.prompts import DEFAULT_PROMPTS  # noqa: E402
 from headhunt_jax.scorer import fit_scorer  # noqa: E402
-from headhunt_jax.video import SEGMENT_LENGTH  # noqa: E402
+from headhunt_jax.video import SEGMENT_LENGTH, VideoReader  # noqa: E402
 
 FPS = 25
 
@@ -212,15 +228,213 @@ def run_backbone(name, args, folder, data, ends) -> None:
     )
 
 
+# --- soak: three live sources for a long time ----------------------------------------------------
+
+SOAK_SOURCES = [
+    ("mpegts", "followed.ts", 25),
+    ("mpegts", "-", 25),
+    ("matroska", "followed.mkv", 15),
+]
+
+
+def rss_mb() -> float:
+    """This process's resident memory, MB."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+
+def feed_main(args) -> None:
+    """The writer process: each ``FORMAT:PATH:FPS`` of ``--feed`` (PATH ``-``: standard output)
+    encoded live from the footage, looped, each frame written at its frame's time, until killed."""
+    width, height = map(int, args.size.split("x"))
+    footage = np.concatenate(synthetic.load_footage(width, height))
+    footage = np.concatenate([footage, footage[::-1]])  # a loop without a cut
+    start = time.monotonic() + 0.2
+
+    def write(spec):
+        fmt, path, fps = spec.split(":")
+        fps = int(fps)
+        target = "pipe:1" if path == "-" else path
+        with av.open(target, "w", format=fmt, options={"flush_packets": "1"}) as container:
+            s = container.add_stream("libx264", rate=fps)
+            s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+            s.options = {
+                "crf": "23",
+                "preset": "veryfast",
+                "tune": "zerolatency",
+                "g": str(2 * fps),
+            }
+            i = 0
+            while True:
+                time.sleep(max(0.0, start + i / fps - time.monotonic()))
+                frame = av.VideoFrame.from_ndarray(footage[i % len(footage)], format="rgb24")
+                container.mux(s.encode(frame))
+                i += 1
+
+    threads = [threading.Thread(target=write, args=(spec,), daemon=True) for spec in args.feed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def fit_growth(minutes, rss) -> float:
+    """MB/hour of a least-squares line through (minute, MB); nan with fewer than 2 points."""
+    if len(minutes) < 2:
+        return float("nan")
+    return float(np.polyfit(minutes, rss, 1)[0] * 60)
+
+
+def calibrated(bb, detector, footage, folder: Path) -> Detector:
+    """The detector with tau at the median score of the footage's segments, so that the soak's
+    sources open and close events."""
+    clip = synthetic.write_h264(folder / "calibration.ts", footage[: 12 * SEGMENT_LENGTH], FPS)
+    scorer = stream.SegmentScorer(bb, detector, 4)
+    segments = [(seg, float(FPS)) for seg in VideoReader(clip, **scorer.reader_kw)]
+    scores = np.concatenate([scorer(segments[i : i + 4]) for i in range(0, len(segments), 4)])
+    return Detector(**{**detector.__dict__, "tau": float(np.median(scores))})
+
+
+def soak(args) -> None:
+    width, height = map(int, (args.size or "160x120").split("x"))
+    name = args.backbones.split(",")[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        bb = make_backbone(name, folder / name)
+        footage = np.concatenate(synthetic.load_footage(width, height))
+        detector = calibrated(bb, make_detector(bb), footage, folder)
+        scorer = stream.SegmentScorer(bb, detector, min(len(SOAK_SOURCES), args.max_batch))
+        scorer.compile()
+        specs = []
+        for fmt, path, fps in SOAK_SOURCES:
+            if path != "-":
+                path = str(folder / path)
+                Path(path).touch()
+            specs.append(f"{fmt}:{path}:{fps}")
+        writer = subprocess.Popen(
+            [sys.executable, __file__, "--size", f"{width}x{height}", "--feed", *specs],
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
+        sources = [
+            stream.pipe(writer.stdout, "pipe.ts") if s.split(":")[1] == "-"
+            else stream.followed_file(s.split(":")[1], idle_s=10.0)
+            for s in specs
+        ]  # fmt: skip
+        names = [Path(s.name).name for s in sources]
+        counts = {"segment": [0] * len(sources), "dropped": [0] * len(sources), "event": 0}
+        index = {s.name: i for i, s in enumerate(sources)}
+
+        def emit(line):
+            if line["type"] == "segment":
+                counts["segment"][index[line["source"]]] += 1
+            elif line["type"] == "dropped":
+                counts["dropped"][index[line["source"]]] += line["count"]
+            elif line["type"] == "event":
+                counts["event"] += 1
+
+        log(
+            f"soak: {args.soak:g} min, {name} backbone (batch {scorer.batch_size}, tau "
+            f"{detector.tau:.4f}: the footage's median score), sources: "
+            + ", ".join(
+                f"{n} ({fmt}, {fps} fps)"
+                for n, (fmt, _, fps) in zip(names, SOAK_SOURCES, strict=True)
+            )
+            + f", {width} x {height}; {os.cpu_count()} CPUs; {platform.platform()}; "
+            + datetime.datetime.now().isoformat(timespec="seconds")
+        )
+        stop = threading.Event()
+        samples, rows = [], []  # (minute, RSS MB) every --sample s; a row every --interval s
+        taken = [0]  # samples in the rows so far
+
+        def row(minute):
+            gc.collect()
+            mbs = [mb for _, mb in samples[taken[0] :]]
+            taken[0] = len(samples)
+            seg, drop = sum(counts["segment"]), sum(counts["dropped"])
+            rows.append((minute, min(mbs), max(mbs), len(gc.get_objects()), seg, drop))
+            prev = rows[-2] if len(rows) > 1 else rows[-1]
+            log(
+                f"{minute:6.1f} {min(mbs):8.1f} {max(mbs):8.1f} {rows[-1][3]:9d} "
+                f"{seg - prev[4]:8d} {drop - prev[5]:8d} {seg:9d} {drop:8d} {counts['event']:7d}"
+            )
+
+        def monitor():
+            log(
+                f"{'minute':>6} {'RSS min':>8} {'RSS max':>8} {'objects':>9} {'segments':>8} "
+                f"{'dropped':>8} {'seg.total':>9} {'dr.total':>8} {'events':>7}   "
+                f"(RSS MB over the minute's samples; segments, dropped: in the minute)"
+            )
+            t0, k, n = time.monotonic(), 0, 0
+            while True:
+                now = (time.monotonic() - t0) / 60
+                samples.append((now, rss_mb()))
+                if n * args.sample >= k * args.interval:
+                    row(k * args.interval / 60)
+                    if k * args.interval >= args.soak * 60:
+                        break
+                    k += 1
+                n += 1
+                if stop.wait(max(0.0, t0 + n * args.sample - time.monotonic())):
+                    break
+            stop.set()
+
+        monitor_thread = threading.Thread(target=monitor, daemon=True)
+        monitor_thread.start()
+        try:
+            summary = stream.watch_streams(scorer, sources, emit, lookahead=0, stop=stop)
+        finally:
+            stop.set()
+            writer.kill()
+            writer.wait()
+        monitor_thread.join()
+    minutes, rss = np.array(samples).T
+    after = minutes >= args.warmup
+    floors = np.array([(r[0], r[1]) for r in rows if r[0] >= args.warmup]).reshape(-1, 2).T
+    half = minutes >= minutes[-1] / 2
+    seconds = args.soak * 60
+    log(
+        f"summary: RSS {rss[0]:.1f} MB at start, {rss[after][0] if after.any() else np.nan:.1f} "
+        f"MB at minute {args.warmup:g}, {rss[-1]:.1f} MB at the end (max {rss.max():.1f}); "
+        f"growth after minute {args.warmup:g}: {fit_growth(minutes[after], rss[after]):+.2f} "
+        f"MB/hour (all {after.sum()} samples), {fit_growth(*floors):+.2f} MB/hour (the "
+        f"minutes' minima); second half {fit_growth(*np.array(samples)[half].T):+.2f} MB/hour; "
+        f"whole run {fit_growth(minutes, rss):+.2f} MB/hour"
+    )
+    for n, (_, _, fps), c in zip(names, SOAK_SOURCES, summary.values(), strict=True):
+        log(
+            f"summary: {n}: {c['segments']} segments scored (about {seconds * fps / 48:.0f} "
+            f"at real time), {c['dropped']} dropped, {c['unscored']} unscored, {c['events']} "
+            f"events, reopened {c['reopened']}, error {c['error']}"
+        )
+    total = {k: sum(c[k] for c in summary.values()) for k in ("segments", "dropped")}
+    log(f"summary: {total['segments']} segments scored, {total['dropped']} dropped")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbones", default="demo,mid")
     ap.add_argument("--segments", type=int, default=6, help="segments a stream, each trial")
-    ap.add_argument("--size", default="320x240", help="the streams' frame size")
+    ap.add_argument("--size", help="the streams' frame size (default 320x240, soak 160x120)")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-streams", type=int, default=64)
+    ap.add_argument("--soak", type=float, metavar="MINUTES", help="a soak test instead (above)")
+    ap.add_argument("--interval", type=float, default=60.0, help="soak: seconds a table row")
+    ap.add_argument("--sample", type=float, default=5.0, help="soak: seconds between RSS samples")
+    ap.add_argument("--warmup", type=float, default=3.0, help="soak: minutes left out of the fit")
+    ap.add_argument("--feed", nargs="+", help=argparse.SUPPRESS)  # the soak's writer process
     args = ap.parse_args()
-    width, height = map(int, args.size.split("x"))
+    if args.feed:
+        return feed_main(args)
+    if args.soak:
+        return soak(args)
+    width, height = map(int, (args.size or "320x240").split("x"))
     footage = np.concatenate(synthetic.load_footage(width, height))
     frames = footage[: args.segments * SEGMENT_LENGTH + 1]  # the next frame completes the last
     with tempfile.TemporaryDirectory() as tmp:

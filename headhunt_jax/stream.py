@@ -287,8 +287,8 @@ def parse_source(
     stdin=None,
 ) -> Source:
     """A source as the command line names it: ``-`` (``stdin``, default standard input), a URL
-    (``scheme://...``), a character device (V4L2), or a file (followed; also as a ``file:``
-    URL, which as a live input would replay the file at every reopening)."""
+    (``scheme://...``), a character device (V4L2), or a file (:func:`followed_file`; also as a
+    ``file:`` URL, which as a live input would replay the file at every reopening)."""
     if text == "-":
         return pipe(stdin if stdin is not None else sys.stdin.buffer)
     if text.startswith("file:"):

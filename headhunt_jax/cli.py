@@ -901,11 +901,14 @@ def main(argv=None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, errors.terminate) if main_thread else None
     unraisable = sys.unraisablehook
+
     # A signal that lands in a finalizer is swallowed there (and raised again at the next
     # safe point): not a traceback to print.
-    sys.unraisablehook = lambda u: (
-        None if isinstance(u.exc_value, errors.Terminated) else unraisable(u)
-    )
+    def hook(u):
+        if not isinstance(u.exc_value, errors.Terminated):
+            unraisable(u)
+
+    sys.unraisablehook = hook
     try:
         _check_values(args)
         code = args.func(args) or 0
@@ -921,10 +924,25 @@ def main(argv=None) -> int:
         print(f"headhunt-jax {args.command}: error: {e}", file=sys.stderr)
         return 1
     finally:
-        sys.unraisablehook = unraisable
+        if sys.unraisablehook is hook:  # another hook wrapped it (files.quiet_abandoned_reads)
+            sys.unraisablehook = unraisable
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
 
 
+def run() -> None:
+    """The console script. After a user's error, the process ends without the interpreter's
+    shutdown, where the reads orbax abandoned on a damaged checkpoint would still print
+    tracebacks from its threads: the one line stays the only line."""
+    code = main()
+    if code == 1:
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -20,20 +20,6 @@ from headhunt_jax.models.decoder import DecoderConfig, last_position_heads
 from headhunt_jax.models.layers import ATTENTION_IMPLS
 
 CONVERTED_CONFIG = "headhunt_backbone.json"
-# What a converted checkpoint keeps of the original besides its weights: the tokenizer and the
-# processors' and generation's settings.
-PROCESSOR_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.json",
-    "preprocessor_config.json",
-    "video_preprocessor_config.json",
-    "generation_config.json",  # the EOS ids that generation stops at
-)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -303,7 +289,7 @@ def save_converted(bb: Backbone, out) -> Path:
     (out / CONVERTED_CONFIG).write_text(json.dumps(meta, indent=2))
     written = [out / CONVERTED_CONFIG, *(p for p in (out / "params").rglob("*") if p.is_file())]
     if bb.path is not None:
-        for f in PROCESSOR_FILES:
+        for f in hub.PROCESSOR_FILES:
             if (bb.path / f).exists():
                 if not (out / f).exists() or not (bb.path / f).samefile(out / f):
                     shutil.copy2(bb.path / f, out / f)

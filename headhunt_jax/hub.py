@@ -14,12 +14,9 @@ from pathlib import Path
 
 from headhunt_jax.errors import InputError
 
-# What any family reads from a checkpoint: its config, weights, tokenizer, processors' and
-# generation's settings. Not the remote code, the PyTorch .bin weights or the README's images.
-CHECKPOINT_FILES = (
-    "config.json",
-    "*.safetensors",
-    "model.safetensors.index.json",
+# What a converted checkpoint keeps of the original besides its weights: the tokenizer and the
+# processors' and generation's settings.
+PROCESSOR_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -27,11 +24,19 @@ CHECKPOINT_FILES = (
     "vocab.json",
     "merges.txt",
     "chat_template.json",
-    "chat_template.jinja",
     "preprocessor_config.json",
     "video_preprocessor_config.json",
+    "generation_config.json",  # the EOS ids that generation stops at
+)
+# What any family reads from a checkpoint: its config, weights, and the files above. Not the
+# remote code, the PyTorch .bin weights or the README's images.
+CHECKPOINT_FILES = (
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    *PROCESSOR_FILES,
+    "chat_template.jinja",
     "processor_config.json",
-    "generation_config.json",
 )
 
 # The Hub's repository names: letters, digits, '-', '_', '.', not starting with '-' or '.'.
@@ -56,10 +61,6 @@ class Source:
     def hub_ref(self) -> str | None:
         """``org/name@commit``: resolves to the same snapshot again (None for a local one)."""
         return f"{self.repo_id}@{self.revision}" if self.repo_id else None
-
-    @property
-    def name(self) -> str:
-        return self.repo_id or self.path.name
 
 
 def parse_hub_id(text) -> tuple[str, str | None] | None:

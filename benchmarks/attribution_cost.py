@@ -38,7 +38,7 @@ def main():
     rng = np.random.default_rng(0)
     pixels = rng.standard_normal((args.batch * args.frames, 3, size, size)).astype(np.float32)
     layers = tuple(sorted(set(HEADS[:, 0].tolist())))
-    features = jax.jit(lambda bb, p: backbone.head_features(bb, ids, p, layers=layers))
+    features = jax.jit(lambda bb, p: features.head_features(bb, ids, p, layers=layers))
     maps = jax.jit(lambda bb, p: head_attribution(bb, ids, p, HEADS))
     t_features = _models.median_time(
         lambda: features(bb, pixels), jax.block_until_ready, args.repeats

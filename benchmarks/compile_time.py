@@ -1,6 +1,6 @@
 """Trace and compile time of the head-features forward, with no weights in memory.
 
-For each preset (released shapes), ``backbone.forward`` for one 16-frame segment (batch 1, bf16,
+For each preset (released shapes), ``features.forward`` for one 16-frame segment (batch 1, bf16,
 every layer's heads) is lowered ahead of time from abstract parameters and inputs
 (``jax.jit(...).trace(...).lower().compile()``), so only the compiler's own memory is used. Each
 preset runs in a fresh process, so none reuses another's caches. A segment is its vision tokens
@@ -74,7 +74,7 @@ def measure(name: str, frames: int) -> dict:
     """Trace (+ lowering) and compile seconds of one preset's forward."""
     import jax
 
-    from headhunt_jax import backbone
+    from headhunt_jax import backbone, features
 
     jax.jit(lambda x: x + 1)(1.0).block_until_ready()  # backend start-up is not counted
     cfg = backbone.preset(name)
@@ -83,7 +83,7 @@ def measure(name: str, frames: int) -> dict:
     ids, vision, positions = segment_inputs(cfg, frames)
     layers = tuple(range(cfg.text.num_layers))
     start = time.perf_counter()
-    lowered = backbone.forward.trace(model, params, (ids,), vision, layers, None, positions)
+    lowered = features.forward.trace(model, params, (ids,), vision, layers, None, positions)
     lowered = lowered.lower()
     traced = time.perf_counter()
     lowered.compile()

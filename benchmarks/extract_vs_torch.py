@@ -91,15 +91,15 @@ def main():
 
 def retraces(bb, cfg, args):
     """Compilations over segments of two resolutions, each size twice with other pixels."""
-    from headhunt_jax import backbone
+    from headhunt_jax import features
 
-    backbone.forward.clear_cache()
+    features.forward.clear_cache()
     for size in [(224, 224), (168, 308), (224, 224), (168, 308)]:
         ids, inputs = _models.qwen_inputs(cfg, args.frames, args.batch, size, seed=sum(size))
         hh.head_features(bb, ids, **inputs).block_until_ready()
     print(
         f"compilations for 4 batches at 224x224, 168x308, 224x224, 168x308: "
-        f"{backbone.forward._cache_size()}"
+        f"{features.forward._cache_size()}"
     )
 
 

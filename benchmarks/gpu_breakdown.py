@@ -56,7 +56,7 @@ def main():
         )
         dec = jax.jit(
             lambda p, e: model.apply(
-                {"params": p}, e, method=lambda m, e: m.language_model(e, depth=t.num_layers)
+                {"params": p}, e, method=lambda m, e: m.language_model.features(e, depth=t.num_layers)
             )
         )
         from headhunt_jax.models.decoder import MLP, Attention
@@ -66,7 +66,7 @@ def main():
         attn = Attention(t, model.dtype, model.attention_impl)
         positions = jnp.broadcast_to(jnp.arange(seq), (args.batch, seq))
         ff = jax.jit(lambda p, e: mlp.apply({"params": p["mlp"]}, e))
-        at = jax.jit(lambda p, e: attn.apply({"params": p["attn"]}, e, positions))
+        at = jax.jit(lambda p, e: attn.apply({"params": p["attn"]}, e, positions)[0])
         sync = jax.block_until_ready
         vs = _models.median_time(lambda: vision(params, px), sync)
         ds = _models.median_time(lambda: dec(params, em), sync)

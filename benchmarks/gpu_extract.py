@@ -42,9 +42,9 @@ import transformers  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
 
-from headhunt_jax import backbone, backbones, weights  # noqa: E402
+from headhunt_jax import backbone, backbones, features, weights  # noqa: E402
 from headhunt_jax.backbones.internvl.config import InternVLConfig  # noqa: E402
-from headhunt_jax.prefix import head_features_prompts  # noqa: E402
+from headhunt_jax.features import head_features_prompts  # noqa: E402
 
 # Layers of the published XD-Violence expert heads (checkpoints/xd_violence_internvl3_8b.json).
 XD_VIOLENCE_EXPERT_LAYERS = (18, 20, 23)
@@ -177,10 +177,10 @@ def main():
             return x
 
         def jax_all(bb, ids=ids, j_inputs=j_inputs):
-            return backbone.head_features(bb, ids, **j_inputs)[None]
+            return features.head_features(bb, ids, **j_inputs)[None]
 
         def jax_experts(bb, ids=ids, j_inputs=j_inputs, experts=experts):
-            return backbone.head_features(bb, ids, layers=experts, **j_inputs)[None]
+            return features.head_features(bb, ids, layers=experts, **j_inputs)[None]
 
         def jax_prompts(bb, prompt_ids=prompt_ids, j_inputs=j_inputs):
             return head_features_prompts(bb, prompt_ids, **j_inputs)

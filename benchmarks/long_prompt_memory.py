@@ -20,19 +20,19 @@ import json, sys
 import numpy as np
 sys.path.insert(0, {bench!r})
 import _models
-from headhunt_jax import backbone
+from headhunt_jax import backbone, features
 cfg = _models.MID
 model = backbone.make_model(cfg, attention={impl!r})
 bb = backbone.Backbone(model, backbone.random_params(model), "mid")
 ids = _models.segment_ids(cfg, {frames}, 1)
 size = cfg.vision.image_size
 pixels = np.random.default_rng(0).standard_normal(({frames}, 3, size, size)).astype(np.float32)
-vision, positions = backbone.prepare_inputs(bb, [ids], {{"pixel_values": pixels}})
-(placed_ids,), placed, positions = backbone.place_batch(bb, [ids], vision, positions)
-layers = backbone.layer_indices(bb, None)
-lowered = backbone.forward.lower(model, bb.params, (placed_ids,), placed, layers, None, positions)
+vision, positions = features.prepare_inputs(bb, [ids], {{"pixel_values": pixels}})
+(placed_ids,), placed, positions = features.place_batch(bb, [ids], vision, positions)
+layers = features.layer_indices(bb, None)
+lowered = features.forward.lower(model, bb.params, (placed_ids,), placed, layers, None, positions)
 scratch = lowered.compile().memory_analysis().temp_size_in_bytes
-np.asarray(backbone.head_features(bb, ids, pixels))
+np.asarray(features.head_features(bb, ids, pixels))
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) * 1024
 print(json.dumps({{"tokens": int(ids.shape[1]), "scratch": scratch, "peak_rss": peak}}))
 """

@@ -21,8 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
 
-from headhunt_jax import backbone  # noqa: E402
-from headhunt_jax.prefix import head_features_prompts  # noqa: E402
+from headhunt_jax import backbone, features  # noqa: E402
+from headhunt_jax.features import head_features_prompts  # noqa: E402
 
 XD_VIOLENCE_EXPERT_LAYERS = (18, 20, 23)
 
@@ -60,7 +60,7 @@ def main():
         ids = [np.concatenate([head, t], axis=1).astype(np.int32) for t in tails]
 
         def separate(ids=ids):
-            return [backbone.head_features(bb, i, **vision) for i in ids]
+            return [features.head_features(bb, i, **vision) for i in ids]
 
         def shared(ids=ids):
             return head_features_prompts(bb, ids, **vision)
@@ -78,10 +78,10 @@ def main():
     bb = backbone.Backbone(model, backbone.random_params(model), "mid-28")
     ids = make_ids(deep, args.frames, args.batch)
     full = _models.median_time(
-        lambda: backbone.head_features(bb, ids, **vision), jax.block_until_ready, args.repeats
+        lambda: features.head_features(bb, ids, **vision), jax.block_until_ready, args.repeats
     )
     exit_23 = _models.median_time(
-        lambda: backbone.head_features(bb, ids, layers=XD_VIOLENCE_EXPERT_LAYERS, **vision),
+        lambda: features.head_features(bb, ids, layers=XD_VIOLENCE_EXPERT_LAYERS, **vision),
         jax.block_until_ready,
         args.repeats,
     )

@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     # backbone
     "load_backbone": "headhunt_jax.backbone",
-    "head_features": "headhunt_jax.backbone",
-    "head_features_prompts": "headhunt_jax.prefix",
+    "head_features": "headhunt_jax.features",
+    "head_features_prompts": "headhunt_jax.features",
     "generate": "headhunt_jax.generation",
     "prefill": "headhunt_jax.generation",
     "Backbone": "headhunt_jax.backbone",

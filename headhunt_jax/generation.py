@@ -23,14 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from headhunt_jax import files
-from headhunt_jax.backbone import (
-    Backbone,
-    check_inputs,
-    check_length,
-    prepare_inputs,
-    vision_inputs,
-)
+from headhunt_jax.backbone import Backbone
 from headhunt_jax.errors import InputError
+from headhunt_jax.features import check_inputs, check_length, prepare_inputs, vision_inputs
 from headhunt_jax.models import stack
 
 CACHE_BLOCK = 64  # cache lengths are rounded up to a multiple: fewer compilations
@@ -40,7 +35,7 @@ CACHE_BLOCK = 64  # cache lengths are rounded up to a multiple: fewer compilatio
 class Prefix:
     """Every layer's keys and values of the first P tokens of B prompts (``prefill``).
 
-    ``keys``/``values`` [num_layers, B, P, K, H]; ``next_positions`` [B] (or [B, 3] under
+    ``keys``/``values`` [num_layers, B, K, P, H] (the decoder's cache layout); ``next_positions`` [B] (or [B, 3] under
     M-RoPE): the rotary position of the token after the prefix."""
 
     keys: jax.Array
@@ -49,7 +44,7 @@ class Prefix:
 
     @property
     def length(self) -> int:
-        return int(self.keys.shape[2])
+        return int(self.keys.shape[3])
 
     @property
     def batch(self) -> int:
@@ -101,7 +96,7 @@ def _eos(bb, eos_token_id) -> tuple[int, ...]:
 
 def _positions(bb: Backbone, ids: np.ndarray, mask: np.ndarray, vision: dict):
     """(the module's vision inputs, each token's rotary positions [B, T] or [B, T, 3]), left
-    padding skipped (``backbone.prepare_inputs``)."""
+    padding skipped (``features.prepare_inputs``)."""
     vision, (positions,) = prepare_inputs(bb, [ids], vision, attention_mask=mask)
     return vision, np.asarray(positions, np.int32)
 
@@ -134,16 +129,10 @@ def _on_device(*arrays):
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _prefill(model, params, ids, vision, positions, key_mask, prefix_kv):
-    return model.apply(
-        {"params": params},
-        ids,
-        positions=positions,
-        key_mask=key_mask,
-        prefix_kv=prefix_kv,
-        step=True,
-        **vision,
-    )
+def _prefill(model, params, ids, vision, positions, key_mask, cache):
+    """Every layer's keys and values of ids [B, T], [L, B, K, T, H] each (after ``cache``)."""
+    variables = {"params": params}
+    return model.apply(variables, ids, None, positions, cache, key_mask, method="prefill", **vision)
 
 
 def prefill(bb: Backbone, input_ids, pixel_values=None, **inputs) -> Prefix:
@@ -154,34 +143,25 @@ def prefill(bb: Backbone, input_ids, pixel_values=None, **inputs) -> Prefix:
     ids, mask = _check(bb, input_ids, vision, None)
     vision, positions = _positions(bb, ids, mask, vision)
     ids_, vision_, positions_, mask_ = _on_device(ids, vision, positions, mask)
-    _, (keys, values) = _prefill(bb.model, bb.params, ids_, vision_, positions_, mask_, None)
+    keys, values = _prefill(bb.model, bb.params, ids_, vision_, positions_, mask_, None)
     return Prefix(keys, values, _next_positions(positions))
 
 
-def _step(module, *args):
-    return module.language_model.decode(*args)
-
-
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
-def _decode(model, params, logits, kv, key_mask, filled, next_positions, eos, pad, max_new_tokens):
-    """From the prefill's last logits [B, V] and its keys and values ([L, B, S, K, H] each, the
-    prefix's before them, padded to the cache's S slots, the first ``filled`` in use): greedy
-    tokens [B, max_new_tokens] and each row's count.
+def _decode(model, params, token, kv, key_mask, filled, positions, eos, pad, max_new_tokens):
+    """Greedy tokens [B, max_new_tokens] and each row's count, from each prompt's last token
+    [B] at ``positions`` [B] (or [B, 3]) and every layer's keys and values of the tokens before
+    it ([L, B, K, S, H] each: the cache's S slots, the first ``filled`` in use).
 
-    The layers' weights are split once, before the loop (``Decoder.decode``), and each layer's
+    The layers' weights are split once, before the loop (``Decoder.step``), and each layer's
     cache is a buffer of its own that the loop updates in place."""
     b = key_mask.shape[0]
     layers = stack.unstacked(params["language_model"][stack.LAYERS], kv[0].shape[0])
-    caches = [tuple(x.swapaxes(1, 2) for x in layer) for layer in zip(*kv, strict=True)]
-    slots = key_mask
+    caches = [tuple(layer) for layer in zip(*kv, strict=True)]
 
     def pick(logits, done):
         token = jnp.argmax(logits.astype(jnp.float32), axis=-1).astype(jnp.int32)
         return jnp.where(done, pad, token), done | jnp.isin(token, eos) & ~done
-
-    first, done = pick(logits, jnp.zeros((b,), bool))
-    out = jnp.full((b, max_new_tokens), pad, jnp.int32).at[:, 0].set(first)
-    lengths = jnp.ones((b,), jnp.int32)
 
     def cond(state):
         i, _, done, *_ = state
@@ -189,18 +169,26 @@ def _decode(model, params, logits, kv, key_mask, filled, next_positions, eos, pa
 
     def body(state):
         i, token, done, out, lengths, caches, slots = state
-        slot = filled + i - 1  # where the previous token's keys and values go
+        slot = filled + i  # where this token's keys and values go
         slots = jax.lax.dynamic_update_slice_in_dim(slots, jnp.ones((b, 1), bool), slot, axis=1)
-        positions = (next_positions + i - 1)[:, None]
         logits, caches = model.apply(
-            {"params": params}, token[:, None], positions, layers, caches, slot, slots, method=_step
+            {"params": params},
+            token[:, None],
+            (positions + i)[:, None],
+            layers,
+            caches,
+            slot,
+            slots,
+            method="step",
         )
         token, now_done = pick(logits, done)
         lengths = lengths + (~done).astype(jnp.int32)
         out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], i, axis=1)
         return i + 1, token, now_done, out, lengths, caches, slots
 
-    state = (jnp.int32(1), first, done, out, lengths, caches, slots)
+    out = jnp.full((b, max_new_tokens), pad, jnp.int32)
+    done, lengths = jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32)
+    state = (jnp.int32(0), token, done, out, lengths, caches, key_mask)
     _, _, _, out, lengths, _, _ = jax.lax.while_loop(cond, body, state)
     return out, lengths
 
@@ -253,22 +241,37 @@ def generate(
     check_length(bb, length + max_new_tokens)
     cache_length = -(-(length + max_new_tokens) // CACHE_BLOCK) * CACHE_BLOCK
     ids_, vision_, positions_, key_mask_ = _on_device(ids, vision, positions, key_mask)
-    logits, kv = _prefill(bb.model, bb.params, ids_, vision_, positions_, key_mask_, cache)
-    if cache is not None:
-        kv = tuple(jnp.concatenate([c, x], axis=2) for c, x in zip(cache, kv, strict=True))
+    # Every prompt token but the last into the cache; the decoding loop starts from the last.
+    filled = length - 1
+    kv = cache
+    if ids.shape[1] > 1:
+        kv = _prefill(
+            bb.model,
+            bb.params,
+            ids_[:, :-1],
+            vision_,
+            positions_[:, :-1],
+            key_mask_[:, :filled],
+            cache,
+        )
+        if cache is not None:
+            kv = tuple(jnp.concatenate([c, x], axis=3) for c, x in zip(cache, kv, strict=True))
+    elif kv is None:  # a one-token prompt: an empty cache
+        t = bb.text_config
+        shape = (t.num_layers, len(ids), t.num_kv_heads, 0, t.head_dim)
+        kv = (jnp.zeros(shape, bb.dtype), jnp.zeros(shape, bb.dtype))
     # Padded to the cache's length here, outside the loop's compilation: it compiles once per
     # cache length (a multiple of CACHE_BLOCK), not once per prompt length.
-    filled = key_mask_.shape[1]
-    kv = tuple(jnp.pad(x, ((0, 0), (0, 0), (0, cache_length - filled), (0, 0), (0, 0))) for x in kv)
-    key_mask_ = jnp.pad(key_mask_, ((0, 0), (0, cache_length - filled)))
+    kv = tuple(jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, cache_length - filled), (0, 0))) for x in kv)
+    key_mask_ = jnp.pad(key_mask_, ((0, 0), (0, cache_length - length)))
     tokens, lengths = _decode(
         bb.model,
         bb.params,
-        logits,
+        ids_[:, -1],
         kv,
         key_mask_,
         jnp.int32(filled),
-        jnp.asarray(_next_positions(positions)),
+        positions_[:, -1],
         jnp.asarray(eos if eos else (-1,), jnp.int32),
         pad,
         max_new_tokens,

@@ -106,10 +106,10 @@ def test_decoder_with_left_padding_and_explicit_positions():
     decoder = Decoder(cfg)
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(0, 50, (1, 9)), jnp.int32)
-    params = decoder.init(jax.random.key(0), jnp.zeros((1, 9, 32)), logits=True)
+    params = decoder.init(jax.random.key(0), jnp.zeros((1, 9, 32)), method=Decoder.logits)
 
     def run(embeds, **kw):
-        return np.asarray(decoder.apply(params, embeds, logits=True, **kw))
+        return np.asarray(decoder.apply(params, embeds, method=Decoder.logits, **kw))
 
     embeds = decoder.apply(params, ids, method=Decoder.embed)
     want = run(embeds)

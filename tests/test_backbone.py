@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import headhunt_jax as hh
-from headhunt_jax import backbone, weights
+from headhunt_jax import backbone, features, weights
 from headhunt_jax.models import stack
 
 hf = pytest.importorskip("hf_reference")
@@ -37,7 +37,7 @@ def check_parity(tmp_path, model, ids, pixels=None, **load_kw):
     got = hh.head_features(bb, ids, pixels)
     assert got.shape == want.shape and got.dtype == np.float32
     assert rel_err(got, want) <= TOL
-    assert rel_err(backbone.logits(bb, ids, pixels), want_logits) <= TOL
+    assert rel_err(features.logits(bb, ids, pixels), want_logits) <= TOL
     return bb
 
 
@@ -87,15 +87,15 @@ def test_internvl_parity_with_the_tower_in_groups_of_images(tmp_path, rng, monke
     lax_map = jax.lax.map
     monkeypatch.setattr(stack, "CPU_IMAGE_TOKENS_PER_STEP", 2 * 17)
     monkeypatch.setattr(jax.lax, "map", lambda f, xs: steps.append(len(xs)) or lax_map(f, xs))
-    backbone.forward.clear_cache()  # traced again under the patched step size
-    backbone._logits.clear_cache()
+    features.forward.clear_cache()  # traced again under the patched step size
+    features._logits.clear_cache()
     model = hf.build(hf.tiny_internvl_config())
     ids, n_images = hf.multimodal_ids(rng, batch=2, images_per_sample=3, tokens_per_image=4)
     pixels = rng.standard_normal((n_images, 3, 56, 56)).astype(np.float32)
     check_parity(tmp_path, model, ids, pixels)
     assert steps and set(steps) == {3}
-    backbone.forward.clear_cache()
-    backbone._logits.clear_cache()
+    features.forward.clear_cache()
+    features._logits.clear_cache()
 
 
 def test_internvl_untied_head_and_vision_layernorm(tmp_path, rng):
@@ -124,9 +124,9 @@ def test_layers_subset_and_no_retrace(internvl, rng):
     want, _ = hf.reference_head_features(model, ids, pixels)
     got = hh.head_features(bb, ids, pixels, layers=[1, 0])
     assert rel_err(got, want[:, [1, 0]]) <= TOL
-    before = backbone.forward._cache_size()
+    before = features.forward._cache_size()
     hh.head_features(bb, ids + 0, pixels * 1.0, layers=[1, 0])
-    assert backbone.forward._cache_size() == before
+    assert features.forward._cache_size() == before
     with pytest.raises(ValueError, match="layers"):
         hh.head_features(bb, ids, pixels, layers=[5])
 

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from headhunt_jax import backbone, extract
+from headhunt_jax import backbone, extract, features
 from headhunt_jax.backbones.internvl.prompt import build_prompt_ids
 from headhunt_jax.extract import extract_features, video_ids
 from headhunt_jax.store import FeatureStore, StoreError
@@ -91,7 +91,7 @@ def direct(bb, clips):
         segments[vid] = list(VideoReader(path, image_size=56, **SEGMENT))
     flat = [s for segs in segments.values() for s in segs]
     pixels = np.concatenate([s.pixels for s in flat])
-    feats = np.asarray(backbone.head_features(bb, np.tile(ids, (len(flat), 1)), pixels))
+    feats = np.asarray(features.head_features(bb, np.tile(ids, (len(flat), 1)), pixels))
     out, i = {}, 0
     for vid, segs in segments.items():
         out[vid] = (segs, feats[i : i + len(segs)])
@@ -141,13 +141,13 @@ def test_expert_heads_equal_the_slice_of_all_heads(bb, clips, all_heads, tmp_pat
 
 def test_batches_never_retrace(bb, clips, all_heads, tmp_path):
     root, paths = clips
-    sizes = [backbone.forward._cache_size()]
+    sizes = [features.forward._cache_size()]
     for out in ("first", "second"):
         report = extract_features(
             bb, paths, PROMPT, tmp_path / out, root=root, batch_size=2, progress=False, **SEGMENT
         )
         assert report.batches == 3
-        sizes.append(backbone.forward._cache_size())
+        sizes.append(features.forward._cache_size())
     # At most one compilation for the batch size (none if an earlier test compiled it), none per
     # batch or per run.
     assert sizes[1] - sizes[0] <= 1 and sizes[2] == sizes[1]
@@ -163,7 +163,7 @@ def test_resume_after_an_interruption_recomputes_only_the_rest(
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return backbone.head_features(*args, **kwargs)
+        return features.head_features(*args, **kwargs)
 
     monkeypatch.setattr(extract, "head_features", dies_on_second_batch)
     run = dict(root=root, labels=LABELS, batch_size=BATCH, progress=False, **SEGMENT)
@@ -244,7 +244,7 @@ def test_bfloat16_backbone(bb, clips, all_heads, tmp_path):
     ids = build_prompt_ids(bb.path, PROMPT, 4, bb.config.tokens_per_image, bb.config.image_token_id)
     (segment,) = VideoReader(paths[2], image_size=56, **SEGMENT)
     pixels = segment.pixels.astype(np.dtype(half.dtype))
-    np.testing.assert_array_equal(got, backbone.head_features(half, ids[None], pixels))
+    np.testing.assert_array_equal(got, features.head_features(half, ids[None], pixels))
     # bfloat16 keeps 8 bits of mantissa; three random layers leave a few percent.
     assert rel_err(got, all_heads[0].read("short.mp4").features) <= 0.1
 
@@ -305,7 +305,7 @@ def test_one_clip_a_video(bb, clips, tmp_path):
         assert (video.start_frames.tolist(), video.end_frames.tolist()) == ([0], [frames])
         np.testing.assert_array_equal(video.frame_indices[0], clip_frame_indices(frames, 4))
         (clip,) = VideoReader(path, image_size=56, clip="video", **SEGMENT)
-        want = np.asarray(backbone.head_features(bb, ids[None], clip.pixels))
+        want = np.asarray(features.head_features(bb, ids[None], clip.pixels))
         assert rel_err(video.features, want) <= TOL
     segments = tmp_path / "segments"
     extract_features(bb, paths[:1], PROMPT, segments, root=root, progress=False, **SEGMENT)

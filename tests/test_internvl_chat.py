@@ -44,7 +44,7 @@ def test_parity_with_the_original_code(llm):
     features = hh.head_features(bb, ids, pixels)
     assert features.shape == ref["features"].shape
     assert rel_err(features, ref["features"]) <= TOL
-    assert rel_err(backbone.logits(bb, ids, pixels), ref["logits"]) <= TOL
+    assert rel_err(features.logits(bb, ids, pixels), ref["logits"]) <= TOL
 
 
 # The original's names -> transformers v5's InternVLForConditionalGeneration.

@@ -129,8 +129,8 @@ def jax_outputs(model, params, input_ids, **vision):
     @jax.jit
     def run(params, ids, vision):
         variables = {"params": params}
-        heads = model.apply(variables, ids, depth=len(layers), **vision)
-        logits = model.apply(variables, ids, logits=True, **vision)
+        heads = model.apply(variables, ids, len(layers), method="features", **vision)
+        logits = model.apply(variables, ids, method="logits", **vision)
         return last_position_heads(heads, layers), logits
 
     vision = {k: jnp.asarray(v) for k, v in vision.items()}
@@ -380,7 +380,7 @@ def test_presets():
     # shapes only: the 7B tree is never materialised
     model = LlavaOnevision(small)
     inputs = lov_params.init_inputs(small)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs, logits=True))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
     assert 0.85e9 < n < 0.95e9  # ~0.89B: SigLIP-so400m (26 layers) + projector + Qwen2-0.5B
 
@@ -543,7 +543,7 @@ def test_prefix_reuse_and_early_exit_on_the_demo_checkpoint(tmp_path):
     """Two prompts after the same video share its prefix: their features equal separate full
     passes; a layer subset equals the slice of all layers (the forward stops early)."""
     from headhunt_jax import backbones
-    from headhunt_jax.prefix import head_features_prompts
+    from headhunt_jax.features import head_features_prompts
 
     prompts = ["Anything odd here?", "Describe any violent activity or accident in the video."]
     backbones.demo_backbone("llava-onevision")(tmp_path / "ckpt", prompts, image_size=28)

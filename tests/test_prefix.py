@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import headhunt_jax as hh
-from headhunt_jax.prefix import head_features_prompts, shared_prefix_length
+from headhunt_jax.features import head_features_prompts, shared_prefix_length
 
 hf = pytest.importorskip("hf_reference")
 

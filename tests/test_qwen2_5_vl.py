@@ -463,7 +463,7 @@ MODEL_CASES = {
 @pytest.mark.parametrize("case", list(MODEL_CASES))
 def test_features_and_logits_match_transformers(qwen, case):
     import headhunt_jax as hh
-    from headhunt_jax import backbone
+    from headhunt_jax import features
 
     model, bb = qwen
     rows, seconds = MODEL_CASES[case]
@@ -475,7 +475,7 @@ def test_features_and_logits_match_transformers(qwen, case):
     hf_inputs = {**inputs, "mm_token_type_ids": _types(ids), "attention_mask": np.ones_like(ids)}
     want, want_logits = hf.reference_head_features(model, ids, **hf_inputs)
     got = np.asarray(hh.head_features(bb, ids, **hf_inputs))  # the processor's output, unchanged
-    logits = np.asarray(backbone.logits(bb, ids, **inputs))
+    logits = np.asarray(features.logits(bb, ids, **inputs))
     err, logit_err = rel_err(got, want), rel_err(logits, want_logits)
     print(f"qwen2.5-vl {case}: features {err:.2e}, logits {logit_err:.2e}")
     assert got.shape == want.shape == (len(rows), 3, 4, 16)
@@ -488,7 +488,7 @@ def test_features_and_logits_match_transformers(qwen, case):
 def test_prefix_reuse_keeps_the_m_rope_positions(qwen):
     """Two prompts of different lengths after a video whose scaled temporal positions pass its
     spatial extent: each prompt's suffix continues from the prefix's positions."""
-    from headhunt_jax.prefix import head_features_prompts
+    from headhunt_jax.features import head_features_prompts
 
     model, bb = qwen
     rng = np.random.default_rng(4)
@@ -656,14 +656,14 @@ def test_extract_videos_of_two_sizes(tmp_path, tiny_qwen, mode):
     """Two clips of other sizes: a batch per size, one compilation each; the stored features
     are those of ``head_features`` on the processor's inputs."""
     import headhunt_jax as hh
-    from headhunt_jax import backbone
+    from headhunt_jax import features
     from headhunt_jax.extract import extract_features
     from headhunt_jax.store import FeatureStore
     from headhunt_jax.video import VideoReader
 
     paths = _clips(tmp_path)
     prompt = "Anything odd here?"
-    backbone.forward.clear_cache()
+    features.forward.clear_cache()
     report = extract_features(
         tiny_qwen,
         paths,
@@ -676,7 +676,7 @@ def test_extract_videos_of_two_sizes(tmp_path, tiny_qwen, mode):
         progress=False,
     )
     assert report.written == ("small.mp4", "wide.mp4") and report.batches == 2
-    assert backbone.forward._cache_size() == 2  # one compilation a frame size
+    assert features.forward._cache_size() == 2  # one compilation a frame size
     store = FeatureStore(tmp_path / "store")
     assert dict(store.spec.processor)["mode"] == mode and store.spec.image_size == 0
     proc = tiny_qwen.processor(mode=mode)

@@ -19,8 +19,8 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 import headhunt_jax as hh
-from headhunt_jax import backbone, backbones, sharding
-from headhunt_jax.prefix import head_features_prompts
+from headhunt_jax import backbone, backbones, features, sharding
+from headhunt_jax.features import head_features_prompts
 
 hf = pytest.importorskip("hf_reference")
 
@@ -190,9 +190,9 @@ def test_on_mesh_features_match_one_device(divisible, batch, one_device_features
     assert got.shape == want.shape and got.dtype == np.float32
     assert rel_err(got, want) <= TOL
 
-    before = backbone.forward._cache_size()
+    before = features.forward._cache_size()
     hh.head_features(bb, ids + 0, pixels * 1.0)
-    assert backbone.forward._cache_size() == before
+    assert features.forward._cache_size() == before
 
     assert _placed_by_rules(bb)
     m = shape[1]

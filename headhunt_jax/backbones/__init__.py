@@ -7,12 +7,12 @@ The contract a family keeps:
 - config: ``from_hf(config.json dict)``, ``from_dict(dataclasses.asdict(config))``, ``text`` (the
   decoder's ``DecoderConfig``) and ``vision_token_ids`` (the placeholder tokens that vision
   inputs fill; empty for text-only);
-- module ``(cfg, dtype, attention_impl)`` called as ``(input_ids, depth=, logits=, positions=,
-  **pass_options, **vision_inputs)``, returning what its ``language_model``, the shared decoder,
-  returns (the last position's head outputs of layers < depth, logits, a prefix's keys and
-  values, or a generation step's); ``pass_options`` are the decoder's (``PASS_OPTIONS``:
-  ``prefix_kv``, ``kv_only``, ``key_mask``, ``step``), handed on; ``vision_inputs`` are the HF
-  model's own keyword arguments (``pixel_values``, ``pixel_values_videos``, ...);
+- module ``(cfg, dtype, attention_impl)``: a ``models.family.FamilyModule`` whose ``setup``
+  builds its vision tower and ``language_model`` (the shared decoder) and whose
+  ``embed(input_ids, **vision_inputs)`` places its vision features at their placeholder
+  tokens; the jobs (``features``, ``prefill``, ``logits``, ``step``) are the base class's.
+  ``vision_inputs`` are the HF model's own keyword arguments (``pixel_values``,
+  ``pixel_values_videos``, ...), after ``prepare`` where the family has one;
 - ``init_inputs(cfg)``: the smallest call's keyword inputs (for shapes and random weights);
 - ``check_inputs(cfg, input_ids, vision_inputs)``: a clear ValueError when they do not fit;
 - ``prepare(cfg, prompt_ids, vision_inputs, attention_mask=None)`` (optional; default: the

@@ -21,8 +21,6 @@ from headhunt_jax.models.layers import Einsum, RMSNorm, attention
 
 SUPPORTED_ROPE = ("default", "linear", "llama3")
 SUPPORTED_TEXT = ("qwen2", "qwen3", "llama")
-# The decoder's pass options that a family module hands on (``Decoder.__call__``).
-PASS_OPTIONS = ("prefix_kv", "kv_only", "key_mask", "step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,20 +207,21 @@ def cached_attention(q, keys, values, key_mask):
 
 
 class Attention(nn.Module):
-    """Causal GQA self-attention; returns (output, (keys, values), heads): keys after RoPE, heads
-    the per-head output [B, N, H] (before ``o_proj``) at the last position.
+    """Causal GQA self-attention: x [B, T, E] -> (output [B, T, E], aux).
+
+    ``aux``: ``keys`` (after RoPE) and ``values`` of this pass [B, K, T, H] (kv heads first: the
+    cache layout, ``Decoder``), and ``heads``, the head feature: each head's attention output
+    before ``o_proj`` at the last position, [B, N, H]. It is defined here and nowhere else.
 
     With ``cfg.qk_norm`` (Qwen3) q and k pass through RMSNorms over head_dim (``q_norm``,
     ``k_norm``: one [head_dim] weight shared by the heads) before RoPE.
 
-    ``prefix_kv``: keys and values [B, P, K, H] of an earlier pass over the first P positions,
-    attended to before this pass's own. ``cache_slot`` (a generation step, one token): then
-    ``prefix_kv`` is the layer's cache, keys and values [B, K, S, H] (kv heads first: the
-    layout the step's matmuls read without a transpose); the token's key and value are written
-    at that slot and it attends to the slots ``key_mask`` [B, S] lets it see; returns the
-    updated cache. ``kv_only``: return (None, (keys, values), None) without
-    attending (a prefix pass's deepest layer; heads None). ``last_query_only``: attend from the last
-    position only.
+    ``cache``: keys and values [B, K, P, H] of the P positions before these, attended to before
+    this pass's own. ``slot`` (a generation step, one token): ``cache`` is then the layer's
+    preallocated cache [B, K, S, H]; this token's key and value are written at that slot, it
+    attends to the slots ``key_mask`` [B, S] lets it see, and ``aux`` holds the updated cache.
+    ``key_mask`` [B, P + T]: False for keys no query may see. ``kv_only``: the keys and values
+    only (output None, no ``heads``). ``heads_only``: attend from the last position only.
     """
 
     cfg: DecoderConfig
@@ -231,14 +230,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        x,
-        positions,
-        last_query_only=False,
-        prefix_kv=None,
-        kv_only=False,
-        key_mask=None,
-        cache_slot=None,
+        self, x, positions, cache=None, key_mask=None, slot=None, heads_only=False, kv_only=False
     ):
         cfg = self.cfg
         e, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -259,31 +251,30 @@ class Attention(nn.Module):
         key = apply_rope(key, positions, inv_freq, axes)
         value = proj("v_proj", k, "kv_heads", kv_bias)(x)
         if kv_only:
-            return None, (key, value), None
-        q_in, q_pos = (x[:, -1:], positions[:, -1:]) if last_query_only else (x, positions)
+            return None, {"keys": key.swapaxes(1, 2), "values": value.swapaxes(1, 2)}
+        q_in, q_pos = (x[:, -1:], positions[:, -1:]) if heads_only else (x, positions)
         q = apply_rope(
             norm("q_norm", proj("q_proj", n, "heads", bias)(q_in)), q_pos, inv_freq, axes
         )
-        keys, values, impl = key, value, self.attention_impl
         o_shape, o_axes = (n, h, e), ("heads", "head_dim", "embed")
         o = Einsum("BTNH,NHE->BTE", o_shape, o_axes, None, self.dtype, name="o_proj")
-        if cache_slot is not None:  # written in place: no copy of the cache a step
+        if slot is not None:  # written in place: no copy of the cache a step
             key, value = (
-                jax.lax.dynamic_update_slice_in_dim(
-                    c, new.swapaxes(1, 2).astype(c.dtype), cache_slot, axis=2
-                )
-                for c, new in zip(prefix_kv, (key, value), strict=True)
+                jax.lax.dynamic_update_slice_in_dim(c, new.swapaxes(1, 2).astype(c.dtype), slot, 2)
+                for c, new in zip(cache, (key, value), strict=True)
             )
             out = cached_attention(q, key, value, key_mask)
-            return o(out), (key, value), out[:, -1]
+            return o(out), {"keys": key, "values": value, "heads": out[:, -1]}
+        keys, values, impl = key, value, self.attention_impl
         mask = None if key_mask is None else key_mask[:, None, None, :]
-        if prefix_kv is not None:
-            keys = jnp.concatenate([prefix_kv[0], key], axis=1)
-            values = jnp.concatenate([prefix_kv[1], value], axis=1)
-            impl = "chunked"  # queries sit after the prefix: only this path offsets the mask
+        if cache is not None:
+            keys = jnp.concatenate([cache[0].swapaxes(1, 2), key], axis=1)
+            values = jnp.concatenate([cache[1].swapaxes(1, 2), value], axis=1)
+            impl = "chunked"  # queries sit after the cache: only this path offsets the mask
         # The last-query pass sees every key: no mask needed.
-        out = attention(q, keys, values, causal=not last_query_only, impl=impl, mask=mask)
-        return o(out), (key, value), out[:, -1]
+        out = attention(q, keys, values, causal=not heads_only, impl=impl, mask=mask)
+        aux = {"keys": key.swapaxes(1, 2), "values": value.swapaxes(1, 2), "heads": out[:, -1]}
+        return o(out), aux
 
 
 class MLP(nn.Module):
@@ -306,12 +297,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block -> (hidden states, (keys, values), last position's heads [B, N, H]).
-
-    ``attention_only``: the deepest layer asked for needs no MLP and only the last position.
-    ``kv_only``: a prefix pass's deepest layer needs its keys and values only. ``cache_slot``:
-    a generation step (``Attention``).
-    """
+    """Pre-norm block: (hidden states [B, T, E], positions) -> (hidden states, ``Attention``'s
+    aux). The options are ``Attention``'s: with ``heads_only`` (the deepest layer of a feature
+    pass) the MLP is skipped and only the last position comes out; with ``kv_only`` (the deepest
+    layer of a prefill) the hidden states pass unchanged."""
 
     cfg: DecoderConfig
     dtype: Any = jnp.float32
@@ -319,30 +308,29 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        x,
-        positions,
-        attention_only=False,
-        prefix_kv=None,
-        kv_only=False,
-        key_mask=None,
-        cache_slot=None,
+        self, x, positions, cache=None, key_mask=None, slot=None, heads_only=False, kv_only=False
     ):
         eps = self.cfg.rms_norm_eps
         h = RMSNorm(eps, dtype=self.dtype, name="input_norm")(x)
         attn = Attention(self.cfg, self.dtype, self.attention_impl, name="attn")
-        a, kv, heads = attn(h, positions, attention_only, prefix_kv, kv_only, key_mask, cache_slot)
+        a, aux = attn(h, positions, cache, key_mask, slot, heads_only, kv_only)
         if kv_only:
-            return x, kv, heads
-        if attention_only:
-            return x[:, -1:] + a, kv, heads
+            return x, aux
+        if heads_only:
+            return x[:, -1:] + a, aux
         x = x + a
         h = RMSNorm(eps, dtype=self.dtype, name="post_attention_norm")(x)
-        return x + MLP(self.cfg, self.dtype, name="mlp")(h), kv, heads
+        return x + MLP(self.cfg, self.dtype, name="mlp")(h), aux
 
 
 class Decoder(nn.Module):
-    """The language model. ``depth`` (static) runs only the first ``depth`` layers.
+    """The language model, one method a job: ``features`` (head features, with early exit and
+    prefix reuse), ``prefill`` (the key/value cache), ``step`` (one generation step) and
+    ``logits``.
+
+    One key/value layout serves every job: per layer, keys and values [B, K, S, H] (kv heads
+    first), stacked over layers as [L, B, K, S, H]. ``prefill`` writes it; ``features`` reads it
+    as a prefix and ``step`` as a generation cache.
 
     ``attention_impl``: 'chunked' (query blocks, causal blocks skip unseen keys), 'xla' (one
     XLA softmax over [T, T]) or 'cudnn' (fused flash attention on NVIDIA GPUs, bf16/fp16); see
@@ -390,14 +378,64 @@ class Decoder(nn.Module):
     def embed(self, input_ids):
         return jnp.take(self.embed_tokens, input_ids, axis=0)
 
-    def head(self, x):
-        """Hidden states [B, T, E] after the last layer -> logits [B, T, V]."""
+    def unembed(self, x):
+        """Hidden states [B, T, E] after the last layer -> logits [B, T, V] (final norm, then
+        ``lm_head`` or the tied embeddings)."""
         x = self.norm(x)
         if self.cfg.tie_word_embeddings:
             return jnp.einsum("BTE,VE->BTV", x, self.embed_tokens)
         return self.lm_head(x)
 
-    def decode(self, input_ids, positions, layers, caches, slot, key_mask):
+    def _layers(self, x, positions, stop, keep, cache=None, key_mask=None, **deepest):
+        """Layers [0, stop) over hidden states x: (x, {name: [stop, ...]}), the ``keep``ed parts
+        of each layer's aux stacked by layer. Layers [0, stop - 1) run as one scan; with
+        ``deepest`` options (``DecoderLayer``'s), layer stop - 1 runs on its own with them."""
+        if positions is None:
+            start = 0 if cache is None else cache[0].shape[3]
+            positions = jnp.broadcast_to(start + jnp.arange(x.shape[1]), x.shape[:2])
+        block = self.block()
+
+        def run(params, i, x, **options):
+            layer_cache = None if cache is None else stack.layer(cache, i)
+            x, aux = block.apply({"params": params}, x, positions, layer_cache, key_mask, **options)
+            return x, {name: aux[name] for name in keep}  # a scan stacks only what leaves it
+
+        x = x.astype(self.dtype)
+        if not deepest:
+            return stack.scan(run, self.layers, x, 0, stop)
+        x, outs = stack.scan(run, self.layers, x, 0, stop - 1)
+        x, out = run(stack.layer(self.layers, stop - 1), stop - 1, x, **deepest)
+        return x, stack.append(outs, out)
+
+    def features(self, embeds, positions=None, depth=None, cache=None):
+        """Head features: embeds [B, T, E] -> each head's output before ``o_proj`` at the last
+        position, of layers < ``depth`` (static; default all), [B, depth, N, H].
+
+        The deepest layer attends from the last query only, without its MLP (nothing more is
+        needed). ``positions`` [B, T] (or [B, T, 3] with ``cfg.mrope_section``): each token's
+        rotary position; default consecutive, after the cache. ``cache``: a ``prefill``'s keys
+        and values of the positions before these (of layers < depth at least)."""
+        depth = depth or self.cfg.num_layers
+        _, out = self._layers(embeds, positions, depth, ("heads",), cache, heads_only=True)
+        return jnp.swapaxes(out["heads"], 0, 1)
+
+    def prefill(self, embeds, positions=None, depth=None, cache=None, key_mask=None):
+        """The key/value cache of embeds [B, T, E]: keys and values of layers < ``depth`` (static;
+        default all), each [depth, B, K, T, H]; the deepest layer computes nothing else.
+        ``cache``: the keys and values of earlier positions, attended to; ``key_mask`` bool
+        [B, P + T]: False for keys no query may see (left padding), as transformers'
+        ``attention_mask``."""
+        depth = depth or self.cfg.num_layers
+        keep = ("keys", "values")
+        _, out = self._layers(embeds, positions, depth, keep, cache, key_mask, kv_only=True)
+        return out["keys"], out["values"]
+
+    def logits(self, embeds, positions=None, key_mask=None):
+        """Logits [B, T, V] of embeds [B, T, E] through every layer."""
+        x, _ = self._layers(embeds, positions, self.cfg.num_layers, (), None, key_mask)
+        return self.unembed(x)
+
+    def step(self, input_ids, positions, layers, caches, slot, key_mask):
         """One generation step: token ids [B, 1] at ``positions`` [B, 1] (or [B, 1, 3]) ->
         (logits [B, V], the caches with its keys and values written at ``slot``).
 
@@ -409,76 +447,12 @@ class Decoder(nn.Module):
         x = self.embed(input_ids).astype(self.dtype)
         block, out = self.block(), []
         for params, cache in zip(layers, caches, strict=True):
-            x, kv, _ = block.apply(
-                {"params": params},
-                x,
-                positions,
-                prefix_kv=cache,
-                key_mask=key_mask,
-                cache_slot=slot,
-            )
-            out.append(kv)
-        return self.head(x)[:, 0], out
-
-    def __call__(
-        self,
-        embeds,
-        positions=None,
-        depth=None,
-        logits=False,
-        prefix_kv=None,
-        kv_only=False,
-        key_mask=None,
-        step=False,
-    ):
-        """embeds [B, T, E] -> logits [B, T, V] if ``logits``, else the per-head attention outputs
-        (the input of ``o_proj``) at the last position of layers < depth, [B, depth, N, H].
-
-        Layers [0, depth - 1) run as one scan; the deepest, depth - 1, runs on its own and
-        attends from the last query only, without its MLP (head features need nothing more).
-
-        ``kv_only``: a prefix pass; returns the keys and values of layers < depth, stacked:
-        ([depth, B, T, K, H], [depth, B, T, K, H]). ``prefix_kv``: those, from a pass over the
-        positions before these (``positions`` then start after the prefix).
-
-        ``positions`` [B, T]: each token's rotary position (default: consecutive, after the
-        prefix), or [B, T, 3] (temporal, height, width) with ``cfg.mrope_section``; ``key_mask``
-        bool [B, P + T]: False for keys no query may see (padding, a cache's empty slots), as
-        transformers' ``attention_mask``.
-
-        ``step``: a generation pass (``headhunt_jax.generation``): every layer runs, and it returns
-        (the last position's logits [B, V], this pass's keys and values of every layer, each
-        [num_layers, B, T, K, H]); ``prefix_kv`` is then the cache of the earlier positions.
-        """
-        cfg = self.cfg
-        depth = cfg.num_layers if depth is None or logits else depth
-        if positions is None:
-            start = 0 if prefix_kv is None else prefix_kv[0].shape[2]
-            positions = jnp.broadcast_to(start + jnp.arange(embeds.shape[1]), embeds.shape[:2])
-        block = self.block()
-
-        def run(params, i, x, **deepest):
-            layer_kv = None if prefix_kv is None else stack.layer(prefix_kv, i)
-            x, kv, heads = block.apply(
-                {"params": params}, x, positions, prefix_kv=layer_kv, key_mask=key_mask, **deepest
-            )
-            # a scan stacks what leaves it by layer: only what this pass returns
-            return x, (kv if kv_only or step else heads)
-
-        x = embeds.astype(self.dtype)
-        if step:
-            x, kv = stack.scan(run, self.layers, x, 0, cfg.num_layers)
-            return self.head(x[:, -1:])[:, 0], kv
-        x, outs = stack.scan(run, self.layers, x, 0, depth if logits else depth - 1)
-        if logits:
-            return self.head(x)
-        last = stack.layer(self.layers, depth - 1)
-        _, out = run(last, depth - 1, x, attention_only=not kv_only, kv_only=kv_only)
-        outs = stack.append(outs, out)
-        return outs if kv_only else jnp.swapaxes(outs, 0, 1)
+            x, aux = block.apply({"params": params}, x, positions, cache, key_mask, slot)
+            out.append((aux["keys"], aux["values"]))
+        return self.unembed(x)[:, 0], out
 
 
 def last_position_heads(heads, layers):
-    """The decoder's head outputs [B, depth, N, H] -> those of ``layers``, [B, len(layers), N, H],
-    float32."""
+    """The decoder's head features [B, depth, N, H] -> those of ``layers``, [B, len(layers), N,
+    H], float32."""
     return heads[:, list(layers)].astype(jnp.float32)

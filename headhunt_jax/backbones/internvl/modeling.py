@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from headhunt_jax.backbones.internvl.config import InternVLConfig
 from headhunt_jax.backbones.internvl.vision import InternViT
 from headhunt_jax.models.decoder import Decoder
+from headhunt_jax.models.family import FamilyModule
 from headhunt_jax.models.layers import Einsum, LayerNorm
 
 
@@ -38,7 +39,7 @@ class Projector(nn.Module):
         )(x)
 
 
-class InternVL(nn.Module):
+class InternVL(FamilyModule):
     cfg: InternVLConfig
     dtype: Any = jnp.float32
     attention_impl: str = "chunked"
@@ -56,11 +57,12 @@ class InternVL(nn.Module):
         x = pixel_shuffle(x.reshape(n, side, side, c), self.cfg.downsample_ratio)
         return self.projector(x.reshape(n, -1, x.shape[-1]))
 
-    def __call__(self, input_ids, pixel_values=None, depth=None, logits=False, **kv):
-        """input_ids [B, T]; image embeddings fill the image-token positions in reading order.
+    def embed(self, input_ids, pixel_values=None):
+        """input_ids [B, T] -> embeddings [B, T, E]; image embeddings fill the image-token
+        positions in reading order.
 
         The caller checks that the image-token count matches ``pixel_values`` (shapes are static
-        here, the count is data). ``kv``: ``prefix_kv`` / ``kv_only`` of ``Decoder``.
+        here, the count is data).
         """
         embeds = self.language_model.embed(input_ids)
         if pixel_values is not None:
@@ -69,4 +71,4 @@ class InternVL(nn.Module):
             is_image = input_ids == self.cfg.image_token_id
             slot = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, images.shape[0] - 1)
             embeds = jnp.where(is_image[..., None], images[slot].reshape(embeds.shape), embeds)
-        return self.language_model(embeds, depth=depth, logits=logits, **kv)
+        return embeds

@@ -28,6 +28,7 @@ from headhunt_jax.backbones.llava_onevision.config import (
 )
 from headhunt_jax.models import stack
 from headhunt_jax.models.decoder import Decoder
+from headhunt_jax.models.family import FamilyModule
 from headhunt_jax.models.layers import (
     Einsum,
     LayerNorm,
@@ -208,7 +209,7 @@ def _place(embeds, input_ids, token_id, features):
     return jnp.where(mask[..., None], placed, embeds)
 
 
-class LlavaOnevision(nn.Module):
+class LlavaOnevision(FamilyModule):
     """The whole model; ``language_model`` is the shared ``Decoder``, so head features come out
     as for every other backbone."""
 
@@ -297,20 +298,10 @@ class LlavaOnevision(nn.Module):
         )
         return table[jnp.clip(index, 0, table.shape[0] - 1)]  # slots past the images: unused
 
-    def __call__(
-        self,
-        input_ids,
-        pixel_values=None,
-        image_sizes=None,
-        pixel_values_videos=None,
-        depth=None,
-        logits=False,
-        **kv,
-    ):
-        """input_ids [B, T]; image features fill the image-token positions and video features
-        the video-token positions, in reading order. ``check_inputs`` checks the counts (shapes
-        are static here, the counts are data). ``kv``: ``prefix_kv`` / ``kv_only`` of
-        ``Decoder``."""
+    def embed(self, input_ids, pixel_values=None, image_sizes=None, pixel_values_videos=None):
+        """input_ids [B, T] -> embeddings [B, T, E]; image features fill the image-token
+        positions and video features the video-token positions, in reading order.
+        ``check_inputs`` checks the counts (shapes are static here, the counts are data)."""
         cfg = self.cfg
         embeds = self.language_model.embed(input_ids)
         if pixel_values is not None:
@@ -323,7 +314,7 @@ class LlavaOnevision(nn.Module):
             videos = self.video_embeddings(pixel_values_videos)
             videos = videos.reshape(-1, videos.shape[-1])
             embeds = _place(embeds, input_ids, cfg.video_token_id, videos)
-        return self.language_model(embeds, depth=depth, logits=logits, **kv)
+        return embeds
 
 
 def check_inputs(

@@ -59,8 +59,7 @@ KEYS = w.KeyTable(
 
 def init_inputs(cfg: LlavaOnevisionConfig) -> dict:
     """The smallest call that creates every parameter: a one-frame video (the video path uses
-    the tower, the projector and ``image_newline``), for ``model.init(key, **inputs,
-    logits=True)``."""
+    the tower, the projector and ``image_newline``), for ``model.init(key, **inputs)``."""
     v = cfg.vision
     return {
         "input_ids": jnp.full((1, cfg.video_tokens(1)), cfg.video_token_id, jnp.int32),

@@ -13,13 +13,13 @@ so a mesh splits them like input_ids), and each prompt's positions [B, T, 3].
 
 from typing import Any
 
-import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from headhunt_jax.backbones.qwen2_5_vl import rope, vision
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VLConfig
-from headhunt_jax.models.decoder import PASS_OPTIONS, Decoder
+from headhunt_jax.models.decoder import Decoder
+from headhunt_jax.models.family import FamilyModule
 
 HF_INPUTS = (
     "pixel_values",
@@ -46,12 +46,12 @@ def _place_rows(embeds, input_ids, token_id, features):
     return jnp.where(mask[..., None], placed, embeds)
 
 
-class Qwen25VL(nn.Module):
+class Qwen25VL(FamilyModule):
     """The whole model; ``language_model`` is the shared ``Decoder`` (with M-RoPE).
 
-    Called as ``(input_ids [B, T], image_pixels=, image_segments=, image_positions=,
-    image_restore=, video_... (the same four), positions [B, T, 3], depth=, logits=,
-    prefix_kv=, kv_only=, key_mask=, step=)``: the vision inputs from ``prepare``."""
+    Its vision inputs (``embed``'s, from ``prepare``): ``image_pixels``, ``image_segments``,
+    ``image_positions``, ``image_restore``, ``video_...`` (the same four); its positions
+    [B, T, 3] come from ``prepare`` too."""
 
     cfg: Qwen25VLConfig
     dtype: Any = jnp.float32
@@ -73,8 +73,9 @@ class Qwen25VL(nn.Module):
         merged = merged.reshape(b, -1, merged.shape[-1])
         return jnp.take_along_axis(merged, restore[..., None], axis=1)
 
-    def __call__(self, input_ids, depth=None, logits=False, positions=None, **inputs):
-        kv = {k: inputs.pop(k) for k in PASS_OPTIONS if k in inputs}
+    def embed(self, input_ids, **inputs):
+        """input_ids [B, T] -> embeddings [B, T, E], each item's merged vision tokens at its
+        placeholders."""
         embeds = self.language_model.embed(input_ids)
         for _, _, kind, token in _KINDS:
             parts = [inputs.pop(f"{kind}_{p}", None) for p in _PARTS]
@@ -83,7 +84,7 @@ class Qwen25VL(nn.Module):
                 embeds = _place_rows(embeds, input_ids, getattr(self.cfg, token), feats)
         if inputs:
             raise TypeError(f"unexpected inputs {sorted(inputs)} (see prepare)")
-        return self.language_model(embeds, positions, depth=depth, logits=logits, **kv)
+        return embeds
 
 
 def _runs(row: np.ndarray, token_id: int) -> list[int]:

@@ -2,13 +2,13 @@
 
 from typing import Any
 
-import flax.linen as nn
 import jax.numpy as jnp
 
 from headhunt_jax.models.decoder import Decoder, DecoderConfig
+from headhunt_jax.models.family import FamilyModule
 
 
-class TextModel(nn.Module):
+class TextModel(FamilyModule):
     """A Qwen2/Qwen3/Llama causal LM with a backbone family's call signature (no vision inputs)."""
 
     cfg: DecoderConfig
@@ -18,6 +18,5 @@ class TextModel(nn.Module):
     def setup(self):
         self.language_model = Decoder(self.cfg, self.dtype, self.attention_impl)
 
-    def __call__(self, input_ids, depth=None, logits=False, **kv):
-        embeds = self.language_model.embed(input_ids)
-        return self.language_model(embeds, depth=depth, logits=logits, **kv)
+    def embed(self, input_ids):
+        return self.language_model.embed(input_ids)

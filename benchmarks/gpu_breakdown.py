@@ -56,7 +56,9 @@ def main():
         )
         dec = jax.jit(
             lambda p, e: model.apply(
-                {"params": p}, e, method=lambda m, e: m.language_model.features(e, depth=t.num_layers)
+                {"params": p},
+                e,
+                method=lambda m, e: m.language_model.features(e, depth=t.num_layers),
             )
         )
         from headhunt_jax.models.decoder import MLP, Attention

@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from headhunt_jax.backbone import Backbone
-from headhunt_jax.features import head_features
-from headhunt_jax.hunt import check_heads
+from headhunt_jax.features import check_heads, head_features
 from headhunt_jax.scorer import Scorer, _logits
 
 

@@ -9,8 +9,8 @@ import numpy as np
 from headhunt_jax import files
 from headhunt_jax.bundle import BundleError, read_bundle, write_bundle
 from headhunt_jax.errors import InputError
+from headhunt_jax.features import check_heads
 from headhunt_jax.hub import from_record, relative_to
-from headhunt_jax.hunt import check_heads
 from headhunt_jax.locator import DEFAULT_SIGMA, DEFAULT_TAU
 from headhunt_jax.resources import package_dir
 from headhunt_jax.scorer import KINDS, Scorer

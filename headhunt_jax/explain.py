@@ -29,9 +29,8 @@ from tqdm.auto import tqdm
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.errors import InputError
 from headhunt_jax.extract import frame_seconds
-from headhunt_jax.features import heads_after_prefix, shared_prefix_length
+from headhunt_jax.features import gather_heads, heads_after_prefix, shared_prefix_length
 from headhunt_jax.generation import Prefix, generate, prefill
-from headhunt_jax.hunt import gather_heads
 from headhunt_jax.models.tokenizer import load_tokenizer
 from headhunt_jax.pipeline import detector_scores
 from headhunt_jax.stream import EventTracker, OnlineSmoother

@@ -29,8 +29,7 @@ from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.errors import InputError, check_terminated
-from headhunt_jax.features import head_features, head_features_prompts
-from headhunt_jax.hunt import check_heads, gather_heads
+from headhunt_jax.features import check_heads, gather_heads, head_features, head_features_prompts
 from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures, processor_spec
 from headhunt_jax.video import (
     CLIPS,

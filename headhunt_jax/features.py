@@ -21,6 +21,7 @@ import numpy as np
 
 from headhunt_jax import sharding
 from headhunt_jax.backbone import Backbone
+from headhunt_jax.errors import InputError
 
 
 def layer_indices(bb: Backbone, layers) -> tuple[int, ...]:
@@ -229,3 +230,46 @@ def logits(bb: Backbone, input_ids, pixel_values=None, **inputs):
     placed = {k: jnp.asarray(v) for k, v in vision.items()}
     positions = None if positions is None else jnp.asarray(positions[0])
     return _logits(bb.model, bb.params, jnp.asarray(input_ids, jnp.int32), placed, positions)
+
+
+def check_heads(heads, shape: tuple[int, int] | None = None, where: str = "") -> np.ndarray:
+    """Expert heads as int32 [K, 2] of distinct (layer, head) pairs, else an InputError (a ValueError); with
+    ``shape`` = (layers, heads per layer), also one for a pair outside it (``where`` names what
+    it must fit, e.g. "the backbone")."""
+    pairs = np.asarray(heads)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
+        raise InputError(f"heads must be (layer, head) pairs [K, 2], got shape {pairs.shape}")
+    if not np.issubdtype(pairs.dtype, np.integer) or (pairs < 0).any():
+        raise InputError(f"heads must be non-negative integers, got {pairs.tolist()}")
+    listed = [(int(layer), int(head)) for layer, head in pairs]
+    if shape is not None:
+        bad = [p for p in listed if p[0] >= shape[0] or p[1] >= shape[1]]
+        if bad:
+            raise InputError(
+                f"heads {bad} are not in {where or 'the features'} "
+                f"({shape[0]} layers x {shape[1]} heads)"
+            )
+    if len(set(listed)) != len(listed):
+        raise InputError(f"heads must be distinct, got {listed}")
+    return pairs.astype(np.int32)
+
+
+def gather_heads(features, heads, layers=None):
+    """The expert heads' features, in the order of ``heads``: [..., L', H, D] -> [..., K, D].
+
+    ``heads``: int [K, 2] of (layer, head); ``layers``: the layers that the features' axis -3
+    holds, in order (default: 0 .. L'-1, every layer). The one place heads are picked from
+    features (extraction, stores, scoring). A numpy array gives a numpy array; a JAX array
+    (or a tracer: traceable, ``heads`` and ``layers`` static) a JAX array."""
+    if not hasattr(features, "shape"):
+        features = np.asarray(features)
+    layers = tuple(range(features.shape[-3])) if layers is None else tuple(map(int, layers))
+    row = {layer: i for i, layer in enumerate(layers)}
+    heads = check_heads(heads)
+    absent = sorted({int(layer) for layer in heads[:, 0]} - set(row))
+    if absent or heads[:, 1].max() >= features.shape[-2]:
+        raise ValueError(
+            f"heads {heads.tolist()} are not all in features of layers {list(layers)} x "
+            f"{features.shape[-2]} heads"
+        )
+    return features[..., [row[int(layer)] for layer in heads[:, 0]], heads[:, 1], :]

@@ -32,14 +32,8 @@ from headhunt_jax.evaluation import (
     video_level_metrics,
 )
 from headhunt_jax.extract import Failure, extract_features
-from headhunt_jax.hunt import (
-    CRITERIA,
-    check_heads,
-    gather_heads,
-    robust_saliency,
-    saliency,
-    top_k_heads,
-)
+from headhunt_jax.features import check_heads, gather_heads
+from headhunt_jax.hunt import CRITERIA, robust_saliency, saliency, top_k_heads
 from headhunt_jax.locator import calibrate, localize, next_power_of_two, smooth
 from headhunt_jax.scorer import fit_scorer, score
 from headhunt_jax.store import FeatureStore, VideoFeatures

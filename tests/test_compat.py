@@ -9,7 +9,7 @@ import pytest
 from headhunt_jax import pipeline
 from headhunt_jax.backbone import fingerprint, preset
 from headhunt_jax.detector import Detector
-from headhunt_jax.hunt import gather_heads
+from headhunt_jax.features import gather_heads
 from headhunt_jax.store import FeatureStore, StoreError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0_1_0"

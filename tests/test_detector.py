@@ -6,7 +6,7 @@ import pytest
 import headhunt_jax as hh
 from headhunt_jax import pipeline
 from headhunt_jax.detector import Detector, published_experts
-from headhunt_jax.hunt import gather_heads
+from headhunt_jax.features import gather_heads
 from headhunt_jax.scorer import Scorer
 
 L, H, D = 4, 3, 8

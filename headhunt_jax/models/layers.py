@@ -2,6 +2,14 @@
 
 Every parameter carries logical axis names (``embed``, ``heads``, ``kv_heads``, ``head_dim``,
 ``mlp``, ``vocab``, ...); ``headhunt_jax.sharding`` maps them to mesh axes.
+
+Axis letters, in einsum subscripts and in shapes ``[B, T, E]`` throughout the models:
+
+- B batch (samples); I images (or frames) in a vision tower; L layers;
+- T tokens (queries); S key positions (a cache's slots); P a prefix's positions;
+- E the decoder's hidden width; D a vision tower's (or a projector's input) width;
+- N query heads; K key/value heads; G query heads per key/value head; H head_dim;
+- M the MLP's inner width; V the vocabulary.
 """
 
 from collections.abc import Sequence

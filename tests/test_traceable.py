@@ -134,6 +134,23 @@ def test_a_users_jitted_detector(internvl, scorer):
     close(jax.jit(detect)(bb, ids, pixels), detect(bb, ids, pixels))
 
 
+def test_gather_heads_under_jit_and_vmap():
+    """The experts' features picked inside a jitted or vmapped function equal the eager pick;
+    numpy in gives numpy out."""
+    from headhunt_jax.features import gather_heads
+
+    rng = np.random.default_rng(2)
+    feats = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)  # [B, L', N, H]
+    heads, layers = np.asarray([[7, 1], [2, 3], [7, 0]]), (2, 4, 5, 7, 9)
+    want = gather_heads(feats, heads, layers)
+    assert isinstance(want, np.ndarray) and want.shape == (3, 3, 6)
+    np.testing.assert_array_equal(want[:, 0], feats[:, 3, 1])
+    got = jax.jit(lambda f: gather_heads(f, heads, layers))(feats)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    got = jax.vmap(lambda f: gather_heads(f, heads, layers))(jnp.asarray(feats))
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_jit_of_head_features_equals_eager_for_every_family(tmp_path):
     import hf_reference as hf
     import test_llava_onevision as lov

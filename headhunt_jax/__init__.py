@@ -14,6 +14,7 @@ _PUBLIC = {
     "load_backbone": "headhunt_jax.backbone",
     "head_features": "headhunt_jax.features",
     "head_features_prompts": "headhunt_jax.features",
+    "hidden_features": "headhunt_jax.features",
     "generate": "headhunt_jax.generation",
     "prefill": "headhunt_jax.generation",
     "Backbone": "headhunt_jax.backbone",

@@ -1,5 +1,5 @@
-"""The forward API of a loaded backbone: per-head features (one prompt, or several over the same
-frames sharing their prefix) and logits.
+"""The forward API of a loaded backbone: per-head features and hidden states (one prompt, or
+several over the same frames sharing their prefix) and logits.
 
 A head feature is each attention head's output before ``o_proj`` at the last position of a
 prompt (``models.decoder.Attention``). Everything here checks its inputs, prepares a family's
@@ -23,6 +23,10 @@ from headhunt_jax import sharding
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.errors import InputError
 
+# What a forward pass gives at the last position (``Decoder.features``): each head's attention
+# output before ``o_proj`` (HeadHunt-VAD) and each layer's hidden state (HiProbe-VAD).
+KINDS = ("heads", "hidden")
+
 
 def layer_indices(bb: Backbone, layers) -> tuple[int, ...]:
     """The layers asked for as a tuple (all when None); out-of-range indices are an error."""
@@ -36,10 +40,13 @@ def layer_indices(bb: Backbone, layers) -> tuple[int, ...]:
     return layers
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layers", "prefix"))
-def forward(model, params, prompt_ids, vision_inputs, layers, prefix=None, positions=None):
-    """The one forward path: per-head features [M, B, len(layers), N, H] at the last position of
-    each of M prompts' ids [B, T_m]. ``prefix`` None: one pass over each prompt (M = 1) with the
+@functools.partial(jax.jit, static_argnames=("model", "layers", "prefix", "kinds"))
+def forward(
+    model, params, prompt_ids, vision_inputs, layers, prefix=None, positions=None, kinds=KINDS[:1]
+):
+    """The one forward path: features at the last position of each of M prompts' ids [B, T_m],
+    {kind: [M, B, len(layers), ...]} float32 for each of ``kinds`` ("heads": [.., N, H],
+    "hidden": [.., E]; ``Decoder.features``). ``prefix`` None: one pass over each prompt (M = 1) with the
     vision inputs; else the first ``prefix`` tokens (the same in every prompt, holding every
     vision placeholder) run once with the vision inputs, keeping each layer's keys and values up
     to the deepest layer asked for, and each prompt's remaining tokens run against them.
@@ -55,26 +62,28 @@ def forward(model, params, prompt_ids, vision_inputs, layers, prefix=None, posit
         cache = model.apply(variables, head, depth, first, method="prefill", **vision_inputs)
         prompt_ids, vision = tuple(ids[:, prefix:] for ids in prompt_ids), {}
         positions = tuple(None if p is None else p[:, prefix:] for p in positions)
-    return _heads_after(model, variables, prompt_ids, cache, positions, layers, vision)
+    return _after(model, variables, prompt_ids, cache, positions, layers, vision, kinds)
 
 
-def _heads_after(model, variables, prompt_ids, cache, positions, layers, vision):
-    """[M, B, len(layers), N, H]: each prompt's ids run against a prefix's keys and values
+def _after(model, variables, prompt_ids, cache, positions, layers, vision, kinds):
+    """{kind: [M, B, len(layers), ...]}: each prompt's ids run against a prefix's keys and values
     (``cache``, layers < the deepest asked for; None: no prefix) at its positions."""
     depth = max(layers) + 1
-    out = []
+    out = {kind: [] for kind in kinds}
     for ids, pos in zip(prompt_ids, positions, strict=True):
-        heads = model.apply(variables, ids, depth, pos, cache, method="features", **vision)
-        out.append(heads[:, list(layers)].astype(jnp.float32))
-    return jnp.stack(out)
+        got = model.apply(variables, ids, depth, pos, cache, kinds, method="features", **vision)
+        for kind in kinds:
+            out[kind].append(got[kind][:, list(layers)].astype(jnp.float32))
+    return {kind: jnp.stack(parts) for kind, parts in out.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("model", "layers"))
 def heads_after_prefix(model, params, ids, keys, values, positions, layers):
     """``forward``'s per-prompt pass for ids [B, T] after a prefix whose keys and values of
     every layer were computed already (``generation.prefill``): [B, len(layers), N, H]."""
-    out = _heads_after(model, {"params": params}, (ids,), (keys, values), (positions,), layers, {})
-    return out[0]
+    variables, cache = {"params": params}, (keys, values)
+    out = _after(model, variables, (ids,), cache, (positions,), layers, {}, ("heads",))
+    return out["heads"][0]
 
 
 def vision_inputs(pixel_values=None, **inputs) -> dict:
@@ -146,12 +155,25 @@ def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None, **inp
     dropped. The mesh must be this process's devices; several processes each extract their own
     videos.
     """
-    vision = vision_inputs(pixel_values, **inputs)
+    return _one_prompt(bb, input_ids, vision_inputs(pixel_values, **inputs), layers, "heads")
+
+
+def hidden_features(bb: Backbone, input_ids, pixel_values=None, layers=None, **inputs):
+    """Each decoder layer's hidden state at the last position of each sequence (HiProbe-VAD's
+    features): float32 [B, len(layers), hidden], as transformers' ``output_hidden_states[1:]``
+    (entry l + 1 after layer l; the last layer's after the final norm).
+
+    Inputs, ``layers`` (static), early exit, sharding and traceability as ``head_features``."""
+    return _one_prompt(bb, input_ids, vision_inputs(pixel_values, **inputs), layers, "hidden")
+
+
+def _one_prompt(bb: Backbone, input_ids, vision: dict, layers, kind: str):
     check_inputs(bb, input_ids, vision)
     vision, positions = prepare_inputs(bb, [input_ids], vision)
     (ids,), placed, positions = place_batch(bb, [input_ids], vision, positions)
-    out = forward(bb.model, bb.params, (ids,), placed, layer_indices(bb, layers), None, positions)
-    return out[0, : len(input_ids)]
+    layer_set = layer_indices(bb, layers)
+    out = forward(bb.model, bb.params, (ids,), placed, layer_set, None, positions, (kind,))
+    return out[kind][0, : len(input_ids)]
 
 
 def shared_prefix_length(prompt_ids: Sequence[np.ndarray], vision_token_ids=()) -> int:
@@ -180,6 +202,14 @@ def head_features_prompts(
     prompt_ids: M arrays [B, T_m] (same batch, any lengths); the vision inputs as for
     ``head_features``. Returns float32 [M, B, len(layers), heads, head_dim].
     """
+    return features_prompts(bb, prompt_ids, pixel_values, layers, **inputs)["heads"]
+
+
+def features_prompts(
+    bb: Backbone, prompt_ids: Sequence, pixel_values=None, layers=None, kinds=KINDS[:1], **inputs
+):
+    """``head_features_prompts`` for any of ``KINDS`` at once (``kinds``, static): {kind:
+    float32 [M, B, len(layers), ...]} (heads: [.., heads, head_dim]; hidden: [.., hidden])."""
     prompt_ids = tuple(np.asarray(ids, np.int32) for ids in prompt_ids)
     if len(prompt_ids) < 1 or len({ids.shape[0] for ids in prompt_ids}) != 1:
         raise ValueError("prompt_ids must be one or more [B, T] arrays with the same B")
@@ -191,8 +221,8 @@ def head_features_prompts(
     ids, placed, positions = place_batch(bb, prompt_ids, vision, positions)
     batch = prompt_ids[0].shape[0]
     layer_set = layer_indices(bb, layers)
-    out = forward(bb.model, bb.params, ids, placed, layer_set, prefix, positions)
-    return out[:, :batch]
+    out = forward(bb.model, bb.params, ids, placed, layer_set, prefix, positions, tuple(kinds))
+    return {kind: value[:, :batch] for kind, value in out.items()}
 
 
 def place_batch(bb: Backbone, ids_list, vision: dict, positions=None):

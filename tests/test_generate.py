@@ -315,3 +315,25 @@ def test_prompt_lengths_share_the_decoding_loop(tmp_path):
     for length in (4, 9, 20):
         generate(bb, np.arange(1, length + 1)[None], 4, eos_token_id=())
     assert generation._decode._cache_size() == before
+
+
+def test_smollm2_real_weights_hidden_states_as_transformers(smollm2):
+    """HiProbe's features on real weights: every layer's hidden state at the last position, as
+    transformers' ``output_hidden_states[1:]``; early exit, and two prompts sharing a prefix."""
+    from headhunt_jax.features import features_prompts
+
+    model, tok, path = smollm2
+    shared = tok("A camera watches a quiet street at night. Then").input_ids
+    prompts = [np.asarray([shared + tok(q).input_ids]) for q in (" a car", " someone runs past")]
+    bb = hh.load_backbone(path)
+    got = features_prompts(bb, prompts, layers=(3, 11, 29), kinds=("hidden",))["hidden"]
+    for m, ids in enumerate(prompts):
+        with torch.no_grad():
+            out = model(input_ids=torch.as_tensor(ids), output_hidden_states=True)
+        want = torch.stack([h[:, -1] for h in out.hidden_states[1:]], 1).numpy()
+        full = np.asarray(hh.hidden_features(bb, ids))
+        scale = np.abs(want).max()
+        assert np.abs(full - want).max() / scale <= 1e-4
+        assert np.abs(got[m] - want[:, [3, 11, 29]]).max() / scale <= 1e-4
+        early = np.asarray(hh.hidden_features(bb, ids, layers=(5,)))  # stops at layer 5
+        assert np.abs(early - want[:, [5]]).max() / scale <= 1e-4

@@ -30,7 +30,6 @@ from headhunt_jax.backbones.llava_onevision.modeling import (  # noqa: E402
     check_inputs,
 )
 from headhunt_jax.models import stack  # noqa: E402
-from headhunt_jax.models.decoder import last_position_heads  # noqa: E402
 
 TOL = 1e-4
 VOCAB = 300
@@ -131,7 +130,7 @@ def jax_outputs(model, params, input_ids, **vision):
         variables = {"params": params}
         heads = model.apply(variables, ids, len(layers), method="features", **vision)
         logits = model.apply(variables, ids, method="logits", **vision)
-        return last_position_heads(heads, layers), logits
+        return heads.astype(jnp.float32), logits
 
     vision = {k: jnp.asarray(v) for k, v in vision.items()}
     return run(params, jnp.asarray(input_ids, jnp.int32), vision)

@@ -221,7 +221,7 @@ class Attention(nn.Module):
     preallocated cache [B, K, S, H]; this token's key and value are written at that slot, it
     attends to the slots ``key_mask`` [B, S] lets it see, and ``aux`` holds the updated cache.
     ``key_mask`` [B, P + T]: False for keys no query may see. ``kv_only``: the keys and values
-    only (output None, no ``heads``). ``heads_only``: attend from the last position only.
+    only (output None, no ``heads``). ``last_only``: attend from the last position only.
     """
 
     cfg: DecoderConfig
@@ -230,7 +230,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x, positions, cache=None, key_mask=None, slot=None, heads_only=False, kv_only=False
+        self, x, positions, cache=None, key_mask=None, slot=None, last_only=False, kv_only=False
     ):
         cfg = self.cfg
         e, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -252,7 +252,7 @@ class Attention(nn.Module):
         value = proj("v_proj", k, "kv_heads", kv_bias)(x)
         if kv_only:
             return None, {"keys": key.swapaxes(1, 2), "values": value.swapaxes(1, 2)}
-        q_in, q_pos = (x[:, -1:], positions[:, -1:]) if heads_only else (x, positions)
+        q_in, q_pos = (x[:, -1:], positions[:, -1:]) if last_only else (x, positions)
         q = apply_rope(
             norm("q_norm", proj("q_proj", n, "heads", bias)(q_in)), q_pos, inv_freq, axes
         )
@@ -272,7 +272,7 @@ class Attention(nn.Module):
             values = jnp.concatenate([cache[1].swapaxes(1, 2), value], axis=1)
             impl = "chunked"  # queries sit after the cache: only this path offsets the mask
         # The last-query pass sees every key: no mask needed.
-        out = attention(q, keys, values, causal=not heads_only, impl=impl, mask=mask)
+        out = attention(q, keys, values, causal=not last_only, impl=impl, mask=mask)
         aux = {"keys": key.swapaxes(1, 2), "values": value.swapaxes(1, 2), "heads": out[:, -1]}
         return o(out), aux
 
@@ -297,10 +297,13 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: (hidden states [B, T, E], positions) -> (hidden states, ``Attention``'s
-    aux). The options are ``Attention``'s: with ``heads_only`` (the deepest layer of a feature
-    pass) the MLP is skipped and only the last position comes out; with ``kv_only`` (the deepest
-    layer of a prefill) the hidden states pass unchanged."""
+    """Pre-norm block: (hidden states [B, T, E], positions) -> (hidden states, aux): ``Attention``'s
+    aux and ``hidden``, the layer's output at the last position [B, E] (transformers'
+    ``output_hidden_states`` entry after this layer, but for the final norm).
+
+    The options are ``Attention``'s: with ``last_only`` (the deepest layer of a feature pass)
+    only the last position runs and comes out; with ``kv_only`` (the deepest layer of a
+    prefill) the hidden states pass unchanged and there is no ``hidden``."""
 
     cfg: DecoderConfig
     dtype: Any = jnp.float32
@@ -308,19 +311,18 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x, positions, cache=None, key_mask=None, slot=None, heads_only=False, kv_only=False
+        self, x, positions, cache=None, key_mask=None, slot=None, last_only=False, kv_only=False
     ):
         eps = self.cfg.rms_norm_eps
         h = RMSNorm(eps, dtype=self.dtype, name="input_norm")(x)
         attn = Attention(self.cfg, self.dtype, self.attention_impl, name="attn")
-        a, aux = attn(h, positions, cache, key_mask, slot, heads_only, kv_only)
+        a, aux = attn(h, positions, cache, key_mask, slot, last_only, kv_only)
         if kv_only:
             return x, aux
-        if heads_only:
-            return x[:, -1:] + a, aux
-        x = x + a
+        x = (x[:, -1:] if last_only else x) + a
         h = RMSNorm(eps, dtype=self.dtype, name="post_attention_norm")(x)
-        return x + MLP(self.cfg, self.dtype, name="mlp")(h), aux
+        x = x + MLP(self.cfg, self.dtype, name="mlp")(h)
+        return x, {**aux, "hidden": x[:, -1]}
 
 
 class Decoder(nn.Module):
@@ -407,17 +409,23 @@ class Decoder(nn.Module):
         x, out = run(stack.layer(self.layers, stop - 1), stop - 1, x, **deepest)
         return x, stack.append(outs, out)
 
-    def features(self, embeds, positions=None, depth=None, cache=None):
-        """Head features: embeds [B, T, E] -> each head's output before ``o_proj`` at the last
-        position, of layers < ``depth`` (static; default all), [B, depth, N, H].
+    def features(self, embeds, positions=None, depth=None, cache=None, kinds=("heads",)):
+        """Features at the last position of layers < ``depth`` (static; default all), by kind
+        (``kinds``, static): {"heads": each head's output before ``o_proj``, [B, depth, N, H];
+        "hidden": each layer's output, [B, depth, E], as transformers'
+        ``output_hidden_states[1:]`` (the last layer's after the final norm)}.
 
-        The deepest layer attends from the last query only, without its MLP (nothing more is
-        needed). ``positions`` [B, T] (or [B, T, 3] with ``cfg.mrope_section``): each token's
-        rotary position; default consecutive, after the cache. ``cache``: a ``prefill``'s keys
-        and values of the positions before these (of layers < depth at least)."""
+        The deepest layer runs the last position only. ``positions`` [B, T] (or [B, T, 3] with
+        ``cfg.mrope_section``): each token's rotary position; default consecutive, after the
+        cache. ``cache``: a ``prefill``'s keys and values of the positions before these (of
+        layers < depth at least)."""
         depth = depth or self.cfg.num_layers
-        _, out = self._layers(embeds, positions, depth, ("heads",), cache, heads_only=True)
-        return jnp.swapaxes(out["heads"], 0, 1)
+        _, out = self._layers(embeds, positions, depth, kinds, cache, last_only=True)
+        out = {kind: jnp.swapaxes(out[kind], 0, 1) for kind in kinds}
+        if "hidden" in out and depth == self.cfg.num_layers:
+            last = self.norm(out["hidden"][:, -1:])
+            out["hidden"] = jnp.concatenate([out["hidden"][:, :-1], last], axis=1)
+        return out
 
     def prefill(self, embeds, positions=None, depth=None, cache=None, key_mask=None):
         """The key/value cache of embeds [B, T, E]: keys and values of layers < ``depth`` (static;
@@ -450,9 +458,3 @@ class Decoder(nn.Module):
             x, aux = block.apply({"params": params}, x, positions, cache, key_mask, slot)
             out.append((aux["keys"], aux["values"]))
         return self.unembed(x)[:, 0], out
-
-
-def last_position_heads(heads, layers):
-    """The decoder's head features [B, depth, N, H] -> those of ``layers``, [B, len(layers), N,
-    H], float32."""
-    return heads[:, list(layers)].astype(jnp.float32)

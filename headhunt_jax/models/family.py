@@ -5,8 +5,8 @@ shared ``Decoder``) and ``embed(input_ids, **vision_inputs)``: the token embeddi
 with its vision features placed at their placeholder tokens. The jobs below are then the
 decoder's, one method each (``model.apply(variables, ..., method="features")``):
 
-- ``features``: head features at the last position (early exit at ``depth``; after a
-  ``cache`` of a shared prefix);
+- ``features``: head features and hidden states at the last position (early exit at
+  ``depth``; after a ``cache`` of a shared prefix);
 - ``prefill``: the key/value cache of layers < ``depth``;
 - ``logits``: the full model's logits (and ``__call__``, which creates every parameter);
 - ``step``: one generation step against a cache (text tokens only).
@@ -25,10 +25,12 @@ class FamilyModule(nn.Module):
     def embed(self, input_ids, **vision_inputs):
         raise NotImplementedError
 
-    def features(self, input_ids, depth=None, positions=None, cache=None, **vision_inputs):
-        """[B, depth, N, H]: ``Decoder.features`` of the embedded inputs."""
+    def features(
+        self, input_ids, depth=None, positions=None, cache=None, kinds=("heads",), **vision_inputs
+    ):
+        """{kind: [B, depth, ...]}: ``Decoder.features`` of the embedded inputs."""
         embeds = self.embed(input_ids, **vision_inputs)
-        return self.language_model.features(embeds, positions, depth, cache)
+        return self.language_model.features(embeds, positions, depth, cache, kinds)
 
     def prefill(
         self, input_ids, depth=None, positions=None, cache=None, key_mask=None, **vision_inputs

@@ -25,6 +25,9 @@ _PUBLIC = {
     "robust_saliency": "headhunt_jax.hunt",
     "top_k_heads": "headhunt_jax.hunt",
     "head_attribution": "headhunt_jax.attribution",
+    # hidden-state probing (HiProbe-VAD)
+    "layer_saliency": "headhunt_jax.probe",
+    "top_layer": "headhunt_jax.probe",
     # scorer
     "fit_scorer": "headhunt_jax.scorer",
     "score": "headhunt_jax.scorer",

@@ -1,5 +1,6 @@
 """Head saliency against a per-head numpy/scipy/sklearn loop (the original's way)."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
@@ -9,6 +10,7 @@ from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.preprocessing import MinMaxScaler
 
 import headhunt_jax as hh
+from headhunt_jax import criteria
 
 N, L, H, D = 48, 2, 3, 6
 
@@ -137,6 +139,36 @@ def test_combined_is_the_mean_of_min_max_scaled_criteria():
         (v - v.min()) / (v.max() - v.min()) for v in (out[c] for c in ("lda", "kl", "mmd", "nmi"))
     ]
     np.testing.assert_allclose(out["combined"], np.mean(scaled, axis=0), atol=1e-6)
+
+
+def test_the_registry_is_what_is_scored_returned_and_combined(monkeypatch):
+    # A fifth criterion, one function and one registry entry: the largest squared distance
+    # between two clips, read from what the criteria share.
+    def spread(head, classes):
+        return jnp.max(head.d2)
+
+    features, labels = random_heads(3)
+    before = hh.saliency(features, labels, heads_per_chunk=4)
+    assert set(before) == {*criteria.REGISTRY, "combined"}
+    with monkeypatch.context() as m:
+        m.setitem(criteria.REGISTRY, "spread", spread)
+        out = hh.saliency(features, labels, heads_per_chunk=4)
+    assert set(out) == {"lda", "kl", "mmd", "nmi", "spread", "combined"}
+    for name in ("lda", "kl", "mmd", "nmi"):
+        np.testing.assert_array_equal(out[name], before[name], err_msg=name)
+    x = features.astype(np.float64)
+    want = ((x[:, None] - x[None]) ** 2).sum(-1).max(axis=(0, 1))
+    np.testing.assert_allclose(out["spread"], want, rtol=1e-5)
+    scaled = [
+        (v - v.min()) / (v.max() - v.min())
+        for v in (out[c] for c in ("lda", "kl", "mmd", "nmi", "spread"))
+    ]
+    np.testing.assert_allclose(out["combined"], np.mean(scaled, axis=0), atol=1e-6)
+    assert np.abs(out["combined"] - before["combined"]).max() > 1e-3
+    # The registry restored, the four criteria are back (nothing compiled for five is reused).
+    again = hh.saliency(features, labels, heads_per_chunk=4)
+    assert set(again) == set(before)
+    np.testing.assert_array_equal(again["combined"], before["combined"])
 
 
 def test_duplicate_samples_are_left_out_of_the_median():

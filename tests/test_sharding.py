@@ -227,7 +227,7 @@ def test_on_mesh_jit_of_head_features_equals_eager(divisible, batch, one_device_
     bb = hh.load_backbone(divisible, mesh=sharding.make_mesh(4, 2))
     got = jax.jit(hh.head_features)(bb, ids, pixels)
     assert rel_err(got, one_device_features) <= TOL
-    assert rel_err(got, hh.head_features(bb, ids, pixels)) <= 1e-6
+    assert rel_err(got, hh.head_features(bb, ids, pixels)) <= TOL  # the same numbers, partitioned otherwise: float32 sums in another order
 
 
 @on_mesh

@@ -302,6 +302,16 @@ def _config_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _this_process_only():
+    """orbax's options for a checkpoint that this process reads on its own: with several JAX
+    processes, each restores its own replica (``distributed``), so none waits at orbax's barriers
+    for the others (which would run a collective over every process's devices)."""
+    import orbax.checkpoint as ocp
+
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
 def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
     """A directory written by ``save_converted``: its files checked against its ``sha256.json``
     (none in one written before it existed) and read; a damaged one is an error naming it."""
@@ -319,7 +329,7 @@ def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
     model = make_model(config, dtype, attention)
     where = path.absolute() / "params"
     files.check_orbax_json(where)
-    with ocp.StandardCheckpointer() as ckpt:
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as ckpt:
         with files.orbax_errors(where, manifest):
             tree = ckpt.metadata(where).item_metadata
         if tree is None:  # orbax could not read it (and logged why); the restore names the file
@@ -329,9 +339,12 @@ def _load_converted(path: Path, dtype, name, attention, mesh) -> Backbone:
         unstacked = any(weights.layer_slot(key) for key in stored)
         shapes = param_shapes(model)
         shapes = weights.unstack_shapes(shapes) if unstacked else shapes
-        shardings = _flat_shardings(model, mesh)  # orbax reads each device's shards into place
+        # Every parameter's place on this process's devices, whatever devices wrote it: orbax
+        # reads each device's shards into place (without one it takes the writer's devices).
+        shardings = _flat_shardings(model, mesh)
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = {
-            key: jax.ShapeDtypeStruct(shape, model.dtype, sharding=shardings.get(key))
+            key: jax.ShapeDtypeStruct(shape, model.dtype, sharding=shardings.get(key, one_device))
             for key, shape in shapes.items()
         }
         with files.orbax_errors(where, manifest):

@@ -240,24 +240,26 @@ def _extract(args):
     given = [flag for flag, value in cluster.items() if value is not None]
     if given and not args.distributed:
         raise CliError(f"{', '.join(given)} given without --distributed")
-    process = ""
+    process, start = "", contextlib.nullcontext()
     if args.distributed:  # before anything else starts JAX
         from headhunt_jax import distributed
 
         index, count = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         process = f"process {index} of {count}: "
-    if (args.videos is None) == (args.dataset is None):
-        raise CliError("give the videos with --videos or --dataset/--root/--split")
-    if args.dataset:
-        root, items = _dataset(args)
-        videos, labels = [i.path for i in items], {i.video_id: i.label for i in items}
-    else:
-        videos, root = _video_list(args.videos)
-        labels = _xd_labels(videos, root)
-    if args.distributed:
-        videos = distributed.shard_videos(videos)
-    bb = _load_backbone(args)
-    heads = load_heads(args.heads) if args.heads else None
+        start = distributed.starting()  # all processes begin the work, or all stop
+    with start:
+        if (args.videos is None) == (args.dataset is None):
+            raise CliError("give the videos with --videos or --dataset/--root/--split")
+        if args.dataset:
+            root, items = _dataset(args)
+            videos, labels = [i.path for i in items], {i.video_id: i.label for i in items}
+        else:
+            videos, root = _video_list(args.videos)
+            labels = _xd_labels(videos, root)
+        if args.distributed:
+            videos = distributed.shard_videos(videos)
+        bb = _load_backbone(args)
+        heads = load_heads(args.heads) if args.heads else None
     report = extract_features(
         bb,
         videos,

@@ -18,16 +18,16 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import headhunt_jax as hh  # noqa: E402
-from headhunt_jax.backbones.llava_onevision import params as lov_params  # noqa: E402
+from headhunt_jax.backbones.llava_onevision import inputs as lov_inputs  # noqa: E402
 from headhunt_jax.backbones.llava_onevision import processor as lov_processor  # noqa: E402
 from headhunt_jax.backbones.llava_onevision.config import (  # noqa: E402
     PRESETS,
     LlavaOnevisionConfig,
 )
+from headhunt_jax.backbones.llava_onevision.inputs import check_inputs  # noqa: E402
 from headhunt_jax.backbones.llava_onevision.modeling import (  # noqa: E402
     LlavaOnevision,
     bilinear_weights,
-    check_inputs,
 )
 from headhunt_jax.models import stack  # noqa: E402
 from headhunt_jax.models.decoder import last_position_heads  # noqa: E402
@@ -138,7 +138,7 @@ def jax_outputs(model, params, input_ids, **vision):
 
 
 def check_parity(model, params, torch_model, input_ids, **vision):
-    check_inputs(model.cfg, input_ids, **vision)
+    check_inputs(model.cfg, input_ids, vision)
     want_heads, want_logits = reference(torch_model, input_ids, **vision)
     got_heads, got_logits = jax_outputs(model, params, input_ids, **vision)
     assert got_heads.shape == want_heads.shape and got_heads.dtype == np.float32
@@ -255,12 +255,18 @@ def test_larger_image_and_token_counts_refused(image_model, rng):
     pixels = np.zeros((1, 2, 3, SIZE, SIZE), np.float32)
     ids = image_ids(rng, model.cfg, [(SIZE, SIZE)])
     with pytest.raises(ValueError, match="anyres tiling is not implemented"):
-        check_inputs(model.cfg, ids, pixels, np.asarray([[SIZE + 1, SIZE]]))
+        check_inputs(
+            model.cfg, ids, {"pixel_values": pixels, "image_sizes": np.asarray([[SIZE + 1, SIZE]])}
+        )
     with pytest.raises(ValueError, match="image tokens"):
-        check_inputs(model.cfg, ids[:, 3:], pixels, np.asarray([[SIZE, SIZE]]))
+        check_inputs(
+            model.cfg,
+            ids[:, 3:],
+            {"pixel_values": pixels, "image_sizes": np.asarray([[SIZE, SIZE]])},
+        )
     videos = np.zeros((2, 3, 3, SIZE, SIZE), np.float32)
     with pytest.raises(ValueError, match=r"hold 28 video tokens .* need 56"):
-        check_inputs(model.cfg, video_ids(rng, model.cfg, 1, 3), pixel_values_videos=videos)
+        check_inputs(model.cfg, video_ids(rng, model.cfg, 1, 3), {"pixel_values_videos": videos})
 
 
 def test_default_select_strategy(tmp_path, rng):
@@ -379,7 +385,7 @@ def test_presets():
     assert (big.text.hidden_size, big.text.num_heads, big.text.num_kv_heads) == (3584, 28, 4)
     # shapes only: the 7B tree is never materialised
     model = LlavaOnevision(small)
-    inputs = lov_params.init_inputs(small)
+    inputs = lov_inputs.init_inputs(small)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs, logits=True))
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
     assert 0.85e9 < n < 0.95e9  # ~0.89B: SigLIP-so400m (26 layers) + projector + Qwen2-0.5B
@@ -542,11 +548,11 @@ def test_family_processor(tmp_path, checkpoint_tokenizer, rng):
 def test_prefix_reuse_and_early_exit_on_the_demo_checkpoint(tmp_path):
     """Two prompts after the same video share its prefix: their features equal separate full
     passes; a layer subset equals the slice of all layers (the forward stops early)."""
-    from headhunt_jax import backbones
+    from headhunt_jax import tiny_checkpoints
     from headhunt_jax.prefix import head_features_prompts
 
     prompts = ["Anything odd here?", "Describe any violent activity or accident in the video."]
-    backbones.demo_backbone("llava-onevision")(tmp_path / "ckpt", prompts, image_size=28)
+    tiny_checkpoints.write("llava-onevision", tmp_path / "ckpt", prompts, image_size=28)
     bb = hh.load_backbone(tmp_path / "ckpt")
     processor = bb.processor()
     ids = [np.tile(processor.prompt_ids(p, 3)[None], (2, 1)) for p in prompts]

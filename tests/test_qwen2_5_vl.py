@@ -533,10 +533,10 @@ def test_inputs_that_do_not_fit_are_refused(qwen):
 def tiny_qwen(tmp_path_factory):
     """The demo's tiny Qwen2.5-VL checkpoint (frames of at most 16 tokens)."""
     import headhunt_jax as hh
-    from headhunt_jax import backbones
+    from headhunt_jax import tiny_checkpoints
 
     path = tmp_path_factory.mktemp("tiny_qwen") / "ckpt"
-    backbones.demo_backbone("qwen2.5-vl")(path, ["Anything odd here?"])
+    tiny_checkpoints.write("qwen2.5-vl", path, ["Anything odd here?"])
     return hh.load_backbone(path)
 
 

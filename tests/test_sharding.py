@@ -19,7 +19,7 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 import headhunt_jax as hh
-from headhunt_jax import backbone, backbones, sharding
+from headhunt_jax import backbone, sharding, tiny_checkpoints
 from headhunt_jax.prefix import head_features_prompts
 
 hf = pytest.importorskip("hf_reference")
@@ -373,7 +373,7 @@ def test_on_mesh_cli_extract_uses_every_device(tmp_path):
 def llava(tmp_path_factory):
     """A tiny LLaVA-OneVision checkpoint (the demo's) and a batch of 3 two-frame videos."""
     path = tmp_path_factory.mktemp("llava") / "ckpt"
-    backbones.demo_backbone("llava-onevision")(path, ["Anything odd here?"], image_size=28)
+    tiny_checkpoints.write("llava-onevision", path, ["Anything odd here?"], image_size=28)
     bb = hh.load_backbone(path)
     ids = np.tile(bb.processor().prompt_ids("Anything odd here?", 2)[None], (3, 1))
     videos = np.random.default_rng(1).standard_normal((3, 2, 3, 28, 28)).astype(np.float32)
@@ -395,7 +395,7 @@ def test_on_mesh_llava_onevision_matches_one_device(llava, shape):
 def qwen(tmp_path_factory):
     """The demo's tiny Qwen2.5-VL and a batch of 3 segments of 4 frames (one image each)."""
     path = tmp_path_factory.mktemp("qwen") / "ckpt"
-    backbones.demo_backbone("qwen2.5-vl")(path, ["Anything odd here?"])
+    tiny_checkpoints.write("qwen2.5-vl", path, ["Anything odd here?"])
     proc = hh.load_backbone(path).processor()
     ids = np.tile(proc.prompt_ids("Anything odd here?", 4, (56, 84))[None], (3, 1))
     frames = np.random.default_rng(1).standard_normal((3, 4, 3, 56, 84)).astype(np.float32)

@@ -11,6 +11,7 @@ from headhunt_jax.backbones.internvl.config import InternVLConfig
 from headhunt_jax.backbones.internvl.vision import InternViT
 from headhunt_jax.models.decoder import Decoder
 from headhunt_jax.models.layers import Einsum, LayerNorm
+from headhunt_jax.models.vision import place_features
 
 
 def pixel_shuffle(x, ratio: float):
@@ -56,17 +57,16 @@ class InternVL(nn.Module):
         x = pixel_shuffle(x.reshape(n, side, side, c), self.cfg.downsample_ratio)
         return self.projector(x.reshape(n, -1, x.shape[-1]))
 
-    def __call__(self, input_ids, pixel_values=None, depth=None, logits=False, **kv):
+    def __call__(self, input_ids, pixel_values=None, depth=None, logits=False, **options):
         """input_ids [B, T]; image embeddings fill the image-token positions in reading order.
 
         The caller checks that the image-token count matches ``pixel_values`` (shapes are static
-        here, the count is data). ``kv``: ``prefix_kv`` / ``kv_only`` of ``Decoder``.
+        here, the count is data). ``options``: the ``Decoder``'s pass options (``positions``,
+        ``prefix_kv``, ``kv_only``, ...).
         """
         embeds = self.language_model.embed(input_ids)
         if pixel_values is not None:
             images = self.image_embeddings(pixel_values)
-            images = images.reshape(-1, images.shape[-1]).astype(embeds.dtype)
-            is_image = input_ids == self.cfg.image_token_id
-            slot = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, images.shape[0] - 1)
-            embeds = jnp.where(is_image[..., None], images[slot].reshape(embeds.shape), embeds)
-        return self.language_model(embeds, depth=depth, logits=logits, **kv)
+            images = images.reshape(-1, images.shape[-1])
+            embeds = place_features(embeds, input_ids, self.cfg.image_token_id, images)
+        return self.language_model(embeds, depth=depth, logits=logits, **options)

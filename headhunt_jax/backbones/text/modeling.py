@@ -18,6 +18,7 @@ class TextModel(nn.Module):
     def setup(self):
         self.language_model = Decoder(self.cfg, self.dtype, self.attention_impl)
 
-    def __call__(self, input_ids, depth=None, logits=False, **kv):
+    def __call__(self, input_ids, depth=None, logits=False, **options):
+        """``options``: the ``Decoder``'s pass options (``positions``, ``prefix_kv``, ...)."""
         embeds = self.language_model.embed(input_ids)
-        return self.language_model(embeds, depth=depth, logits=logits, **kv)
+        return self.language_model(embeds, depth=depth, logits=logits, **options)

@@ -7,6 +7,7 @@ these and a tanh GELU. Qwen2.5-VL's windowed tower (RMSNorm, rotary q/k, gated M
 its own and shares the patch kernel and the placement.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -102,22 +103,35 @@ def _norm(kind: str, eps: float, dtype, name: str) -> nn.Module:
     return LayerNorm(eps, dtype=dtype, name=name)
 
 
-class ViTAttention(nn.Module):
-    """Bidirectional attention: ``q_proj``/``k_proj``/``v_proj`` [E, N, H], ``o_proj``; with
-    ``qk_norm``, an RMSNorm (eps 1e-6) over all heads of q and of k together (``q_norm``,
-    ``k_norm`` [E])."""
+@dataclasses.dataclass(frozen=True)
+class ViTBlockConfig:
+    """A pre-norm ViT block's settings: ``norm`` 'layer_norm' or 'rms_norm' (eps ``eps``);
+    ``act`` an ``ACTIVATIONS`` name; ``qk_norm``: an RMSNorm (eps 1e-6) over all heads of q and
+    of k together; ``layer_scale``: learned per-channel scales of the two residual branches."""
 
+    mlp_size: int
     num_heads: int
-    bias: bool = True
+    norm: str = "layer_norm"
+    eps: float = 1e-6
+    act: str = "gelu"
+    attention_bias: bool = True
     qk_norm: bool = False
+    layer_scale: bool = False
+
+
+class ViTAttention(nn.Module):
+    """Bidirectional attention: ``q_proj``/``k_proj``/``v_proj`` [E, N, H], ``o_proj``, and
+    with ``qk_norm`` ``q_norm``, ``k_norm`` [E]."""
+
+    cfg: ViTBlockConfig
     dtype: Any = jnp.float32
     attention_impl: str = "chunked"
 
     @nn.compact
     def __call__(self, x):
-        e, n = x.shape[-1], self.num_heads
-        q, k, v = qkv_projections(x, n, e // n, self.bias, self.dtype)
-        if self.qk_norm:
+        e, n = x.shape[-1], self.cfg.num_heads
+        q, k, v = qkv_projections(x, n, e // n, self.cfg.attention_bias, self.dtype)
+        if self.cfg.qk_norm:
 
             def norm(name, y):
                 flat = y.reshape(*y.shape[:2], e)
@@ -129,46 +143,30 @@ class ViTAttention(nn.Module):
 
 
 class ViTBlock(nn.Module):
-    """A pre-norm ViT block, [B, T, E] -> [B, T, E]:
-    x + s1 * attn(norm1(x)), then x + s2 * fc2(act(fc1(norm2(x)))).
+    """A pre-norm ViT block, [B, T, E] -> [B, T, E]: x + s1 * attn(norm1(x)), then
+    x + s2 * fc2(act(fc1(norm2(x)))), the scales s1, s2 ``lambda_1``, ``lambda_2`` [E] with
+    ``layer_scale``, else 1. Parameters: ``norm1``, ``attn`` (``ViTAttention``), ``norm2``,
+    ``fc1``, ``fc2``."""
 
-    ``norm``: 'layer_norm' or 'rms_norm' (eps ``eps``); ``act``: an ``ACTIVATIONS`` name;
-    ``layer_scale``: the learned per-channel scales s1, s2 (``lambda_1``, ``lambda_2`` [E]),
-    else 1. Parameters: ``norm1``, ``attn`` (``ViTAttention``), ``norm2``, ``fc1``, ``fc2``.
-    """
-
-    mlp_size: int
-    num_heads: int
-    norm: str = "layer_norm"
-    eps: float = 1e-6
-    act: str = "gelu"
-    attention_bias: bool = True
-    qk_norm: bool = False
-    layer_scale: bool = False
+    cfg: ViTBlockConfig
     dtype: Any = jnp.float32
     attention_impl: str = "chunked"
 
     @nn.compact
     def __call__(self, x):
-        e, m = x.shape[-1], self.mlp_size
+        cfg = self.cfg
+        e, m = x.shape[-1], cfg.mlp_size
 
         def scaled(name, y):
-            if not self.layer_scale:
+            if not cfg.layer_scale:
                 return y
             init = nn.with_logical_partitioning(nn.initializers.constant(0.1), ("embed",))
             return self.param(name, init, (e,), self.dtype) * y
 
-        attn = ViTAttention(
-            self.num_heads,
-            self.attention_bias,
-            self.qk_norm,
-            self.dtype,
-            self.attention_impl,
-            name="attn",
-        )
-        x = x + scaled("lambda_1", attn(_norm(self.norm, self.eps, self.dtype, "norm1")(x)))
-        h = _norm(self.norm, self.eps, self.dtype, "norm2")(x)
+        attn = ViTAttention(cfg, self.dtype, self.attention_impl, name="attn")
+        x = x + scaled("lambda_1", attn(_norm(cfg.norm, cfg.eps, self.dtype, "norm1")(x)))
+        h = _norm(cfg.norm, cfg.eps, self.dtype, "norm2")(x)
         h = Einsum("BTE,EM->BTM", (e, m), ("embed", "mlp"), ("mlp",), self.dtype, name="fc1")(h)
-        h = ACTIVATIONS[self.act](h)
+        h = ACTIVATIONS[cfg.act](h)
         h = Einsum("BTM,ME->BTE", (m, e), ("mlp", "embed"), ("embed",), self.dtype, name="fc2")(h)
         return x + scaled("lambda_2", h)

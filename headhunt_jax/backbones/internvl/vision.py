@@ -16,7 +16,7 @@ import numpy as np
 from headhunt_jax.backbones.internvl.config import VisionConfig
 from headhunt_jax.models import stack
 from headhunt_jax.models.layers import LayerNorm
-from headhunt_jax.models.vision import PatchEmbed, ViTBlock
+from headhunt_jax.models.vision import PatchEmbed, ViTBlock, ViTBlockConfig
 
 
 def _cubic_weights(in_size: int, out_size: int) -> np.ndarray:
@@ -52,7 +52,7 @@ def interpolate_positions(pos, grid: int):
 
 def vit_block(cfg: VisionConfig, dtype, attention_impl: str) -> ViTBlock:
     """InternViT's layer, unbound (``stack`` runs it)."""
-    return ViTBlock(
+    block = ViTBlockConfig(
         cfg.intermediate_size,
         cfg.num_heads,
         norm=cfg.norm_type,
@@ -61,10 +61,8 @@ def vit_block(cfg: VisionConfig, dtype, attention_impl: str) -> ViTBlock:
         attention_bias=cfg.attention_bias,
         qk_norm=cfg.use_qk_norm,
         layer_scale=True,
-        dtype=dtype,
-        attention_impl=attention_impl,
-        parent=None,
     )
+    return ViTBlock(block, dtype, attention_impl, parent=None)
 
 
 class InternViT(nn.Module):

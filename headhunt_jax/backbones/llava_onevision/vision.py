@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from headhunt_jax.backbones.llava_onevision.config import SiglipConfig
 from headhunt_jax.models import stack
 from headhunt_jax.models.layers import LayerNorm
-from headhunt_jax.models.vision import PatchEmbed, ViTBlock
+from headhunt_jax.models.vision import PatchEmbed, ViTBlock, ViTBlockConfig
 
 
 class SiglipVisionTower(nn.Module):
@@ -46,15 +46,10 @@ class SiglipVisionTower(nn.Module):
             self.dtype,
         )
         x = x + pos[None]
-        block = ViTBlock(
-            cfg.intermediate_size,
-            cfg.num_heads,
-            eps=cfg.layer_norm_eps,
-            act=cfg.hidden_act,
-            dtype=self.dtype,
-            attention_impl=self.attention_impl,
-            parent=None,
+        layer = ViTBlockConfig(
+            cfg.intermediate_size, cfg.num_heads, eps=cfg.layer_norm_eps, act=cfg.hidden_act
         )
+        block = ViTBlock(layer, self.dtype, self.attention_impl, parent=None)
         example = jnp.zeros((1, 1, e), self.dtype)
         params = self.param(stack.LAYERS, stack.stacked(block, cfg.num_layers, example))
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from numerics import rel_err
 
 transformers = pytest.importorskip("transformers")
 
@@ -38,10 +39,6 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 IMAGE_ID, VIDEO_ID = VOCAB - 2, VOCAB - 1  # the tiny tokenizer's last two ids
 SIZE, PATCH = 35, 7  # a 5 x 5 patch grid: pooling goes to ceil(5 / 2) = 3, not an exact halving
 TEXT_IDS = VOCAB - len(SPECIAL)  # random text ids stay below the special tokens
-
-
-def rel_err(got, want):
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
 
 
 def tiny_config(vision_feature_layer=-1, kv_heads=2, strategy="full", **kw):

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from numerics import rel_err
 
 transformers = pytest.importorskip("transformers")
 
@@ -21,11 +22,6 @@ from headhunt_jax.backbones.qwen2_5_vl.config import (  # noqa: E402
 )
 
 TOL = 1e-4
-
-
-def rel_err(got, want):
-    want = np.asarray(want, np.float64)
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
 
 
 def tiny_vision(**kw):

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
+from numerics import rel_err
 
 import headhunt_jax as hh
 from headhunt_jax import backbone, sharding, tiny_checkpoints
@@ -29,10 +30,6 @@ EIGHT_DEVICES = "--xla_force_host_platform_device_count=8" in os.environ.get("XL
 on_mesh = pytest.mark.skipif(
     not EIGHT_DEVICES, reason="needs 8 devices: run by test_on_8_simulated_devices"
 )
-
-
-def rel_err(got, want):
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
 
 
 @pytest.mark.skipif(EIGHT_DEVICES, reason="already on 8 devices")

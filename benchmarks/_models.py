@@ -6,8 +6,7 @@ import time
 
 import numpy as np
 
-from headhunt_jax.backbones.internvl.config import InternVLConfig
-from headhunt_jax.backbones.internvl.vision import VisionConfig
+from headhunt_jax.backbones.internvl.config import InternVLConfig, VisionConfig
 from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig, SiglipConfig
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VisionConfig, Qwen25VLConfig
 from headhunt_jax.models.decoder import DecoderConfig

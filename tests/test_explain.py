@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from test_extract import write_clip
 
-from headhunt_jax import explain
+from headhunt_jax import explain, tiny_checkpoints
 from headhunt_jax.backbone import load_backbone
-from headhunt_jax.backbones.internvl.tiny import tiny_backbone
 from headhunt_jax.generation import generate
 from headhunt_jax.models.tokenizer import load_tokenizer
 from headhunt_jax.video import VideoReader
@@ -21,7 +20,9 @@ NEW = 8
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("explain")
-    bb = load_backbone(tiny_backbone(tmp / "backbone", QUESTIONS, image_size=56))
+    bb = load_backbone(
+        tiny_checkpoints.write("internvl3", tmp / "backbone", QUESTIONS, image_size=56)
+    )
     clip = write_clip(tmp / "clip.mp4", 150)
     processor = bb.processor()
     with VideoReader(clip, **processor.frames) as reader:

@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from numerics import rel_err
 
 from headhunt_jax import backbone, extract, features
 from headhunt_jax.backbones.internvl.prompt import build_prompt_ids
@@ -45,10 +46,6 @@ def write_clip(path: Path, n_frames: int, codec="mpeg4", seed=0) -> Path:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
         container.mux(stream.encode())
     return path
-
-
-def rel_err(got, want):
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")

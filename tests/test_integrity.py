@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import headhunt_jax as hh
-from headhunt_jax import backbones, cli, files
+from headhunt_jax import cli, files, tiny_checkpoints
 from headhunt_jax.backbone import save_converted
 from headhunt_jax.detector import Detector
 from headhunt_jax.errors import InputError, UserError
@@ -62,7 +62,7 @@ def detector_dir(tmp_path):
 def converted(tmp_path_factory):
     """A tiny converted backbone (the demo's), written by save_converted."""
     out = tmp_path_factory.mktemp("integrity") / "backbone"
-    return backbones.demo_backbone("internvl3")(out, PROMPTS, image_size=56)
+    return tiny_checkpoints.write("internvl3", out, PROMPTS, image_size=56)
 
 
 @pytest.fixture

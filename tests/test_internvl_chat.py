@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from numerics import rel_err
 from safetensors.numpy import load_file
 
 import headhunt_jax as hh
@@ -27,10 +28,6 @@ from test_cli import assert_one_line_error, cli  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "internvl_chat"
 TOL = 1e-4
-
-
-def rel_err(got, want):
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
 
 
 @pytest.mark.parametrize("llm", ["qwen2", "qwen3"])

@@ -14,20 +14,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from numerics import rel_err
 
 transformers = pytest.importorskip("transformers")
 
 import headhunt_jax as hh  # noqa: E402
-from headhunt_jax.backbones.llava_onevision import params as lov_params  # noqa: E402
+from headhunt_jax.backbones.llava_onevision import inputs as lov_inputs  # noqa: E402
 from headhunt_jax.backbones.llava_onevision import processor as lov_processor  # noqa: E402
 from headhunt_jax.backbones.llava_onevision.config import (  # noqa: E402
     PRESETS,
     LlavaOnevisionConfig,
 )
+from headhunt_jax.backbones.llava_onevision.inputs import check_inputs  # noqa: E402
 from headhunt_jax.backbones.llava_onevision.modeling import (  # noqa: E402
     LlavaOnevision,
     bilinear_weights,
-    check_inputs,
 )
 from headhunt_jax.models import stack  # noqa: E402
 
@@ -37,10 +38,6 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 IMAGE_ID, VIDEO_ID = VOCAB - 2, VOCAB - 1  # the tiny tokenizer's last two ids
 SIZE, PATCH = 35, 7  # a 5 x 5 patch grid: pooling goes to ceil(5 / 2) = 3, not an exact halving
 TEXT_IDS = VOCAB - len(SPECIAL)  # random text ids stay below the special tokens
-
-
-def rel_err(got, want):
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
 
 
 def tiny_config(vision_feature_layer=-1, kv_heads=2, strategy="full", **kw):
@@ -128,7 +125,7 @@ def jax_outputs(model, params, input_ids, **vision):
     @jax.jit
     def run(params, ids, vision):
         variables = {"params": params}
-        heads = model.apply(variables, ids, len(layers), method="features", **vision)
+        heads = model.apply(variables, ids, len(layers), method="features", **vision)["heads"]
         logits = model.apply(variables, ids, method="logits", **vision)
         return heads.astype(jnp.float32), logits
 
@@ -137,7 +134,7 @@ def jax_outputs(model, params, input_ids, **vision):
 
 
 def check_parity(model, params, torch_model, input_ids, **vision):
-    check_inputs(model.cfg, input_ids, **vision)
+    check_inputs(model.cfg, input_ids, vision)
     want_heads, want_logits = reference(torch_model, input_ids, **vision)
     got_heads, got_logits = jax_outputs(model, params, input_ids, **vision)
     assert got_heads.shape == want_heads.shape and got_heads.dtype == np.float32
@@ -254,12 +251,18 @@ def test_larger_image_and_token_counts_refused(image_model, rng):
     pixels = np.zeros((1, 2, 3, SIZE, SIZE), np.float32)
     ids = image_ids(rng, model.cfg, [(SIZE, SIZE)])
     with pytest.raises(ValueError, match="anyres tiling is not implemented"):
-        check_inputs(model.cfg, ids, pixels, np.asarray([[SIZE + 1, SIZE]]))
+        check_inputs(
+            model.cfg, ids, {"pixel_values": pixels, "image_sizes": np.asarray([[SIZE + 1, SIZE]])}
+        )
     with pytest.raises(ValueError, match="image tokens"):
-        check_inputs(model.cfg, ids[:, 3:], pixels, np.asarray([[SIZE, SIZE]]))
+        check_inputs(
+            model.cfg,
+            ids[:, 3:],
+            {"pixel_values": pixels, "image_sizes": np.asarray([[SIZE, SIZE]])},
+        )
     videos = np.zeros((2, 3, 3, SIZE, SIZE), np.float32)
     with pytest.raises(ValueError, match=r"hold 28 video tokens .* need 56"):
-        check_inputs(model.cfg, video_ids(rng, model.cfg, 1, 3), pixel_values_videos=videos)
+        check_inputs(model.cfg, video_ids(rng, model.cfg, 1, 3), {"pixel_values_videos": videos})
 
 
 def test_default_select_strategy(tmp_path, rng):
@@ -378,7 +381,7 @@ def test_presets():
     assert (big.text.hidden_size, big.text.num_heads, big.text.num_kv_heads) == (3584, 28, 4)
     # shapes only: the 7B tree is never materialised
     model = LlavaOnevision(small)
-    inputs = lov_params.init_inputs(small)
+    inputs = lov_inputs.init_inputs(small)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
     assert 0.85e9 < n < 0.95e9  # ~0.89B: SigLIP-so400m (26 layers) + projector + Qwen2-0.5B
@@ -541,11 +544,11 @@ def test_family_processor(tmp_path, checkpoint_tokenizer, rng):
 def test_prefix_reuse_and_early_exit_on_the_demo_checkpoint(tmp_path):
     """Two prompts after the same video share its prefix: their features equal separate full
     passes; a layer subset equals the slice of all layers (the forward stops early)."""
-    from headhunt_jax import backbones
+    from headhunt_jax import tiny_checkpoints
     from headhunt_jax.features import head_features_prompts
 
     prompts = ["Anything odd here?", "Describe any violent activity or accident in the video."]
-    backbones.demo_backbone("llava-onevision")(tmp_path / "ckpt", prompts, image_size=28)
+    tiny_checkpoints.write("llava-onevision", tmp_path / "ckpt", prompts, image_size=28)
     bb = hh.load_backbone(tmp_path / "ckpt")
     processor = bb.processor()
     ids = [np.tile(processor.prompt_ids(p, 3)[None], (2, 1)) for p in prompts]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from headhunt_jax import backbones, synthetic
+from headhunt_jax import synthetic, tiny_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def cli(*args, check=True):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    write = backbones.demo_backbone("internvl3")
+    write = tiny_checkpoints.writer("internvl3")
     return write(tmp_path_factory.mktemp("backbone") / "tiny", PROMPTS)
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from numerics import rel_err
 
 transformers = pytest.importorskip("transformers")
 
@@ -21,11 +22,6 @@ from headhunt_jax.backbones.qwen2_5_vl.config import (  # noqa: E402
 )
 
 TOL = 1e-4
-
-
-def rel_err(got, want):
-    want = np.asarray(want, np.float64)
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
 
 
 def tiny_vision(**kw):
@@ -533,10 +529,10 @@ def test_inputs_that_do_not_fit_are_refused(qwen):
 def tiny_qwen(tmp_path_factory):
     """The demo's tiny Qwen2.5-VL checkpoint (frames of at most 16 tokens)."""
     import headhunt_jax as hh
-    from headhunt_jax import backbones
+    from headhunt_jax import tiny_checkpoints
 
     path = tmp_path_factory.mktemp("tiny_qwen") / "ckpt"
-    backbones.demo_backbone("qwen2.5-vl")(path, ["Anything odd here?"])
+    tiny_checkpoints.write("qwen2.5-vl", path, ["Anything odd here?"])
     return hh.load_backbone(path)
 
 

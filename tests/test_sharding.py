@@ -17,9 +17,10 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
+from numerics import rel_err
 
 import headhunt_jax as hh
-from headhunt_jax import backbone, backbones, features, sharding
+from headhunt_jax import backbone, features, sharding, tiny_checkpoints
 from headhunt_jax.features import head_features_prompts
 
 hf = pytest.importorskip("hf_reference")
@@ -29,10 +30,6 @@ EIGHT_DEVICES = "--xla_force_host_platform_device_count=8" in os.environ.get("XL
 on_mesh = pytest.mark.skipif(
     not EIGHT_DEVICES, reason="needs 8 devices: run by test_on_8_simulated_devices"
 )
-
-
-def rel_err(got, want):
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
 
 
 @pytest.mark.skipif(EIGHT_DEVICES, reason="already on 8 devices")
@@ -227,7 +224,7 @@ def test_on_mesh_jit_of_head_features_equals_eager(divisible, batch, one_device_
     bb = hh.load_backbone(divisible, mesh=sharding.make_mesh(4, 2))
     got = jax.jit(hh.head_features)(bb, ids, pixels)
     assert rel_err(got, one_device_features) <= TOL
-    assert rel_err(got, hh.head_features(bb, ids, pixels)) <= TOL  # the same numbers, partitioned otherwise: float32 sums in another order
+    assert rel_err(got, hh.head_features(bb, ids, pixels)) <= TOL  # partitioned otherwise under jit: float32 sums in another order
 
 
 @on_mesh
@@ -373,7 +370,7 @@ def test_on_mesh_cli_extract_uses_every_device(tmp_path):
 def llava(tmp_path_factory):
     """A tiny LLaVA-OneVision checkpoint (the demo's) and a batch of 3 two-frame videos."""
     path = tmp_path_factory.mktemp("llava") / "ckpt"
-    backbones.demo_backbone("llava-onevision")(path, ["Anything odd here?"], image_size=28)
+    tiny_checkpoints.write("llava-onevision", path, ["Anything odd here?"], image_size=28)
     bb = hh.load_backbone(path)
     ids = np.tile(bb.processor().prompt_ids("Anything odd here?", 2)[None], (3, 1))
     videos = np.random.default_rng(1).standard_normal((3, 2, 3, 28, 28)).astype(np.float32)
@@ -395,7 +392,7 @@ def test_on_mesh_llava_onevision_matches_one_device(llava, shape):
 def qwen(tmp_path_factory):
     """The demo's tiny Qwen2.5-VL and a batch of 3 segments of 4 frames (one image each)."""
     path = tmp_path_factory.mktemp("qwen") / "ckpt"
-    backbones.demo_backbone("qwen2.5-vl")(path, ["Anything odd here?"])
+    tiny_checkpoints.write("qwen2.5-vl", path, ["Anything odd here?"])
     proc = hh.load_backbone(path).processor()
     ids = np.tile(proc.prompt_ids("Anything odd here?", 4, (56, 84))[None], (3, 1))
     frames = np.random.default_rng(1).standard_normal((3, 4, 3, 56, 84)).astype(np.float32)

@@ -21,7 +21,7 @@ import av
 import numpy as np
 import pytest
 
-from headhunt_jax import backbones, pipeline, stream, synthetic
+from headhunt_jax import pipeline, stream, synthetic, tiny_checkpoints
 from headhunt_jax.backbone import load_backbone
 from headhunt_jax.detector import Detector
 from headhunt_jax.locator import kernel_half_width, localize, smooth
@@ -74,7 +74,7 @@ def pipe_feed(path: Path, fps: float, **kw):
 def setup(tmp_path_factory):
     """(the tiny demo backbone, a detector on two of its heads, clips, their detect results)."""
     root = tmp_path_factory.mktemp("stream")
-    bb = load_backbone(backbones.demo_backbone("internvl3")(root / "backbone", [PROMPT]))
+    bb = load_backbone(tiny_checkpoints.write("internvl3", root / "backbone", [PROMPT]))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 2 * bb.head_dim)).astype(np.float32)
     detector = Detector(

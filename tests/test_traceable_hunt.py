@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import rel_err
 
 import headhunt_jax as hh
 from headhunt_jax import hunt
@@ -41,11 +42,6 @@ def heads(seed, dim=6, n=N):
     scale = rng.uniform(0.5, 2.0, size=(1, L, H, dim))
     features = np.where(labels[:, None, None, None] == 1, features * scale + shift, features)
     return features.astype(np.float32), labels
-
-
-def rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
 def assert_close(got, want):

@@ -1,8 +1,28 @@
-"""Backbone families, one folder each: its config (a frozen dataclass with a strict ``from_hf``,
-``from_dict`` and presets), its Flax module, its HF key table and its processor. ``FAMILIES``
-maps a checkpoint's ``model_type`` to its family; outside a family's folder nothing names one.
+"""Backbone families, one folder each; ``FAMILIES`` maps a checkpoint's ``model_type`` to its
+family; outside a family's folder nothing names one.
 
-The contract a family keeps:
+A family's folder holds the same files as every other:
+
+- ``config.py``: its configs (frozen dataclasses with a strict ``from_hf`` and ``from_dict``)
+  and ``PRESETS``, the released sizes' shapes;
+- ``modeling.py``: its Flax module (what it shares with other families lives in ``models/``: the
+  decoder, ``models.vision``'s patch embedding, ViT block and feature placement);
+- ``inputs.py``: ``init_inputs``, ``check_inputs`` and, where it has one, ``prepare``;
+- ``params.py``: its HF key table (``KEYS``);
+- ``processor.py``: frames + prompt -> the module's inputs;
+- ``tiny.py``: the demo's tiny checkpoints (config and tokenizer; ``tiny_checkpoints`` writes
+  them, above this package and ``backbone``);
+- ``__init__.py``: its ``register(Family(...))`` and the imports it needs;
+
+and files of its own for what these do not hold (a vision tower in ``vision.py``, InternVL's
+prompt, Qwen2.5-VL's rotary positions and pixel patches). The text family (Qwen2/Qwen3/Llama
+causal LMs, for checking the decoder's port) has ``modeling.py``, ``inputs.py`` and
+``__init__.py`` only: its config is the decoder's (``models.decoder.DecoderConfig``), its key
+table the decoder's (``weights.TEXT_TABLE``), and it has no processor nor demo checkpoint, since
+extraction needs vision. Its tests: ``tests/test_<family>.py``; ``tests/test_families.py`` checks
+every family against this contract.
+
+The contract a family keeps (``Family``, in ``registry``):
 
 - config: ``from_hf(config.json dict)``, ``from_dict(dataclasses.asdict(config))``, ``text`` (the
   decoder's ``DecoderConfig``) and ``vision_token_ids`` (the placeholder tokens that vision
@@ -20,107 +40,40 @@ The contract a family keeps:
   module's vision inputs, each prompt's positions), on the host, for families whose shapes or
   positions depend on data (image grids, M-RoPE); every array it returns has the batch first;
   ``attention_mask`` (generation: one left-padded prompt) marks the padding that positions skip;
+- ``keys``: the HF key table, one row for each parameter of the module;
 - ``checkpoint_config(config.json dict, checkpoint_dir)`` (optional): the dict completed with what
   a checkpoint format keeps outside config.json (InternVL's original format: its image token,
   from the tokenizer), before ``from_hf``;
 - ``processor(cfg, checkpoint_dir, image_size)``: decoded frames + a prompt -> the module's inputs
   (``Processor``), or None for a text-only family;
-- ``demo_backbones``: tiny random-weight checkpoints of the family for ``demo --backbone``.
+- ``demo_backbones``: the recipes of tiny random-weight checkpoints of the family for ``demo
+  --backbone`` (``TinyBackbone``).
 """
 
-import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
-
-import numpy as np
-
-from headhunt_jax.weights import KeyTable
-
-
-class Processor(Protocol):
-    """Turns one segment's frames and a prompt into a family's inputs.
-
-    ``frames``: how the video reader prepares each sampled frame (``VideoReader`` keyword
-    arguments: ``image_size``, an int for a square or a rule (height, width) -> (height, width)
-    for each video's own size, ``mean``, ``std``), giving float32 [F, 3, H, W] a segment;
-    ``prompt_ids(prompt, num_frames, size)``: input_ids [T] int32 for frames of ``size`` (H, W);
-    ``vision_inputs(pixels, frame_seconds)``: segments' pixels [B, F, 3, H, W] (and the seconds
-    between their sampled frames [B], for families that place frames in time) -> the module's
-    keyword inputs; ``spec``: what to record with features.
-    """
-
-    frames: Mapping[str, Any]
-    spec: Mapping[str, Any]
-
-    def prompt_ids(self, prompt: str, num_frames: int, size=None) -> np.ndarray: ...
-
-    def vision_inputs(self, pixels: np.ndarray, frame_seconds=None) -> dict[str, np.ndarray]: ...
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Family:
-    """A backbone family (see the module docstring for what each part does)."""
-
-    name: str  # recorded in converted checkpoints
-    model_types: tuple[str, ...]  # config.json's model_type values it reads
-    config_type: type
-    module: type
-    keys: KeyTable
-    init_inputs: Callable[[Any], dict]
-    check_inputs: Callable[[Any, np.ndarray, dict], None]
-    prepare: Callable[[Any, list, dict], tuple[dict, list | None]] | None = None
-    checkpoint_config: Callable[[dict, Any], dict] | None = None
-    processor: Callable[..., Processor] | None = None
-    presets: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    # Tiny random-weight checkpoints for the demo, by name: (out_dir, prompts, seed) -> directory.
-    demo_backbones: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
-
-
-FAMILIES: dict[str, Family] = {}
-
-
-def register(family: Family) -> Family:
-    for model_type in family.model_types:
-        if model_type in FAMILIES:
-            raise ValueError(f"model_type {model_type!r} has two families")
-        FAMILIES[model_type] = family
-    return family
-
-
-def for_model_type(model_type) -> Family:
-    if model_type not in FAMILIES:
-        raise ValueError(
-            f"unsupported model_type {model_type!r} (supported: {', '.join(FAMILIES)})"
-        )
-    return FAMILIES[model_type]
-
-
-def for_name(name: str) -> Family:
-    for family in FAMILIES.values():
-        if family.name == name:
-            return family
-    raise ValueError(f"unknown backbone family {name!r}")
-
-
-def for_config(cfg) -> Family:
-    for family in FAMILIES.values():
-        if type(cfg) is family.config_type:
-            return family
-    raise TypeError(f"no backbone family has the config type {type(cfg).__name__}")
-
-
-def demo_backbone(name: str) -> Callable[..., Any]:
-    """The writer of the tiny demo checkpoint ``name`` (``demo --backbone``)."""
-    known = {n: f for family in FAMILIES.values() for n, f in family.demo_backbones.items()}
-    if name not in known:
-        raise ValueError(f"no demo backbone {name!r} (known: {', '.join(sorted(known))})")
-    return known[name]
-
-
-def presets() -> dict[str, Any]:
-    """Every family's presets: {name: config}."""
-    return {name: cfg for f in FAMILIES.values() for name, cfg in f.presets.items()}
-
-
 # One line a family.
-from headhunt_jax.backbones import internvl, llava_onevision, qwen2_5_vl, text  # noqa: E402, F401
+from headhunt_jax.backbones import internvl, llava_onevision, qwen2_5_vl, text  # noqa: F401
+from headhunt_jax.backbones.registry import (
+    FAMILIES,
+    Family,
+    Processor,
+    TinyBackbone,
+    demo_backbone,
+    for_config,
+    for_model_type,
+    for_name,
+    presets,
+    register,
+)
+
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "Processor",
+    "TinyBackbone",
+    "demo_backbone",
+    "for_config",
+    "for_model_type",
+    "for_name",
+    "presets",
+    "register",
+]

@@ -16,7 +16,6 @@ its weights come in.
 import dataclasses
 from pathlib import Path
 
-from headhunt_jax.backbones.internvl.vision import VisionConfig
 from headhunt_jax.models.decoder import DecoderConfig, qwen2_config
 
 # The original's language models that this decoder is (its config's architectures[0]).
@@ -24,6 +23,76 @@ _CHAT_LANGUAGE_MODELS = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3
 # <IMG_CONTEXT>'s id in the released tokenizers (Qwen2.5's and Qwen3's vocabularies plus
 # InternVL's added tokens), for a checkpoint without its tokenizer.json.
 _IMAGE_TOKEN = {"qwen2": 151667, "qwen3": 151671}
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_layers: int = 24
+    num_heads: int = 16
+    image_size: int = 448
+    patch_size: int = 14
+    num_channels: int = 3
+    norm_type: str = "layer_norm"
+    layer_norm_eps: float = 1e-6
+    attention_bias: bool = True
+    use_qk_norm: bool = False
+    use_mean_pooling: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "VisionConfig":
+        def square(v, what):
+            v = list(v) if isinstance(v, list | tuple) else [v, v]
+            if v[0] != v[1]:
+                raise ValueError(f"non-square vision {what} {v} is not supported")
+            return int(v[0])
+
+        if cfg.get("norm_type", "layer_norm") not in ("layer_norm", "rms_norm"):
+            raise ValueError(f"unsupported vision norm_type {cfg['norm_type']!r}")
+        if cfg.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"unsupported vision hidden_act {cfg['hidden_act']!r}")
+        if not cfg.get("use_absolute_position_embeddings", True):
+            raise ValueError(
+                "vision configs without absolute position embeddings are not supported"
+            )
+        return cls(
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=cfg["num_attention_heads"],
+            image_size=square(cfg.get("image_size", 448), "image_size"),
+            patch_size=square(cfg.get("patch_size", 14), "patch_size"),
+            num_channels=cfg.get("num_channels", 3),
+            norm_type=cfg.get("norm_type", "layer_norm"),
+            layer_norm_eps=cfg.get("layer_norm_eps", 1e-6),
+            attention_bias=bool(cfg.get("attention_bias", False)),
+            use_qk_norm=bool(cfg.get("use_qk_norm", False)),
+            use_mean_pooling=bool(cfg.get("use_mean_pooling", True)),
+        )
+
+    @classmethod
+    def from_chat(cls, cfg: dict) -> "VisionConfig":
+        """From InternVLChatModel's ``vision_config`` (InternViT's own names). Its tower has no
+        final norm (``use_mean_pooling`` here); drop path and flash attention change nothing
+        at inference."""
+        if cfg.get("use_moe"):
+            raise ValueError("a mixture-of-experts vision tower (use_moe) is not supported")
+        if cfg.get("qk_normalization") and cfg.get("layer_norm_eps", 1e-6) != 1e-6:
+            raise ValueError(
+                "qk_normalization with layer_norm_eps other than 1e-6 is not supported"
+            )
+        hf = {
+            **cfg,
+            "attention_bias": cfg.get("qkv_bias", False),
+            "use_qk_norm": cfg.get("qk_normalization", False),
+            "use_mean_pooling": True,
+        }
+        return cls.from_hf(hf)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from headhunt_jax.backbones.internvl.vision import InternViT
 from headhunt_jax.models.decoder import Decoder
 from headhunt_jax.models.family import FamilyModule
 from headhunt_jax.models.layers import Einsum, LayerNorm
+from headhunt_jax.models.vision import place_features
 
 
 def pixel_shuffle(x, ratio: float):
@@ -67,8 +68,6 @@ class InternVL(FamilyModule):
         embeds = self.language_model.embed(input_ids)
         if pixel_values is not None:
             images = self.image_embeddings(pixel_values)
-            images = images.reshape(-1, images.shape[-1]).astype(embeds.dtype)
-            is_image = input_ids == self.cfg.image_token_id
-            slot = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, images.shape[0] - 1)
-            embeds = jnp.where(is_image[..., None], images[slot].reshape(embeds.shape), embeds)
+            images = images.reshape(-1, images.shape[-1])
+            embeds = place_features(embeds, input_ids, self.cfg.image_token_id, images)
         return embeds

@@ -1,16 +1,11 @@
 """LLaVA-OneVision in Flax, as transformers' ``LlavaOnevisionForConditionalGeneration``.
 
-SigLIP tower (patch embedding as one matmul over flattened patches, learned position
-embeddings, pre-LN blocks with a GELU MLP) -> the selected hidden states (concatenated when
-several) -> projector (linear, GELU, linear) -> for videos, 2x2 bilinear pooling of each frame's
-grid (torch's ``interpolate(..., mode="bilinear")``, align_corners False, no antialiasing) and one
+SigLIP tower (``vision.py``) -> the selected hidden states (concatenated when several) ->
+projector (linear, GELU, linear) -> for videos, 2x2 bilinear pooling of each frame's grid
+(torch's ``interpolate(..., mode="bilinear")``, align_corners False, no antialiasing) and one
 ``image_newline`` a video; for a base-size image, the base view followed by the unpadded tile
 with a newline a row -> embeddings placed at the ``<video>`` / ``<image>`` positions -> the
 shared Qwen2 ``Decoder``.
-
-SigLIP's ``post_layernorm`` is never applied to the features: transformers selects from the
-encoder's hidden states, and SigLIP does not tie the last of them to the normed output. Its
-parameters exist (the checkpoint has them) and the layer runs only at init.
 """
 
 import math
@@ -21,138 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from headhunt_jax.backbones.llava_onevision.config import (
-    GELU_TANH,
-    LlavaOnevisionConfig,
-    SiglipConfig,
-)
-from headhunt_jax.models import stack
+from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig
+from headhunt_jax.backbones.llava_onevision.vision import SiglipVisionTower
 from headhunt_jax.models.decoder import Decoder
 from headhunt_jax.models.family import FamilyModule
-from headhunt_jax.models.layers import (
-    Einsum,
-    LayerNorm,
-    attention,
-    output_projection,
-    qkv_projections,
-)
-
-
-def _gelu(name: str):
-    return lambda x: nn.gelu(x, approximate=GELU_TANH[name])
-
-
-class PatchEmbed(nn.Module):
-    """A stride-p, size-p 'valid' convolution as one matmul over flattened patches.
-
-    [B, C, S, S] -> [B, (S//p)^2, E] (pixels past the last whole patch are not read, as the
-    convolution does not); kernel [C, p, p, E] (the HF conv weight, transposed).
-    """
-
-    patch: int
-    features: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        b, c, s, _ = x.shape
-        p, g = self.patch, s // self.patch
-        init = nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), ("channels", "patch", "patch", "embed")
-        )
-        kernel = self.param("kernel", init, (c, p, p, self.features), self.dtype)
-        bias = self.param(
-            "bias",
-            nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            (self.features,),
-            self.dtype,
-        )
-        patches = (
-            x[:, :, : g * p, : g * p]
-            .reshape(b, c, g, p, g, p)
-            .transpose(0, 2, 4, 1, 3, 5)
-            .reshape(b, g * g, c * p * p)
-        )
-        return patches @ kernel.reshape(c * p * p, self.features) + bias
-
-
-class SiglipAttention(nn.Module):
-    cfg: SiglipConfig
-    dtype: Any = jnp.float32
-    attention_impl: str = "chunked"
-
-    @nn.compact
-    def __call__(self, x):
-        cfg = self.cfg
-        e, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-
-        q, k, v = qkv_projections(x, n, h, True, self.dtype)
-        out = attention(q, k, v, causal=False, impl=self.attention_impl)
-        return output_projection(out, e, self.dtype)
-
-
-class SiglipLayer(nn.Module):
-    cfg: SiglipConfig
-    dtype: Any = jnp.float32
-    attention_impl: str = "chunked"
-
-    @nn.compact
-    def __call__(self, x):
-        cfg = self.cfg
-        e, m, eps = cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps
-        h = LayerNorm(eps, dtype=self.dtype, name="norm1")(x)
-        x = x + SiglipAttention(cfg, self.dtype, self.attention_impl, name="attn")(h)
-        h = LayerNorm(eps, dtype=self.dtype, name="norm2")(x)
-        h = Einsum("BTE,EM->BTM", (e, m), ("embed", "mlp"), ("mlp",), self.dtype, name="fc1")(h)
-        h = _gelu(cfg.hidden_act)(h)
-        h = Einsum("BTM,ME->BTE", (m, e), ("mlp", "embed"), ("embed",), self.dtype, name="fc2")(h)
-        return x + h
-
-
-class SiglipVisionTower(nn.Module):
-    """pixel_values [B, C, S, S] (HF layout, S the base resolution) -> the hidden states asked
-    for: a tuple, one [B, (S//p)^2, E] per index of ``layers`` (0: the embeddings, i: after
-    layer i). Layers after the deepest one asked for are skipped. The layers' parameters are
-    stacked (``layers/...``, see ``models/stack.py``) and run as scans; ``post_layernorm`` runs
-    only at init, so that each checkpoint tensor has its parameter."""
-
-    cfg: SiglipConfig
-    dtype: Any = jnp.float32
-    attention_impl: str = "chunked"
-
-    @nn.compact
-    def __call__(self, pixel_values, layers: tuple[int, ...]):
-        cfg = self.cfg
-        e, p, c, s = cfg.hidden_size, cfg.patch_size, cfg.num_channels, cfg.image_size
-        if tuple(pixel_values.shape[1:]) != (c, s, s):
-            raise ValueError(
-                f"pixel_values {tuple(pixel_values.shape)}: expected [images, {c}, {s}, {s}] (the "
-                "base resolution; SigLIP's position embeddings are not interpolated)"
-            )
-        x = PatchEmbed(p, e, self.dtype, name="patch_embed")(pixel_values.astype(self.dtype))
-        pos = self.param(
-            "position_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("positions", "embed")),
-            (cfg.num_patches, e),
-            self.dtype,
-        )
-        x = x + pos[None]
-        block = SiglipLayer(cfg, self.dtype, self.attention_impl, parent=None)
-        example = jnp.zeros((1, 1, e), self.dtype)
-        params = self.param(stack.LAYERS, stack.stacked(block, cfg.num_layers, example))
-
-        def run(x):
-            kept, done = {0: x}, 0
-            for stop in sorted(set(layers) - {0}):  # one scan up to each kept layer
-                x, _ = stack.scan(
-                    lambda p, _, x: (block.apply({"params": p}, x), None), params, x, done, stop
-                )
-                kept[stop], done = x, stop
-            return tuple(kept[i] for i in layers)
-
-        if self.is_initializing():
-            LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="post_layernorm")(x)
-        return stack.over_images(run, x)
+from headhunt_jax.models.layers import Einsum
+from headhunt_jax.models.vision import ACTIVATIONS, place_features
 
 
 def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
@@ -196,17 +65,8 @@ class Projector(nn.Module):
         x = Einsum("BTD,DE->BTE", (d, e), ("vision_mlp", "embed"), b, self.dtype, name="linear_1")(
             x
         )
-        x = _gelu(self.act)(x)
+        x = ACTIVATIONS[self.act](x)
         return Einsum("BTD,DE->BTE", (e, e), ("mlp", "embed"), b, self.dtype, name="linear_2")(x)
-
-
-def _place(embeds, input_ids, token_id, features):
-    """Writes features [K, E] over the positions of ``token_id`` in reading order (the caller
-    checks that there are K of them)."""
-    mask = input_ids == token_id
-    slot = jnp.clip(jnp.cumsum(mask.reshape(-1)) - 1, 0, features.shape[0] - 1)
-    placed = features.astype(embeds.dtype)[slot].reshape(embeds.shape)
-    return jnp.where(mask[..., None], placed, embeds)
 
 
 class LlavaOnevision(FamilyModule):
@@ -309,60 +169,9 @@ class LlavaOnevision(FamilyModule):
                 raise ValueError("pixel_values need image_sizes ([images, 2]: height, width)")
             num = int(np.prod(input_ids.shape))  # an upper bound; only the image slots are read
             images = self.image_embeddings(pixel_values, image_sizes, num)
-            embeds = _place(embeds, input_ids, cfg.image_token_id, images)
+            embeds = place_features(embeds, input_ids, cfg.image_token_id, images)
         if pixel_values_videos is not None:
             videos = self.video_embeddings(pixel_values_videos)
             videos = videos.reshape(-1, videos.shape[-1])
-            embeds = _place(embeds, input_ids, cfg.video_token_id, videos)
+            embeds = place_features(embeds, input_ids, cfg.video_token_id, videos)
         return embeds
-
-
-def check_inputs(
-    cfg: LlavaOnevisionConfig,
-    input_ids,
-    pixel_values=None,
-    image_sizes=None,
-    pixel_values_videos=None,
-) -> None:
-    """Raises a clear ValueError when the inputs do not fit together (host-side: the counts are
-    data, which the jitted model cannot check)."""
-    ids = np.asarray(input_ids)
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, tokens], got shape {ids.shape}")
-    s = cfg.image_size
-    n_image = int((ids == cfg.image_token_id).sum())
-    want = 0
-    if pixel_values is not None:
-        if image_sizes is None:
-            raise ValueError("pixel_values need image_sizes ([images, 2]: height, width)")
-        sizes = np.asarray(image_sizes).reshape(-1, 2)
-        shape = np.shape(pixel_values)
-        n_img = shape[0] if len(shape) == 5 else shape[0] // 2
-        if len(shape) not in (4, 5) or len(sizes) != n_img or tuple(shape[-3:]) != (3, s, s):
-            raise ValueError(
-                f"pixel_values {shape} / image_sizes {sizes.shape}: expected [images, 2, 3, {s}, "
-                f"{s}] and [images, 2]"
-            )
-        big = [tuple(int(v) for v in hw) for hw in sizes if max(hw) > s or min(hw) < 1]
-        if big:
-            raise ValueError(
-                f"images of size {big} (height, width): only images no larger than the base "
-                f"resolution {s} x {s} are supported (anyres tiling is not implemented)"
-            )
-        want = sum(cfg.image_tokens(int(h), int(w)) for h, w in sizes)
-    if n_image != want:
-        raise ValueError(
-            f"input_ids hold {n_image} image tokens (id {cfg.image_token_id}), the images need {want}"
-        )
-    n_video = int((ids == cfg.video_token_id).sum())
-    want = 0
-    if pixel_values_videos is not None:
-        shape = np.shape(pixel_values_videos)
-        if len(shape) != 5 or tuple(shape[2:]) != (3, s, s):
-            raise ValueError(f"pixel_values_videos {shape}: expected [videos, frames, 3, {s}, {s}]")
-        want = shape[0] * cfg.video_tokens(shape[1])
-    if n_video != want:
-        raise ValueError(
-            f"input_ids hold {n_video} video tokens (id {cfg.video_token_id}), the videos need "
-            f"{want}"
-        )

@@ -1,5 +1,4 @@
-"""LLaVA-OneVision checkpoints' keys (``LlavaOnevisionForConditionalGeneration``) -> params, the
-dummy inputs that create every parameter (``backbone.load_backbone`` reads checkpoints with them).
+"""LLaVA-OneVision checkpoints' keys (``LlavaOnevisionForConditionalGeneration``) -> params.
 
 Key layouts: transformers v5's ``save_pretrained`` writes the legacy layout the released
 llava-hf checkpoints have (``language_model.model.*``, ``vision_tower.*``,
@@ -9,10 +8,7 @@ its in-memory layout (``model.language_model.*``, ``model.vision_tower.*``, ...,
 (transformers v4 ``SiglipVisionModel``) or not (v5).
 """
 
-import jax.numpy as jnp
-
 from headhunt_jax import weights as w
-from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig
 
 _V = r"vision\.(?:vision_model\.)?"
 _L = _V + r"encoder\.layers\.(\d+)\."
@@ -55,18 +51,3 @@ KEYS = w.KeyTable(
         ("lm_head.", "lm_head."),
     ],
 )
-
-
-def init_inputs(cfg: LlavaOnevisionConfig) -> dict:
-    """The smallest call that creates every parameter: a one-frame video (the video path uses
-    the tower, the projector and ``image_newline``), for ``model.init(key, **inputs)``."""
-    v = cfg.vision
-    return {
-        "input_ids": jnp.full((1, cfg.video_tokens(1)), cfg.video_token_id, jnp.int32),
-        "pixel_values_videos": jnp.zeros(
-            (1, 1, v.num_channels, v.image_size, v.image_size), jnp.float32
-        ),
-    }
-
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

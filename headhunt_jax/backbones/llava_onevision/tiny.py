@@ -1,24 +1,19 @@
-"""A tiny LLaVA-OneVision backbone with fixed-seed random weights and a small byte-level BPE
-tokenizer, for the demo and the tests: the pipeline runs for real, the weights are not."""
+"""A tiny LLaVA-OneVision backbone for the demo and the tests: a small config and a small
+byte-level BPE tokenizer (``tiny_checkpoints`` gives them fixed-seed random weights): the
+pipeline runs for real, the weights are not."""
 
-from pathlib import Path
-
-from headhunt_jax import files
 from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig, SiglipConfig
 from headhunt_jax.backbones.llava_onevision.processor import VIDEO_TOKEN, chat_text
+from headhunt_jax.backbones.registry import TinyBackbone
 from headhunt_jax.models.decoder import tiny_decoder
 from headhunt_jax.models.tokenizer import tiny_tokenizer
 
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<image>", VIDEO_TOKEN)
 
 
-def tiny_backbone(out_dir, prompts, image_size: int = 112, seed: int = 0) -> Path:
-    """Writes a tiny LLaVA-OneVision-architecture backbone (SigLIP, projector, 2x2 pooling and
-    newline, Qwen2; random weights, fixed seed) to ``out_dir`` as a converted checkpoint with
-    its tokenizer; returns the directory."""
-    from headhunt_jax import backbone
-
-    out_dir = Path(out_dir)
+def tiny_backbone(prompts, image_size: int = 112) -> TinyBackbone:
+    """A tiny LLaVA-OneVision-architecture backbone (SigLIP, projector, 2x2 pooling and newline,
+    Qwen2) with a tokenizer for ``prompts``."""
     tok = tiny_tokenizer([chat_text(p) for p in prompts], SPECIAL_TOKENS)
     cfg = LlavaOnevisionConfig(
         vision=SiglipConfig(
@@ -28,10 +23,4 @@ def tiny_backbone(out_dir, prompts, image_size: int = 112, seed: int = 0) -> Pat
         image_token_id=tok.token_to_id("<image>"),
         video_token_id=tok.token_to_id(VIDEO_TOKEN),
     )
-    model = backbone.make_model(cfg)
-    params = backbone.random_params(model, seed)
-    bb = backbone.Backbone(model, params, "tiny-llava-onevision-random")
-    backbone.save_converted(bb, out_dir)
-    tok.save(str(out_dir / "tokenizer.json"))
-    files.write_manifest(out_dir)  # the tokenizer too, not only what save_converted wrote
-    return out_dir
+    return TinyBackbone(cfg, tok, "tiny-llava-onevision-random")

@@ -2,17 +2,13 @@
 ViT on flat patches of images at their own resolution, a patch merger and a Qwen2 decoder with
 3-D rotary positions (M-RoPE)."""
 
-from headhunt_jax.backbones import Family, register
 from headhunt_jax.backbones.qwen2_5_vl.config import PRESETS, Qwen25VLConfig
-from headhunt_jax.backbones.qwen2_5_vl.modeling import (
-    Qwen25VL,
-    check_inputs,
-    init_inputs,
-    prepare,
-)
+from headhunt_jax.backbones.qwen2_5_vl.inputs import check_inputs, init_inputs, prepare
+from headhunt_jax.backbones.qwen2_5_vl.modeling import Qwen25VL
 from headhunt_jax.backbones.qwen2_5_vl.params import KEYS
 from headhunt_jax.backbones.qwen2_5_vl.processor import processor as make_processor
 from headhunt_jax.backbones.qwen2_5_vl.tiny import tiny_backbone
+from headhunt_jax.backbones.registry import Family, register
 
 FAMILY = register(
     Family(

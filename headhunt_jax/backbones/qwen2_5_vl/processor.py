@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+import headhunt_jax.backbones.qwen2_5_vl.processor_pixels as pp
 from headhunt_jax import files
-from headhunt_jax.backbones.qwen2_5_vl import processor_pixels as pp
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VLConfig
 from headhunt_jax.errors import InputError
 from headhunt_jax.models.tokenizer import load_tokenizer

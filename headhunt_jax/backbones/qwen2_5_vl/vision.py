@@ -27,13 +27,7 @@ import numpy as np
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VisionConfig
 from headhunt_jax.models import stack
 from headhunt_jax.models.layers import Einsum, RMSNorm, attention, output_projection
-
-_ACT = {
-    "silu": nn.silu,
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
-}
+from headhunt_jax.models.vision import ACTIVATIONS, embed_patches, patch_kernel
 
 
 def grids(grid_thw) -> list[tuple[int, int, int]]:
@@ -219,7 +213,7 @@ class VisionBlock(nn.Module):
 
         gate = mlp("gate_proj", (e, m), ("embed", "mlp"), ("mlp",))(h)
         up = mlp("up_proj", (e, m), ("embed", "mlp"), ("mlp",))(h)
-        h = _ACT[cfg.hidden_act](gate) * up
+        h = ACTIVATIONS[cfg.hidden_act](gate) * up
         return x + mlp("down_proj", (m, e), ("mlp", "embed"), ("embed",))(h)
 
 
@@ -266,15 +260,8 @@ class Qwen25VisionTower(nn.Module):
         if pixels.shape[1] % window_slots(cfg):
             raise ValueError(f"{pixels.shape[1]} slots are not whole windows: use batch_layout")
         c, t, p, e = cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.hidden_size
-        kernel = self.param(
-            "patch_embed",
-            nn.with_logical_partitioning(
-                nn.initializers.normal(0.02), ("channels", "patch", "patch", "patch", "embed")
-            ),
-            (c, t, p, p, e),
-            self.dtype,
-        )
-        x = pixels.astype(self.dtype) @ kernel.reshape(cfg.patch_dim, e)
+        kernel = patch_kernel(self, "patch_embed", (c, t, p, p, e), self.dtype)
+        x = embed_patches(pixels.astype(self.dtype), kernel)
         cos, sin = rotary(cfg, positions)
         block = VisionBlock(cfg, self.dtype, self.attention_impl, parent=None)
         s = window_slots(cfg)

@@ -81,7 +81,7 @@ def _load_backbone(args):
 @contextlib.contextmanager
 def _names(detector_dir):
     """A backbone that the detector refuses is an error that names the detector."""
-    from headhunt_jax.pipeline import IncompatibleBackbone
+    from headhunt_jax.detection import IncompatibleBackbone
 
     try:
         yield
@@ -190,7 +190,7 @@ def _dataset(args):
 def _truth(args):
     """(events, labels) for hunt and fit: from the dataset listing (events of the annotated test
     videos, every video's label), or from --annotations (labels then come from the stores)."""
-    from headhunt_jax import pipeline
+    from headhunt_jax.annotations import read_annotations
 
     if args.dataset:
         if args.annotations:
@@ -200,7 +200,7 @@ def _truth(args):
         return events, {i.key: i.label for i in items}
     if args.root:
         raise CliError("--root given without --dataset")
-    return (pipeline.read_annotations(args.annotations) if args.annotations else None), None
+    return (read_annotations(args.annotations) if args.annotations else None), None
 
 
 def _print_failures(failures) -> int:
@@ -222,8 +222,8 @@ def _convert(args):
 
 
 def _extract(args):
+    from headhunt_jax.experts import load_heads
     from headhunt_jax.extract import extract_features
-    from headhunt_jax.pipeline import load_heads
 
     empty = [i + 1 for i, p in enumerate(args.prompt) if not p.strip()]
     if empty:
@@ -285,12 +285,12 @@ def _extract(args):
 
 
 def _hunt(args):
-    from headhunt_jax import pipeline, plots
+    from headhunt_jax import experts, plots
     from headhunt_jax.store import FeatureStore
 
     events, labels = _truth(args)
     stores = [FeatureStore(s) for s in args.stores]
-    result = pipeline.hunt(
+    result = experts.hunt(
         stores, args.k, args.lam, events, args.max_clips, _local_mesh(), labels=labels
     )
     out = Path(args.out)
@@ -305,14 +305,15 @@ def _hunt(args):
 
 
 def _fit(args):
-    from headhunt_jax import pipeline
+    from headhunt_jax.experts import load_heads
+    from headhunt_jax.fitting import fit
     from headhunt_jax.store import FeatureStore
 
     events, labels = _truth(args)
     validation = FeatureStore(args.validation) if args.validation else None
-    detector = pipeline.fit(
+    detector = fit(
         FeatureStore(args.store),
-        pipeline.load_heads(args.heads),
+        load_heads(args.heads),
         events,
         args.scorer,
         validation,
@@ -348,9 +349,9 @@ def _png(draw) -> bytes:
 
 
 def _scored(args, bb, detector, videos, root):
-    """``pipeline.detect`` in ``--work`` (default: a temporary folder); with ``--report``, the
+    """``detection.detect`` in ``--work`` (default: a temporary folder); with ``--report``, the
     segments' thumbnails come from the same decoding pass. -> (results, failures, thumbnails)"""
-    from headhunt_jax import pipeline, report
+    from headhunt_jax import detection, report
     from headhunt_jax.store import FeatureStore
 
     explainer = None
@@ -361,7 +362,7 @@ def _scored(args, bb, detector, videos, root):
         explainer = Explainer(bb, detector, questions, args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp, _names(args.detector):
         work = args.work or tmp
-        results, failures = pipeline.detect(
+        results, failures = detection.detect(
             bb,
             detector,
             videos,
@@ -374,7 +375,7 @@ def _scored(args, bb, detector, videos, root):
         )
         thumbnails = {}
         if args.report and results:
-            thumbnails = pipeline.thumbnails(FeatureStore(work), [r["video"] for r in results])
+            thumbnails = detection.thumbnails(FeatureStore(work), [r["video"] for r in results])
     return results, failures, thumbnails
 
 
@@ -451,7 +452,7 @@ def _detect(args):
 
 
 def _evaluate(args):
-    from headhunt_jax import pipeline
+    from headhunt_jax.evaluation import evaluate
 
     detector = _detector(args)
     root, items = _dataset(args)
@@ -462,7 +463,7 @@ def _evaluate(args):
         raise CliError(f"{root}: no video of the {args.split} split could be read")
     events = {item.key: item.events for item in items}
     labels = {item.key: item.label for item in items}
-    metrics = pipeline.evaluate(results, events, sigma=detector.sigma, labels=labels)
+    metrics = evaluate(results, events, sigma=detector.sigma, labels=labels)
     per_video = metrics.pop("per_video")
     report = {
         "dataset": args.dataset,
@@ -491,11 +492,12 @@ def _evaluate(args):
 
 
 def _evaluation_report(args, detector, results, failures, thumbnails, events, labels, metrics):
-    from headhunt_jax import pipeline, plots, report
+    from headhunt_jax import plots, report
     from headhunt_jax.annotations import video_key
+    from headhunt_jax.evaluation import frame_curves
 
     ids = [r["video"] for r in results]
-    curves = pipeline.frame_curves(results, events, sigma=detector.sigma)
+    curves = frame_curves(results, events, sigma=detector.sigma)
     auc, ap = metrics["roc_auc"], metrics["average_precision"]
     by_id = {v: labels[video_key(v)] for v in ids}
     report.write_report(

@@ -38,10 +38,15 @@ def run_demo(
     import json
     import time
 
-    from headhunt_jax import pipeline, plots, synthetic
+    from headhunt_jax import plots, synthetic
     from headhunt_jax import report as report_page
+    from headhunt_jax.annotations import read_annotations
     from headhunt_jax.backbone import load_backbone
+    from headhunt_jax.detection import detect, thumbnails
+    from headhunt_jax.evaluation import evaluate, frame_curves
+    from headhunt_jax.experts import hunt
     from headhunt_jax.extract import extract_features
+    from headhunt_jax.fitting import fit
     from headhunt_jax.store import FeatureStore
 
     start = time.perf_counter()
@@ -54,7 +59,7 @@ def run_demo(
     videos = synthetic.make_videos(
         out / "clips", num_normal=per_class, num_anomalous=per_class, seed=seed
     )
-    events = pipeline.read_annotations(out / "clips" / "annotations.txt")
+    events = read_annotations(out / "clips" / "annotations.txt")
     # Every other video (of each class and each anomaly kind) hunts and fits; the rest is held out.
     train = [v.path for v in videos[0::2]]
     test = [v.path for v in videos[1::2]]
@@ -79,14 +84,14 @@ def run_demo(
         raise ValueError(report.summary())
     stores = [FeatureStore(s) for s in report.stores]
     say("4/7 hunting expert heads")
-    hunted = pipeline.hunt(stores, k=5, lam=0.5, events=events)
+    hunted = hunt(stores, k=5, lam=0.5, events=events)
     (out / "heads.json").write_text(json.dumps(hunted.to_json(), indent=1))
     figures = plots.hunt_figures(hunted, out / "rss_heatmap.png")
     say("5/7 fitting the scorer and calibrating the locator")
-    detector = pipeline.fit(stores[0], hunted.heads, events)
+    detector = fit(stores[0], hunted.heads, events)
     detector.save(out / "detector", overwrite=True)
     say(f"6/7 detecting on {len(test)} held-out videos")
-    results, failures = pipeline.detect(
+    results, failures = detect(
         bb,
         detector,
         test,
@@ -103,9 +108,9 @@ def run_demo(
     for r in results:
         plots.timeline(r, out / "timelines" / f"{Path(r['video']).stem}.png", truth[r["video"]])
     say("7/7 evaluating frame-level ROC AUC and AP")
-    metrics = pipeline.evaluate(results, events, sigma=detector.sigma)
+    metrics = evaluate(results, events, sigma=detector.sigma)
     auc, ap = metrics["roc_auc"], metrics["average_precision"]
-    curves = pipeline.frame_curves(results, events, sigma=detector.sigma)
+    curves = frame_curves(results, events, sigma=detector.sigma)
     figures["Frame-level ROC and precision-recall curves"] = plots.roc_pr(
         curves, out / "roc_pr.png", auc, ap
     )
@@ -124,7 +129,7 @@ def run_demo(
         metrics=report_page.metrics_table(metrics),
         truth=truth,
         labels=video_labels,
-        thumbnails=pipeline.thumbnails(FeatureStore(out / "detect_features"), list(truth)),
+        thumbnails=thumbnails(FeatureStore(out / "detect_features"), list(truth)),
         plots=figures,
     )
     report = {

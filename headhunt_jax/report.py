@@ -323,7 +323,7 @@ def write_report(
 ) -> Path:
     """Writes the page (see the module docstring) to ``path`` and returns it.
 
-    ``results``: ``pipeline.video_result`` dicts; ``truth``: {video id: [(start, end) frames]}
+    ``results``: ``detection.video_result`` dicts; ``truth``: {video id: [(start, end) frames]}
     of the annotated events, ``labels``: {video id: 0/1}, where known; ``thumbnails``: {video id:
     a JPEG a segment}; ``plots``: {caption: PNG bytes or file}; ``facts`` (the run: detector,
     backbone, sigma, tau) and ``metrics`` (name: value): shown as given; ``failures``:
@@ -376,7 +376,7 @@ def write_report(
 
 
 def metrics_table(metrics: Mapping) -> dict[str, object]:
-    """The headline figures of ``pipeline.evaluate``'s metrics, named for people."""
+    """The headline figures of ``evaluation.evaluate``'s metrics, named for people."""
     rows = {
         "frame-level ROC AUC": metrics["roc_auc"],
         "frame-level AP": metrics["average_precision"],

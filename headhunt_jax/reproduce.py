@@ -34,13 +34,18 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from headhunt_jax import __version__, files, pipeline, plots
+from headhunt_jax import __version__, files, plots
 from headhunt_jax import report as report_page
 from headhunt_jax.annotations import video_key
 from headhunt_jax.datasets import VideoItem, calibration_subset, load_dataset
+from headhunt_jax.detection import check_compatible, detections, thumbnails
 from headhunt_jax.detector import Detector
 from headhunt_jax.errors import InputError
+from headhunt_jax.evaluation import evaluate, frame_curves
+from headhunt_jax.experts import hunt as hunt_heads
+from headhunt_jax.experts import load_heads
 from headhunt_jax.extract import Failure, extract_features, video_ids
+from headhunt_jax.fitting import fit as fit_detector
 from headhunt_jax.store import SPEC_FILE, FeatureStore
 
 
@@ -203,7 +208,7 @@ def reproduce(
     heads_file = out / "heads.json"
 
     def hunt():
-        result = pipeline.hunt(
+        result = hunt_heads(
             stores, protocol.k, protocol.lam, max_clips=protocol.max_clips, labels=labels
         )
         heads_file.write_text(
@@ -212,7 +217,7 @@ def reproduce(
         plots.hunt_figures(result, out / "rss_heatmap.png")
 
     stages.run("hunt", heads_file.exists(), hunt)
-    heads = pipeline.load_heads(heads_file)
+    heads = load_heads(heads_file)
 
     validation = out / "features" / "validation"
     stages.run(
@@ -224,7 +229,7 @@ def reproduce(
     detector_dir = out / "detector"
 
     def fit():
-        detector = pipeline.fit(
+        detector = fit_detector(
             stores[0],
             heads,
             kind=protocol.scorer,
@@ -239,7 +244,7 @@ def reproduce(
     test = out / "features" / "test"
 
     def test_features():
-        pipeline.check_compatible(bb(), detector)
+        check_compatible(bb(), detector)
         features(
             "test",
             detector.prompt,
@@ -250,11 +255,11 @@ def reproduce(
 
     stages.run("test", _stored([test], ids["test"]), test_features)
     store = FeatureStore(test)
-    results = pipeline.detections(detector, store, [i for i in ids["test"] if i in store])
+    results = detections(detector, store, [i for i in ids["test"] if i in store])
     if not results:
         raise InputError(f"{root}: no test video could be read")
     (out / "detections.json").write_text(json.dumps(results, indent=1))
-    metrics = pipeline.evaluate(results, events, sigma=detector.sigma, labels=labels)
+    metrics = evaluate(results, events, sigma=detector.sigma, labels=labels)
     per_video, video_level = metrics.pop("per_video"), metrics.pop("video_level")
     (out / "per_video.json").write_text(json.dumps(per_video, indent=1))
     report = {
@@ -275,7 +280,7 @@ def reproduce(
         "protocol": dataclasses.asdict(protocol),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    curves = pipeline.frame_curves(results, events, sigma=detector.sigma)
+    curves = frame_curves(results, events, sigma=detector.sigma)
     plots.roc_pr(curves, out / "roc_pr.png", metrics["roc_auc"], metrics["average_precision"])
     by_id = {r["video"]: labels[video_key(r["video"])] for r in results}
     plots.score_summary(results, out / "scores.png", by_id)
@@ -304,7 +309,7 @@ def _page(html, out, protocol, detector, results, store, events, labels, metrics
         metrics=report_page.metrics_table(metrics),
         truth={v: events.get(video_key(v), []) for v in ids},
         labels=labels,
-        thumbnails=pipeline.thumbnails(store, ids),
+        thumbnails=thumbnails(store, ids),
         plots={c: out / f"{n}.png" for n, c in captions.items() if (out / f"{n}.png").exists()},
         failures=failures,
     )

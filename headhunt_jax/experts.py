@@ -8,6 +8,7 @@ values at the edge.
 """
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -165,6 +166,14 @@ def head_sample(x, labels, heads, rss, prompt: str) -> HeadSample:
         layer_heads=x[:, layer].reshape(len(x), -1),
         prompt=prompt,
     )
+
+
+def write_heads(path, result: HuntResult, **settings) -> None:
+    """The heads file of a hunt: ``HuntResult.to_json`` and the ``settings`` it ran with (k,
+    lam), as ``load_heads`` reads it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result.to_json(), **settings}, indent=1))
 
 
 def load_heads(path) -> np.ndarray:

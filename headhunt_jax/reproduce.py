@@ -35,12 +35,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from headhunt_jax import __version__, detection, experts, files, fitting, plots, run_report
-from headhunt_jax import report as report_page
 from headhunt_jax.datasets import VideoItem, calibration_subset, load_dataset
 from headhunt_jax.detector import Detector
 from headhunt_jax.errors import InputError
 from headhunt_jax.evaluation import evaluate, frame_curves
 from headhunt_jax.extract import Failure, extract_features, video_ids
+from headhunt_jax.report import THUMBNAIL_HEIGHT
 from headhunt_jax.store import SPEC_FILE, FeatureStore
 
 
@@ -282,7 +282,7 @@ def _test(run: _Run, stages: _Stages, detector: Detector, thumbnails: bool) -> F
             detector.prompt,
             test,
             heads=detector.expert_heads,
-            thumbnail_height=report_page.THUMBNAIL_HEIGHT if thumbnails else None,
+            thumbnail_height=THUMBNAIL_HEIGHT if thumbnails else None,
         )
 
     stages.run("test", _stored([test], run.ids["test"]), test_features)

@@ -2,7 +2,7 @@
 region or outside it.
 
 The demo's pieces (``synthetic.make_videos``, the tiny random-weight backbone, extraction under two
-prompts, ``pipeline.hunt``, ``pipeline.fit``, ``pipeline.detect``), or a demo output folder
+prompts, ``experts.hunt``, ``fitting.fit``, ``detection.detect``), or a demo output folder
 (``--demo-out demo_out``: its clips, backbone, detector and ``detections.json``). For each
 anomalous held-out video whose anomaly has a region smaller than the frame, two segments:
 ``peak``, the detector's highest smoothed score (its events' peak), and ``event``, the segment
@@ -33,7 +33,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from headhunt_jax import backbones, pipeline, synthetic
+from headhunt_jax import detection, experts, fitting, synthetic, tiny_checkpoints
+from headhunt_jax.annotations import read_annotations
 from headhunt_jax.attribution import head_attribution
 from headhunt_jax.backbone import load_backbone
 from headhunt_jax.detector import Detector
@@ -50,10 +51,10 @@ def run_pieces(work: Path, per_class: int, seed: int, videos: int | None):
     Returns (clips folder, backbone, detector, detections, generated videos)."""
     clips = work / "clips"
     made = synthetic.make_videos(clips, num_normal=per_class, num_anomalous=per_class, seed=seed)
-    events = pipeline.read_annotations(clips / "annotations.txt")
+    events = read_annotations(clips / "annotations.txt")
     train, test = made[0::2], made[1::2]  # as the demo splits them
     bb = load_backbone(
-        backbones.demo_backbone("internvl3")(work / "backbone", DEFAULT_PROMPTS, seed=seed)
+        tiny_checkpoints.write("internvl3", work / "backbone", DEFAULT_PROMPTS, seed=seed)
     )
     outs = [work / "features" / f"prompt{i + 1}" for i in range(len(DEFAULT_PROMPTS))]
     labels = {v.path.name: int(v.label != "A") for v in made}
@@ -64,10 +65,10 @@ def run_pieces(work: Path, per_class: int, seed: int, videos: int | None):
     if report.failures:
         raise SystemExit(report.summary())
     stores = [FeatureStore(s) for s in report.stores]
-    hunted = pipeline.hunt(stores, k=5, lam=0.5, events=events)
-    detector = pipeline.fit(stores[0], hunted.heads, events)
+    hunted = experts.hunt(stores, k=5, lam=0.5, events=events)
+    detector = fitting.fit(stores[0], hunted.heads, events)
     wanted = [v.path for v in test if v.label in synthetic.REGION_BOXES][:videos]
-    results, failures = pipeline.detect(
+    results, failures = detection.detect(
         bb, detector, wanted, work / "detect_features", root=clips, progress=False
     )
     if failures:
@@ -90,7 +91,7 @@ def read_demo(out: Path, seed: int):
         )
         if not same:
             raise SystemExit(f"{clips}: its regions.json is not seed {seed}'s (--seed?)")
-    events = pipeline.read_annotations(clips / "annotations.txt")
+    events = read_annotations(clips / "annotations.txt")
     for name, r in regions.items():
         if events.get(Path(name).stem) != [(r.frames.start, r.frames.stop)]:
             raise SystemExit(f"{clips}: {name}'s event is not seed {seed}'s (--seed?)")

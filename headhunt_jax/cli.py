@@ -10,7 +10,6 @@ In a run over many videos the good ones finish and the failures are listed at th
 import argparse
 import contextlib
 import dataclasses
-import io
 import json
 import sys
 import tempfile
@@ -81,7 +80,7 @@ def _load_backbone(args):
 @contextlib.contextmanager
 def _names(detector_dir):
     """A backbone that the detector refuses is an error that names the detector."""
-    from headhunt_jax.pipeline import IncompatibleBackbone
+    from headhunt_jax.detection import IncompatibleBackbone
 
     try:
         yield
@@ -190,7 +189,7 @@ def _dataset(args):
 def _truth(args):
     """(events, labels) for hunt and fit: from the dataset listing (events of the annotated test
     videos, every video's label), or from --annotations (labels then come from the stores)."""
-    from headhunt_jax import pipeline
+    from headhunt_jax.annotations import read_annotations
 
     if args.dataset:
         if args.annotations:
@@ -200,7 +199,7 @@ def _truth(args):
         return events, {i.key: i.label for i in items}
     if args.root:
         raise CliError("--root given without --dataset")
-    return (pipeline.read_annotations(args.annotations) if args.annotations else None), None
+    return (read_annotations(args.annotations) if args.annotations else None), None
 
 
 def _print_failures(failures) -> int:
@@ -212,6 +211,141 @@ def _print_failures(failures) -> int:
     return 1
 
 
+def _processor_options(args) -> dict:
+    """--processor-option KEY=VALUE pairs as a dict."""
+    options = {}
+    for item in args.processor_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--processor-option {item!r}: expected KEY=VALUE")
+        options[key] = value
+    return options
+
+
+# --- argument groups that several commands share ---------------------------------------------
+
+
+def _backbone_args(p, required=True):
+    p.add_argument(
+        "--model",
+        required=required,
+        help="backbone: a Hugging Face Hub id (org/name or org/name@revision), or a HF "
+        "checkpoint or converted directory"
+        + ("" if required else " (default: the one the detector was fitted on)"),
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: float32 on CPU, bfloat16 on accelerators",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="segments per forward pass (split over this process's devices)",
+    )
+    p.add_argument(
+        "--model-parallel",
+        type=int,
+        default=1,
+        help="devices that split each weight matrix; the other local devices split the "
+        "batch (default 1: every device holds the whole model)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _dataset_args(p, split_default=None, what="the videos"):
+    p.add_argument(
+        "--dataset", choices=DATASETS, help=f"{what} from a dataset's layout (with --root)"
+    )
+    p.add_argument("--root", type=Path, help="the dataset's folder, as downloaded")
+    p.add_argument(
+        "--split",
+        choices=["train", "test", "calibration", "all"],
+        default=split_default,
+        help="calibration: a seeded --calibration-fraction of each class of the training "
+        f"split (default: {split_default})",
+    )
+    p.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=0.01,
+        help="share of each class of training videos in --split calibration (default 0.01, "
+        "the paper's 1%%)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the calibration draw (and of fit --holdout)",
+    )
+
+
+def _processor_arg(p):
+    p.add_argument(
+        "--processor-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the backbone family's processor (repeatable). Qwen2.5-VL: "
+        "mode={images,video} (images, the default, is the original's: the frames as "
+        "images; video: as one video). InternVL and LLaVA-OneVision take none",
+    )
+
+
+def _report_arg(p):
+    p.add_argument(
+        "--report",
+        metavar="HTML",
+        help="one self-contained HTML page: summary table, each video's timeline, events and "
+        "thumbnails (from the same decoding pass), the figures; opens with no network",
+    )
+
+
+def _clip_arg(p):
+    p.add_argument(
+        "--clip",
+        choices=["segment", "video"],
+        default="segment",
+        help="segment: a feature row per 48-frame segment (inference's unit); video: one row "
+        "a video, 16 frames spread over all of it (the original's unit for hunting and "
+        "training)",
+    )
+
+
+def _detector_args(p):
+    p.add_argument("--detector", required=True)
+    p.add_argument("--sigma", type=float, help="override the detector's smoothing sigma")
+    p.add_argument("--tau", type=float, help="override the detector's threshold tau")
+
+
+def _scorer_arg(p):
+    p.add_argument("--scorer", default="logistic", choices=["logistic", "mlp", "svm"])
+
+
+def _hunt_args(p, max_clips_help=None):
+    p.add_argument("--k", type=int, default=5, help="number of expert heads")
+    p.add_argument("--lam", type=float, default=0.5, help="instability penalty lambda")
+    p.add_argument("--max-clips", type=int, default=4000, help=max_clips_help)
+
+
+# --- the commands: each one's arguments, then what it does ---------------------------------
+
+
+def _add_convert(sub):
+    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to an orbax checkpoint")
+    p.add_argument(
+        "hf_dir",
+        metavar="model",
+        help="a HF checkpoint directory (config.json + safetensors) or a Hub id (org/name or "
+        "org/name@revision)",
+    )
+    p.add_argument("out", type=Path, help="output directory")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.set_defaults(func=_convert)
+
+
 def _convert(args):
     from headhunt_jax import backbone
 
@@ -221,17 +355,46 @@ def _convert(args):
     print(f"converted {bb.name} ({args.dtype}) -> {out}")
 
 
-def _extract(args):
-    from headhunt_jax.extract import extract_features
-    from headhunt_jax.pipeline import load_heads
+def _add_extract(sub):
+    p = sub.add_parser(
+        "extract", help="head features of every 48-frame segment (or video) into a feature store"
+    )
+    _backbone_args(p)
+    p.add_argument("--videos", nargs="+", help="video directories, list files or videos")
+    _dataset_args(p, "train")
+    _clip_arg(p)
+    _processor_arg(p)
+    p.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="repeat for several prompts: one decoding pass, the frames' prefix computed once",
+    )
+    p.add_argument(
+        "--out",
+        action="append",
+        required=True,
+        help="feature store directory, one per --prompt (a rerun resumes it)",
+    )
+    p.add_argument("--heads", help="heads JSON: store these expert heads only (default: all heads)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one of several processes (one a host) writing the stores together, each its "
+        "share of the videos; the cluster is found as jax.distributed does (Cloud TPU, SLURM, "
+        "Open MPI) or from --coordinator/--num-processes/--process-id or HEADHUNT_COORDINATOR, "
+        "HEADHUNT_NUM_PROCESSES, HEADHUNT_PROCESS_ID",
+    )
+    p.add_argument("--coordinator", help="host:port of process 0 (with --distributed)")
+    p.add_argument("--num-processes", type=int, help="number of processes (with --distributed)")
+    p.add_argument("--process-id", type=int, help="this process's index (with --distributed)")
+    p.set_defaults(func=_extract)
 
-    empty = [i + 1 for i, p in enumerate(args.prompt) if not p.strip()]
-    if empty:
-        raise CliError(f"--prompt number {empty[0]} is empty: give the question to ask")
-    if len(args.prompt) != len(args.out):
-        raise CliError(
-            f"{len(args.prompt)} --prompt but {len(args.out)} --out: give one store per prompt"
-        )
+
+def _process(args):
+    """With --distributed, joins the cluster (before anything else starts JAX) and returns how
+    the lines of this process begin and the context its start-up runs in
+    (``distributed.starting``); else ("", a null context)."""
     cluster = {
         "--coordinator": args.coordinator,
         "--num-processes": args.num_processes,
@@ -240,13 +403,27 @@ def _extract(args):
     given = [flag for flag, value in cluster.items() if value is not None]
     if given and not args.distributed:
         raise CliError(f"{', '.join(given)} given without --distributed")
-    process, start = "", contextlib.nullcontext()
-    if args.distributed:  # before anything else starts JAX
-        from headhunt_jax import distributed
+    if not args.distributed:
+        return "", contextlib.nullcontext()
+    from headhunt_jax import distributed
 
-        index, count = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-        process = f"process {index} of {count}: "
-        start = distributed.starting()  # all processes begin the work, or all stop
+    index, count = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    # ... and the context the start-up runs in: all processes begin the work, or all stop
+    return f"process {index} of {count}: ", distributed.starting()
+
+
+def _extract(args):
+    from headhunt_jax.experts import load_heads
+    from headhunt_jax.extract import extract_features
+
+    empty = [i + 1 for i, p in enumerate(args.prompt) if not p.strip()]
+    if empty:
+        raise CliError(f"--prompt number {empty[0]} is empty: give the question to ask")
+    if len(args.prompt) != len(args.out):
+        raise CliError(
+            f"{len(args.prompt)} --prompt but {len(args.out)} --out: give one store per prompt"
+        )
+    process, start = _process(args)
     with start:
         if (args.videos is None) == (args.dataset is None):
             raise CliError("give the videos with --videos or --dataset/--root/--split")
@@ -257,6 +434,8 @@ def _extract(args):
             videos, root = _video_list(args.videos)
             labels = _xd_labels(videos, root)
         if args.distributed:
+            from headhunt_jax import distributed
+
             videos = distributed.shard_videos(videos)
         bb = _load_backbone(args)
         heads = load_heads(args.heads) if args.heads else None
@@ -286,18 +465,35 @@ def _extract(args):
     return _print_failures(report.failures)
 
 
+def _add_hunt(sub):
+    p = sub.add_parser("hunt", help="expert heads from all-head stores under two or more prompts")
+    p.add_argument("stores", nargs="+", help="feature stores of the same videos, one per prompt")
+    _hunt_args(p, "score heads on at most this many segments (seeded, classes in proportion)")
+    p.add_argument(
+        "--annotations",
+        help="temporal annotations (XD-Violence or UCF-Crime format) for segment labels",
+    )
+    _dataset_args(p, "all", "labels and events")
+    p.add_argument("--out", required=True, help="heads JSON")
+    p.add_argument(
+        "--plot",
+        help="RSS heatmap PNG (default: next to --out, heads.png for heads.json); the other "
+        "figures (saliency criteria, head importance, t-SNE) go beside it",
+    )
+    p.set_defaults(func=_hunt)
+
+
 def _hunt(args):
-    from headhunt_jax import pipeline, plots
+    from headhunt_jax import experts, plots
     from headhunt_jax.store import FeatureStore
 
     events, labels = _truth(args)
     stores = [FeatureStore(s) for s in args.stores]
-    result = pipeline.hunt(
+    result = experts.hunt(
         stores, args.k, args.lam, events, args.max_clips, _local_mesh(), labels=labels
     )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**result.to_json(), "k": args.k, "lam": args.lam}, indent=1))
+    experts.write_heads(out, result, k=args.k, lam=args.lam)
     png = Path(args.plot or out.with_suffix(".png"))
     figures = plots.hunt_figures(result, png, prefix=f"{png.stem}_")
     print(
@@ -306,15 +502,40 @@ def _hunt(args):
     )
 
 
+def _add_fit(sub):
+    p = sub.add_parser("fit", help="train the scorer and calibrate the temporal locator")
+    p.add_argument("--store", required=True, help="feature store (all heads or the expert heads)")
+    p.add_argument("--heads", required=True, help="heads JSON from hunt")
+    p.add_argument("--annotations", help="temporal annotations for segment labels")
+    _dataset_args(p, "all", "labels and events")
+    _scorer_arg(p)
+    p.add_argument(
+        "--holdout",
+        type=float,
+        help="hold out this fraction of each class's videos (seeded by --seed), train on the "
+        "rest and report accuracy, F1, ROC AUC and AP on them (the original: 0.4)",
+    )
+    p.add_argument(
+        "--validation",
+        help="feature store of held-out videos to choose sigma and tau on (default: the "
+        "training videos, which is optimistic)",
+    )
+    p.add_argument("--out", required=True, help="detector directory")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_fit)
+
+
 def _fit(args):
-    from headhunt_jax import pipeline
+    from headhunt_jax.experts import load_heads
+    from headhunt_jax.fitting import fit
+    from headhunt_jax.run_report import metric
     from headhunt_jax.store import FeatureStore
 
     events, labels = _truth(args)
     validation = FeatureStore(args.validation) if args.validation else None
-    detector = pipeline.fit(
+    detector = fit(
         FeatureStore(args.store),
-        pipeline.load_heads(args.heads),
+        load_heads(args.heads),
         events,
         args.scorer,
         validation,
@@ -328,8 +549,8 @@ def _fit(args):
     if held:
         print(
             f"held out {held['videos']} videos ({held['num']} rows): accuracy "
-            f"{held['accuracy']:.4f}, F1 {held['f1']:.4f}, ROC AUC {_fmt(held['roc_auc'])}, "
-            f"AP {_fmt(held['average_precision'])}"
+            f"{held['accuracy']:.4f}, F1 {held['f1']:.4f}, ROC AUC {metric(held['roc_auc'])}, "
+            f"AP {metric(held['average_precision'])}"
         )
     print(
         f"detector ({args.scorer} scorer on {training['videos']} videos, {training['rows']} rows; "
@@ -338,21 +559,10 @@ def _fit(args):
     )
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
-def _png(draw) -> bytes:
-    """The PNG bytes of a figure that ``draw(file)`` writes."""
-    buffer = io.BytesIO()
-    draw(buffer)
-    return buffer.getvalue()
-
-
 def _scored(args, bb, detector, videos, root):
-    """``pipeline.detect`` in ``--work`` (default: a temporary folder); with ``--report``, the
+    """``detection.detect`` in ``--work`` (default: a temporary folder); with ``--report``, the
     segments' thumbnails come from the same decoding pass. -> (results, failures, thumbnails)"""
-    from headhunt_jax import pipeline, report
+    from headhunt_jax import detection, report
     from headhunt_jax.store import FeatureStore
 
     explainer = None
@@ -363,7 +573,7 @@ def _scored(args, bb, detector, videos, root):
         explainer = Explainer(bb, detector, questions, args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp, _names(args.detector):
         work = args.work or tmp
-        results, failures = pipeline.detect(
+        results, failures = detection.detect(
             bb,
             detector,
             videos,
@@ -376,35 +586,66 @@ def _scored(args, bb, detector, videos, root):
         )
         thumbnails = {}
         if args.report and results:
-            thumbnails = pipeline.thumbnails(FeatureStore(work), [r["video"] for r in results])
+            thumbnails = detection.thumbnails(FeatureStore(work), [r["video"] for r in results])
     return results, failures, thumbnails
 
 
-def _run_facts(args, detector) -> dict:
-    """The run as the report states it."""
-    return {
-        "detector": args.detector,
-        "backbone": f"{detector.backbone} ({args.model})",
-        "prompt": detector.prompt,
-        "expert heads (layer, head)": detector.expert_heads.tolist(),
-        "sigma, tau": f"{detector.sigma:g}, {detector.tau:g}",
-    }
+def _add_detect(sub):
+    p = sub.add_parser("detect", help="anomaly scores and events of videos")
+    _backbone_args(p, required=False)
+    _detector_args(p)
+    p.add_argument("videos", nargs="+", help="videos, directories or list files")
+    p.add_argument("--out", help="JSON results (default: stdout)")
+    p.add_argument("--per-video", help="directory for one JSON file a video")
+    p.add_argument("--plot", help="directory for a PNG timeline per video")
+    _report_arg(p)
+    p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="the backbone describes each event (its peak segment's frames) in words",
+    )
+    p.add_argument(
+        "--explain-prompt",
+        action="append",
+        metavar="TEXT",
+        help="the question for --explain (repeat for several; default: 'Describe the abnormal "
+        "event in these frames.')",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=64, help="the longest answer of --explain, in tokens"
+    )
+    p.set_defaults(func=_detect)
+
+
+def _print_detections(results, summary) -> None:
+    """A line a video (and one an explained event), then the counts."""
+    for r in results:
+        events = ", ".join(f"{e['start_s']}-{e['end_s']} s" for e in r["events"]) or "none"
+        print(f"{r['video']}: score {r['video_score']:.3f}, events: {events}")
+        for e in r["events"]:
+            if "explanation" in e:
+                text = e["explanation"]
+                text = text if isinstance(text, str) else " | ".join(text)
+                print(f"  {e['start_s']}-{e['end_s']} s: {text!r}")
+    if any("explanation_note" in e for r in results for e in r["events"]):
+        from headhunt_jax.explain import RANDOM_NOTE
+
+        print(f"explanations: {RANDOM_NOTE}")
+    print(
+        f"{summary['videos']} videos scored, {summary['anomalous']} with events "
+        f"({summary['events']} events), {summary['failed']} failed"
+    )
 
 
 def _detect(args):
-    from headhunt_jax import plots, report
+    from headhunt_jax import plots, run_report
 
     detector = _detector(args)
     videos, root = _video_list(args.videos)
     bb = _load_backbone(args)
     results, failures, thumbnails = _scored(args, bb, detector, videos, root)
-    summary = {
-        "videos": len(results),
-        "anomalous": sum(r["is_anomaly"] for r in results),
-        "events": sum(len(r["events"]) for r in results),
-        "failed": len(failures),
-    }
-    record = {"summary": summary, "videos": results, "failures": [f.__dict__ for f in failures]}
+    record = run_report.detection_record(results, failures)
     if args.per_video:
         folder = Path(args.per_video)
         folder.mkdir(parents=True, exist_ok=True)
@@ -413,22 +654,7 @@ def _detect(args):
     if args.out or args.per_video:
         if args.out:
             Path(args.out).write_text(json.dumps(record, indent=1))
-        for r in results:
-            events = ", ".join(f"{e['start_s']}-{e['end_s']} s" for e in r["events"]) or "none"
-            print(f"{r['video']}: score {r['video_score']:.3f}, events: {events}")
-            for e in r["events"]:
-                if "explanation" in e:
-                    text = e["explanation"]
-                    text = text if isinstance(text, str) else " | ".join(text)
-                    print(f"  {e['start_s']}-{e['end_s']} s: {text!r}")
-        if any("explanation_note" in e for r in results for e in r["events"]):
-            from headhunt_jax.explain import RANDOM_NOTE
-
-            print(f"explanations: {RANDOM_NOTE}")
-        print(
-            f"{summary['videos']} videos scored, {summary['anomalous']} with events "
-            f"({summary['events']} events), {summary['failed']} failed"
-        )
+        _print_detections(results, record["summary"])
     else:
         print(json.dumps(record, indent=1))
     if args.plot:
@@ -437,23 +663,31 @@ def _detect(args):
             # Percent-encoded ids keep videos of one name in different folders apart.
             plots.timeline(r, Path(args.plot) / (quote(r["video"], safe="") + ".png"))
     if args.report:
-        report.write_report(
-            args.report,
-            results,
-            title=f"headhunt-jax detect: {len(results)} videos",
-            facts=_run_facts(args, detector),
-            thumbnails=thumbnails,
-            plots={"Video scores": _png(lambda f: plots.score_summary(results, f))},
-            failures=failures,
-        )
+        facts = run_report.run_facts(args.detector, args.model, detector)
+        run_report.write_detection_page(args.report, results, facts, thumbnails, failures)
         # With the results as JSON on stdout, stdout stays JSON.
         where = sys.stdout if args.out or args.per_video else sys.stderr
         print(f"report -> {args.report}", file=where)
     return _print_failures(failures)
 
 
+def _add_evaluate(sub):
+    p = sub.add_parser(
+        "evaluate", help="frame-level and video-level metrics on a dataset's test split"
+    )
+    _backbone_args(p, required=False)
+    _detector_args(p)
+    _dataset_args(p, "test")
+    p.add_argument("--out", help="JSON report")
+    p.add_argument("--per-video", help="JSON file of each video's frame-level metrics")
+    _report_arg(p)
+    p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
+    p.set_defaults(func=_evaluate)
+
+
 def _evaluate(args):
-    from headhunt_jax import pipeline
+    from headhunt_jax import run_report
+    from headhunt_jax.evaluation import evaluate
 
     detector = _detector(args)
     root, items = _dataset(args)
@@ -464,18 +698,9 @@ def _evaluate(args):
         raise CliError(f"{root}: no video of the {args.split} split could be read")
     events = {item.key: item.events for item in items}
     labels = {item.key: item.label for item in items}
-    metrics = pipeline.evaluate(results, events, sigma=detector.sigma, labels=labels)
+    metrics = evaluate(results, events, sigma=detector.sigma, labels=labels)
     per_video = metrics.pop("per_video")
-    report = {
-        "dataset": args.dataset,
-        "split": args.split,
-        "auc": metrics["roc_auc"],
-        "ap": metrics["average_precision"],
-        **{k: metrics[k] for k in ("num_videos", "num_frames", "num_anomaly_frames")},
-        "frame_level": {k: v for k, v in metrics.items() if k != "video_level"},
-        "video_level": metrics["video_level"],
-        "failed_videos": [f.__dict__ for f in failures],
-    }
+    report = run_report.evaluation_record(args.dataset, args.split, metrics, failures)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     if args.per_video:
@@ -483,52 +708,52 @@ def _evaluate(args):
     video = metrics["video_level"]["max"]
     print(
         f"{args.dataset} {args.split}: frame-level ROC AUC {report['auc']:.4f}, AP {report['ap']:.4f} "
-        f"over {metrics['num_videos']} videos; video-level (max) ROC AUC {_fmt(video['roc_auc'])}, "
-        f"F1 {video['f1']:.4f}" + (f" ({len(failures)} unreadable, left out)" if failures else "")
+        f"over {metrics['num_videos']} videos; video-level (max) ROC AUC "
+        f"{run_report.metric(video['roc_auc'])}, F1 {video['f1']:.4f}"
+        + (f" ({len(failures)} unreadable, left out)" if failures else "")
     )
     if args.report:
-        _evaluation_report(args, detector, results, failures, thumbnails, events, labels, metrics)
+        run_report.write_evaluation_page(
+            args.report,
+            results,
+            title=f"headhunt-jax evaluate: {args.dataset} {args.split}",
+            facts={"dataset": f"{args.dataset} at {args.root}, {args.split} split"}
+            | run_report.run_facts(args.detector, args.model, detector),
+            events=events,
+            labels=run_report.labels_by_video(results, labels),
+            metrics=metrics,
+            thumbnails=thumbnails,
+            figures=run_report.evaluation_figures(results, events, labels, metrics, detector.sigma),
+            failures=failures,
+        )
         print(f"report -> {args.report}")
     return failed
 
 
-def _evaluation_report(args, detector, results, failures, thumbnails, events, labels, metrics):
-    from headhunt_jax import pipeline, plots, report
-    from headhunt_jax.annotations import video_key
-
-    ids = [r["video"] for r in results]
-    curves = pipeline.frame_curves(results, events, sigma=detector.sigma)
-    auc, ap = metrics["roc_auc"], metrics["average_precision"]
-    by_id = {v: labels[video_key(v)] for v in ids}
-    report.write_report(
-        args.report,
-        results,
-        title=f"headhunt-jax evaluate: {args.dataset} {args.split}",
-        facts={"dataset": f"{args.dataset} at {args.root}, {args.split} split"}
-        | _run_facts(args, detector),
-        metrics=report.metrics_table(metrics),
-        truth={v: events.get(video_key(v), []) for v in ids},
-        labels=by_id,
-        thumbnails=thumbnails,
-        plots={
-            "Frame-level ROC and precision-recall curves": _png(
-                lambda f: plots.roc_pr(curves, f, auc, ap)
-            ),
-            "Video scores": _png(lambda f: plots.score_summary(results, f, by_id)),
-        },
-        failures=failures,
+def _add_reproduce(sub):
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's protocol: calibration subset, extraction, hunting, scorer, locator, "
+        "evaluation on the test split (rerun to continue)",
     )
-
-
-def _processor_options(args) -> dict:
-    """--processor-option KEY=VALUE pairs as a dict."""
-    options = {}
-    for item in args.processor_option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CliError(f"--processor-option {item!r}: expected KEY=VALUE")
-        options[key] = value
-    return options
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--root", type=Path, required=True, help="the dataset's folder, as downloaded")
+    _backbone_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run directory (rerun to continue)")
+    p.add_argument("--prompts", help="prompts file (default: the five of data/prompts.json)")
+    p.add_argument("--calibration-fraction", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    _hunt_args(p)
+    _scorer_arg(p)
+    p.add_argument(
+        "--clip",
+        choices=["video", "segment"],
+        default="video",
+        help="the unit heads are hunted and the scorer trained on (default video, the paper's)",
+    )
+    _processor_arg(p)
+    _report_arg(p)
+    p.set_defaults(func=_reproduce)
 
 
 def _reproduce(args):
@@ -565,6 +790,22 @@ def _reproduce(args):
     return 1 if report["failures"] else 0
 
 
+def _add_demo(sub):
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on real footage with a tiny random backbone"
+    )
+    p.add_argument("--out", default="demo_out", help="output directory")
+    p.add_argument(
+        "--backbone",
+        default="internvl3",
+        choices=DEMO_BACKBONES,
+        help="the architecture of the tiny random backbone",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_demo)
+
+
 def _demo(args):
     from headhunt_jax.demo import run_demo
 
@@ -591,263 +832,15 @@ def build_parser() -> argparse.ArgumentParser:
         "~/.cache/headhunt-jax)",
     )
     sub = ap.add_subparsers(dest="command", required=True)
-
-    def backbone_args(p, required=True):
-        p.add_argument(
-            "--model",
-            required=required,
-            help="backbone: a Hugging Face Hub id (org/name or org/name@revision), or a HF "
-            "checkpoint or converted directory"
-            + ("" if required else " (default: the one the detector was fitted on)"),
-        )
-        p.add_argument(
-            "--dtype",
-            default="auto",
-            choices=["auto", "float32", "bfloat16"],
-            help="auto: float32 on CPU, bfloat16 on accelerators",
-        )
-        p.add_argument(
-            "--batch-size",
-            type=int,
-            default=8,
-            help="segments per forward pass (split over this process's devices)",
-        )
-        p.add_argument(
-            "--model-parallel",
-            type=int,
-            default=1,
-            help="devices that split each weight matrix; the other local devices split the "
-            "batch (default 1: every device holds the whole model)",
-        )
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    def dataset_args(p, split_default=None, what="the videos"):
-        p.add_argument(
-            "--dataset", choices=DATASETS, help=f"{what} from a dataset's layout (with --root)"
-        )
-        p.add_argument("--root", type=Path, help="the dataset's folder, as downloaded")
-        p.add_argument(
-            "--split",
-            choices=["train", "test", "calibration", "all"],
-            default=split_default,
-            help="calibration: a seeded --calibration-fraction of each class of the training "
-            f"split (default: {split_default})",
-        )
-        p.add_argument(
-            "--calibration-fraction",
-            type=float,
-            default=0.01,
-            help="share of each class of training videos in --split calibration (default 0.01, "
-            "the paper's 1%%)",
-        )
-        p.add_argument(
-            "--seed",
-            type=int,
-            default=0,
-            help="seed of the calibration draw (and of fit --holdout)",
-        )
-
-    def processor_arg(p):
-        p.add_argument(
-            "--processor-option",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="an option of the backbone family's processor (repeatable). Qwen2.5-VL: "
-            "mode={images,video} (images, the default, is the original's: the frames as "
-            "images; video: as one video). InternVL and LLaVA-OneVision take none",
-        )
-
-    def report_arg(p):
-        p.add_argument(
-            "--report",
-            metavar="HTML",
-            help="one self-contained HTML page: summary table, each video's timeline, events and "
-            "thumbnails (from the same decoding pass), the figures; opens with no network",
-        )
-
-    def clip_arg(p):
-        p.add_argument(
-            "--clip",
-            choices=["segment", "video"],
-            default="segment",
-            help="segment: a feature row per 48-frame segment (inference's unit); video: one row "
-            "a video, 16 frames spread over all of it (the original's unit for hunting and "
-            "training)",
-        )
-
-    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to an orbax checkpoint")
-    p.add_argument(
-        "hf_dir",
-        metavar="model",
-        help="a HF checkpoint directory (config.json + safetensors) or a Hub id (org/name or "
-        "org/name@revision)",
-    )
-    p.add_argument("out", type=Path, help="output directory")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    p.set_defaults(func=_convert)
-
-    p = sub.add_parser(
-        "extract", help="head features of every 48-frame segment (or video) into a feature store"
-    )
-    backbone_args(p)
-    p.add_argument("--videos", nargs="+", help="video directories, list files or videos")
-    dataset_args(p, "train")
-    clip_arg(p)
-    processor_arg(p)
-    p.add_argument(
-        "--prompt",
-        action="append",
-        required=True,
-        help="repeat for several prompts: one decoding pass, the frames' prefix computed once",
-    )
-    p.add_argument(
-        "--out",
-        action="append",
-        required=True,
-        help="feature store directory, one per --prompt (a rerun resumes it)",
-    )
-    p.add_argument("--heads", help="heads JSON: store these expert heads only (default: all heads)")
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="one of several processes (one a host) writing the stores together, each its "
-        "share of the videos; the cluster is found as jax.distributed does (Cloud TPU, SLURM, "
-        "Open MPI) or from --coordinator/--num-processes/--process-id or HEADHUNT_COORDINATOR, "
-        "HEADHUNT_NUM_PROCESSES, HEADHUNT_PROCESS_ID",
-    )
-    p.add_argument("--coordinator", help="host:port of process 0 (with --distributed)")
-    p.add_argument("--num-processes", type=int, help="number of processes (with --distributed)")
-    p.add_argument("--process-id", type=int, help="this process's index (with --distributed)")
-    p.set_defaults(func=_extract)
-
-    p = sub.add_parser("hunt", help="expert heads from all-head stores under two or more prompts")
-    p.add_argument("stores", nargs="+", help="feature stores of the same videos, one per prompt")
-    p.add_argument("--k", type=int, default=5, help="number of expert heads")
-    p.add_argument("--lam", type=float, default=0.5, help="instability penalty lambda")
-    p.add_argument(
-        "--max-clips",
-        type=int,
-        default=4000,
-        help="score heads on at most this many segments (seeded, classes in proportion)",
-    )
-    p.add_argument(
-        "--annotations",
-        help="temporal annotations (XD-Violence or UCF-Crime format) for segment labels",
-    )
-    dataset_args(p, "all", "labels and events")
-    p.add_argument("--out", required=True, help="heads JSON")
-    p.add_argument(
-        "--plot",
-        help="RSS heatmap PNG (default: next to --out, heads.png for heads.json); the other "
-        "figures (saliency criteria, head importance, t-SNE) go beside it",
-    )
-    p.set_defaults(func=_hunt)
-
-    p = sub.add_parser("fit", help="train the scorer and calibrate the temporal locator")
-    p.add_argument("--store", required=True, help="feature store (all heads or the expert heads)")
-    p.add_argument("--heads", required=True, help="heads JSON from hunt")
-    p.add_argument("--annotations", help="temporal annotations for segment labels")
-    dataset_args(p, "all", "labels and events")
-    p.add_argument("--scorer", default="logistic", choices=["logistic", "mlp", "svm"])
-    p.add_argument(
-        "--holdout",
-        type=float,
-        help="hold out this fraction of each class's videos (seeded by --seed), train on the "
-        "rest and report accuracy, F1, ROC AUC and AP on them (the original: 0.4)",
-    )
-    p.add_argument(
-        "--validation",
-        help="feature store of held-out videos to choose sigma and tau on (default: the "
-        "training videos, which is optimistic)",
-    )
-    p.add_argument("--out", required=True, help="detector directory")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=_fit)
-
-    p = sub.add_parser("detect", help="anomaly scores and events of videos")
-    backbone_args(p, required=False)
-    p.add_argument("--detector", required=True)
-    p.add_argument("--sigma", type=float, help="override the detector's smoothing sigma")
-    p.add_argument("--tau", type=float, help="override the detector's threshold tau")
-    p.add_argument("videos", nargs="+", help="videos, directories or list files")
-    p.add_argument("--out", help="JSON results (default: stdout)")
-    p.add_argument("--per-video", help="directory for one JSON file a video")
-    p.add_argument("--plot", help="directory for a PNG timeline per video")
-    report_arg(p)
-    p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
-    p.add_argument(
-        "--explain",
-        action="store_true",
-        help="the backbone describes each event (its peak segment's frames) in words",
-    )
-    p.add_argument(
-        "--explain-prompt",
-        action="append",
-        metavar="TEXT",
-        help="the question for --explain (repeat for several; default: 'Describe the abnormal "
-        "event in these frames.')",
-    )
-    p.add_argument(
-        "--max-new-tokens", type=int, default=64, help="the longest answer of --explain, in tokens"
-    )
-    p.set_defaults(func=_detect)
-
-    add_watch_command(sub, backbone_args, _detector, _load_backbone)
-
-    p = sub.add_parser(
-        "evaluate", help="frame-level and video-level metrics on a dataset's test split"
-    )
-    backbone_args(p, required=False)
-    p.add_argument("--detector", required=True)
-    p.add_argument("--sigma", type=float, help="override the detector's smoothing sigma")
-    p.add_argument("--tau", type=float, help="override the detector's threshold tau")
-    dataset_args(p, "test")
-    p.add_argument("--out", help="JSON report")
-    p.add_argument("--per-video", help="JSON file of each video's frame-level metrics")
-    report_arg(p)
-    p.add_argument("--work", help="keep the expert-head features here (a rerun reuses them)")
-    p.set_defaults(func=_evaluate)
-
-    p = sub.add_parser(
-        "reproduce",
-        help="the paper's protocol: calibration subset, extraction, hunting, scorer, locator, "
-        "evaluation on the test split (rerun to continue)",
-    )
-    p.add_argument("dataset", choices=DATASETS)
-    p.add_argument("--root", type=Path, required=True, help="the dataset's folder, as downloaded")
-    backbone_args(p)
-    p.add_argument("--out", type=Path, required=True, help="run directory (rerun to continue)")
-    p.add_argument("--prompts", help="prompts file (default: the five of data/prompts.json)")
-    p.add_argument("--calibration-fraction", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, default=5, help="number of expert heads")
-    p.add_argument("--lam", type=float, default=0.5, help="instability penalty lambda")
-    p.add_argument("--max-clips", type=int, default=4000)
-    p.add_argument("--scorer", default="logistic", choices=["logistic", "mlp", "svm"])
-    p.add_argument(
-        "--clip",
-        choices=["video", "segment"],
-        default="video",
-        help="the unit heads are hunted and the scorer trained on (default video, the paper's)",
-    )
-    processor_arg(p)
-    report_arg(p)
-    p.set_defaults(func=_reproduce)
-
-    p = sub.add_parser(
-        "demo", help="the whole pipeline on real footage with a tiny random backbone"
-    )
-    p.add_argument("--out", default="demo_out", help="output directory")
-    p.add_argument(
-        "--backbone",
-        default="internvl3",
-        choices=DEMO_BACKBONES,
-        help="the architecture of the tiny random backbone",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_demo)
+    _add_convert(sub)
+    _add_extract(sub)
+    _add_hunt(sub)
+    _add_fit(sub)
+    _add_detect(sub)
+    add_watch_command(sub, _backbone_args, _detector, _load_backbone)
+    _add_evaluate(sub)
+    _add_reproduce(sub)
+    _add_demo(sub)
     return ap
 
 

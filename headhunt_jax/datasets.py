@@ -493,6 +493,67 @@ def _xd_class(key: str) -> str:
     return XD_CATEGORIES.get(code, code)
 
 
+def _xd_files(folders: dict[str, Path], wanted) -> dict[str, list[Path]]:
+    """The video files of each wanted split, refused when a split has none or two share a name."""
+    files = {s: _video_files(folders[s]) for s in wanted}
+    for s, paths in files.items():
+        if not paths:
+            raise DatasetError(f"{folders[s]}: no videos in the {s} split")
+        by_key = defaultdict(list)
+        for p in paths:
+            by_key[video_key(p.name)].append(p.relative_to(folders[s]))
+        repeated = [f"{k} ({', '.join(map(str, v))})" for k, v in by_key.items() if len(v) > 1]
+        if repeated:
+            raise DatasetError(f"{folders[s]}: several videos share a name: {_some(repeated)}")
+    return files
+
+
+def _xd_test_events(root, test_dir, test_labels, annotation_file, official, warnings):
+    """{video key: events} of the test videos (``test_labels``: {key: 0/1}) from
+    annotations.txt, the packaged one standing in where the folder has none and holds official
+    videos; checked against the videos and their labels (module docstring)."""
+    annotation = _find_file(annotation_file, [XD_ANNOTATION_FILE], [root, test_dir])
+    listed = set(read_text(XD_OFFICIAL / XD_TEST_LIST, "a test list").split())
+    names = set(test_labels)
+    packaged = False
+    if official and not listed.isdisjoint(names):
+        missing = sorted(listed - names)
+        if missing:
+            warnings.append(
+                f"{test_dir}: {len(missing)} of the {len(listed)} official test videos "
+                f"are missing: {_some(missing)}"
+            )
+        if annotation is None:
+            annotation, packaged = XD_OFFICIAL / XD_ANNOTATION_FILE, True
+            warnings.append(f"{root} has no {XD_ANNOTATION_FILE}; using the official {annotation}")
+    if annotation is None:
+        raise DatasetError(
+            f"{root}: no {XD_ANNOTATION_FILE} (in the root or {test_dir.name}/); it is "
+            "needed for the test split"
+        )
+    events = parse_xd_violence_annotations(annotation)
+    if packaged:  # a partial download: the missing videos were warned of above
+        events = {k: e for k, e in events.items() if k in test_labels}
+    absent = [k for k in events if k not in test_labels]
+    unannotated = [k for k, y in test_labels.items() if y == 1 and k not in events]
+    normal = [k for k in events if test_labels.get(k) == 0]
+    problems = [
+        f"{annotation}: {len(names)} {what}: {_some(names)}"
+        for names, what in [
+            (absent, f"annotated videos have no file in {test_dir}"),
+            (unannotated, "anomalous test videos have no line"),
+            (normal, "normal (label_A) test videos are annotated"),
+        ]
+        if names
+    ]
+    if problems:
+        raise DatasetError("\n".join(problems))
+    warnings += [
+        f"{annotation}: anomalous test video {k} has no event" for k, e in events.items() if not e
+    ]
+    return events
+
+
 def xd_violence(
     root: str | Path,
     split: Split = "test",
@@ -518,16 +579,7 @@ def xd_violence(
             expected = "train/" if s == "train" else "test/ or videos/"
             raise SplitNotFoundError(f"{root}: no {expected} folder for the {s} split")
 
-    files = {s: _video_files(folders[s]) for s in wanted}
-    for s, paths in files.items():
-        if not paths:
-            raise DatasetError(f"{folders[s]}: no videos in the {s} split")
-        by_key = defaultdict(list)
-        for p in paths:
-            by_key[video_key(p.name)].append(p.relative_to(folders[s]))
-        repeated = [f"{k} ({', '.join(map(str, v))})" for k, v in by_key.items() if len(v) > 1]
-        if repeated:
-            raise DatasetError(f"{folders[s]}: several videos share a name: {_some(repeated)}")
+    files = _xd_files(folders, wanted)
     labels = {}
     unlabelled = []
     for p in (p for paths in files.values() for p in paths):
@@ -541,50 +593,10 @@ def xd_violence(
     warnings: list[str] = []
     events: dict[str, list[tuple[int, int]]] = {}
     if "test" in wanted:
-        annotation = _find_file(annotation_file, [XD_ANNOTATION_FILE], [root, folders["test"]])
-        listed = set(read_text(XD_OFFICIAL / XD_TEST_LIST, "a test list").split())
-        names = {video_key(p.name) for p in files["test"]}
-        packaged = False
-        if official and not listed.isdisjoint(names):
-            missing = sorted(listed - names)
-            if missing:
-                warnings.append(
-                    f"{folders['test']}: {len(missing)} of the {len(listed)} official test videos "
-                    f"are missing: {_some(missing)}"
-                )
-            if annotation is None:
-                annotation, packaged = XD_OFFICIAL / XD_ANNOTATION_FILE, True
-                warnings.append(
-                    f"{root} has no {XD_ANNOTATION_FILE}; using the official {annotation}"
-                )
-        if annotation is None:
-            raise DatasetError(
-                f"{root}: no {XD_ANNOTATION_FILE} (in the root or {folders['test'].name}/); it is "
-                "needed for the test split"
-            )
-        events = parse_xd_violence_annotations(annotation)
         test_labels = {video_key(p.name): labels[p] for p in files["test"]}
-        if packaged:  # a partial download: the missing videos were warned of above
-            events = {k: e for k, e in events.items() if k in test_labels}
-        absent = [k for k in events if k not in test_labels]
-        unannotated = [k for k, y in test_labels.items() if y == 1 and k not in events]
-        normal = [k for k in events if test_labels.get(k) == 0]
-        problems = [
-            f"{annotation}: {len(names)} {what}: {_some(names)}"
-            for names, what in [
-                (absent, f"annotated videos have no file in {folders['test']}"),
-                (unannotated, "anomalous test videos have no line"),
-                (normal, "normal (label_A) test videos are annotated"),
-            ]
-            if names
-        ]
-        if problems:
-            raise DatasetError("\n".join(problems))
-        warnings += [
-            f"{annotation}: anomalous test video {k} has no event"
-            for k, e in events.items()
-            if not e
-        ]
+        events = _xd_test_events(
+            root, folders["test"], test_labels, annotation_file, official, warnings
+        )
 
     items = [
         VideoItem(

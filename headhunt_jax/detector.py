@@ -1,5 +1,6 @@
 """A detector bundle: expert heads, scorer, locator parameters, the backbone's name and the
-prompt, saved and loaded as one orbax checkpoint. (Scoring with it: ``pipeline.detector_scores``.)"""
+prompt, saved and loaded as one orbax checkpoint, and the scores it gives features
+(``detector_scores``)."""
 
 import dataclasses
 from pathlib import Path
@@ -11,9 +12,9 @@ from headhunt_jax.bundle import BundleError, read_bundle, write_bundle
 from headhunt_jax.errors import InputError
 from headhunt_jax.features import check_heads
 from headhunt_jax.hub import from_record, relative_to
-from headhunt_jax.locator import DEFAULT_SIGMA, DEFAULT_TAU
+from headhunt_jax.locator import DEFAULT_SIGMA, DEFAULT_TAU, next_power_of_two
 from headhunt_jax.resources import package_dir
-from headhunt_jax.scorer import KINDS, Scorer
+from headhunt_jax.scorer import KINDS, Scorer, score
 
 PUBLISHED_DIR = package_dir("checkpoints")
 
@@ -29,7 +30,7 @@ class Detector:
     prompt the features are extracted with; backbone_fingerprint: ``Backbone.fingerprint`` of
     that model's architecture ("" when unknown, as for published heads); dtype: the compute dtype
     the training features came from ("float32", "bfloat16"; "" when unknown); training: how it
-    was fitted (``pipeline.fit``: the store, rows, held-out metrics, what sigma and tau were
+    was fitted (``fitting.fit``: the store, rows, held-out metrics, what sigma and tau were
     chosen on; empty when unknown); backbone_path: the directory the backbone was loaded from
     when its features were extracted ("" when unknown), which ``detect`` uses without --model
     (saved relative to the bundle when it lies beside it, so that the folder holding both can
@@ -119,6 +120,17 @@ class Detector:
             backbone=published["backbone"],
             prompt=published["prompt"],
         )
+
+
+def detector_scores(detector: Detector, x) -> np.ndarray:
+    """Scores [N] of features [N, F]; rows padded to a power of two so that videos of any length
+    share a few compilations."""
+    n = x.shape[0]
+    if not np.isfinite(x).all():
+        raise InputError("features contain NaN or inf")
+    padded = np.zeros((next_power_of_two(n), x.shape[1]), np.float32)
+    padded[:n] = x
+    return np.asarray(score(detector.scorer, padded))[:n]
 
 
 # The bundle's JSON fields and their types (the first four in every bundle since 0.1.0).

@@ -12,12 +12,17 @@ original evaluator drops the tail frames instead: its frame count ends with the 
 also gives a frame inside overlapping segments the max of their scores, and passes frame scores
 through a sigmoid: monotone, so AUC, AP and max F1 are the same, but its max-F1 threshold and
 per-video mean and max scores are on the sigmoid's scale.)
+
+``evaluate`` and ``frame_curves`` take ``detect``'s results and the annotations as they are.
 """
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from headhunt_jax.annotations import Events, Labels, video_key
 from headhunt_jax.errors import InputError
 from headhunt_jax.locator import smooth
 from headhunt_jax.video import SEGMENT_LENGTH as SEGMENT_FRAMES
@@ -485,3 +490,52 @@ def per_video_frame_metrics(
             }
         )
     return results
+
+
+AGGREGATIONS = ("max", "mean", "p90")
+
+
+def _frame_inputs(results: Sequence[dict], events: Events):
+    """(segment scores, frame counts, events, spans), each {video: ...}, as evaluate_frames
+    takes them."""
+    scores = {r["video"]: np.asarray(r["segment_scores"]) for r in results}
+    frames = {r["video"]: r["frames"] for r in results}
+    truth = {r["video"]: list(events.get(video_key(r["video"]), [])) for r in results}
+    spans = {r["video"]: r["segment_frames"] for r in results}
+    return scores, frames, truth, spans
+
+
+def frame_curves(results: Sequence[dict], events: Events, sigma: float | None = None) -> dict:
+    """The frame-level ROC and precision-recall curves (``curves``) of the frames that
+    ``evaluate`` scores."""
+    scores, frames, truth, spans = _frame_inputs(results, events)
+    return curves(*frame_arrays(scores, frames, truth, sigma=sigma, spans=spans))
+
+
+def evaluate(
+    results: Sequence[dict],
+    events: Events,
+    sigma: float | None = None,
+    labels: Labels | None = None,
+) -> dict:
+    """Frame-level metrics over detected videos (``detection.video_result`` records;
+    ``evaluate_frames``; each video's frames are mapped to its segments by the spans its result
+    records, ``segment_frames``); ``events`` cover the anomalous ones. With ``labels`` ({video
+    key: 0/1}), also the video-level metrics of each of ``AGGREGATIONS`` of the smoothed scores
+    (``video_level``), and per video its frame-level figures (``per_video``)."""
+    ids = [r["video"] for r in results]
+    scores, frames, truth, spans = _frame_inputs(results, events)
+    metrics = evaluate_frames(scores, frames, truth, sigma=sigma, spans=spans)
+    metrics["per_video"] = per_video_frame_metrics(scores, frames, truth, sigma=sigma, spans=spans)
+    if labels is not None:
+        missing = [v for v in ids if video_key(v) not in labels]
+        if missing:
+            raise InputError(f"no video label for {len(missing)} videos, e.g. {missing[:3]}")
+        video_labels = {v: labels[video_key(v)] for v in ids}
+        metrics["video_level"] = {
+            how: video_level_metrics(
+                {r["video"]: aggregate(r["smoothed_scores"], how) for r in results}, video_labels
+            )
+            for how in AGGREGATIONS
+        }
+    return metrics

@@ -27,12 +27,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone
+from headhunt_jax.detector import detector_scores
 from headhunt_jax.errors import InputError
 from headhunt_jax.extract import frame_seconds
 from headhunt_jax.features import gather_heads, heads_after_prefix, shared_prefix_length
 from headhunt_jax.generation import Prefix, generate, prefill
 from headhunt_jax.models.tokenizer import load_tokenizer
-from headhunt_jax.pipeline import detector_scores
 from headhunt_jax.stream import EventTracker, OnlineSmoother
 from headhunt_jax.video import FRAMES_PER_SEGMENT, SEGMENT_LENGTH, VideoError, VideoReader
 
@@ -180,7 +180,7 @@ class Explainer:
             self.answers[video_id] = answers
 
     def attach(self, results: Sequence[dict], progress: bool = True) -> list[dict]:
-        """Puts the answers on the events of ``results`` (``pipeline.detect``'s) at their peak
+        """Puts the answers on the events of ``results`` (``detection.detect``'s) at their peak
         segments; the events left are explained from their frames (``explain_events``)."""
         left = []
         for r in results:
@@ -251,7 +251,7 @@ def explain_events(
     max_new_tokens: int = MAX_NEW_TOKENS,
     progress: bool = True,
 ) -> list[dict]:
-    """Adds to each event of ``results`` (``pipeline.detect``'s) the backbone's ``explanation``
+    """Adds to each event of ``results`` (``detection.detect``'s) the backbone's ``explanation``
     of its peak segment, decoded again from the video (one question: a string; several: a
     list), and with the demo's random weights an ``explanation_note`` saying the text is noise.
     A video that cannot be decoded again gets ``explanation_error`` on its events. Returns

@@ -362,18 +362,9 @@ def extract_features(
     processor = bb.processor(image_size, **dict(processor_options or {}))
     size = processor.frames["image_size"]
     image_size = 0 if callable(size) else size  # 0: each video at its own size (the spec's rule)
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     out_dirs = [out_dir] if isinstance(out_dir, str | Path) else list(out_dir)
-    if not prompts or len(prompts) != len(out_dirs):
-        raise InputError(
-            f"{len(prompts)} prompts but {len(out_dirs)} output stores: give one per prompt"
-        )
-    if clip not in CLIPS:
-        raise InputError(f"clip must be one of {', '.join(CLIPS)}, got {clip!r}")
-    if explainer is not None and len(prompts) != 1:
-        raise InputError("explaining events takes one prompt (the detector's)")
+    _check_settings(batch_size, prompts, out_dirs, clip, explainer)
     specs = [
         store_spec(
             bb,
@@ -390,12 +381,6 @@ def extract_features(
     ]
     paths = [Path(p) for p in videos]
     ids = video_ids(paths, root)
-    prompt_ids = functools.cache(  # each prompt's ids [batch_size, T] for a frame size
-        lambda size: [
-            np.tile(processor.prompt_ids(p, frames_per_segment, size)[None], (batch_size, 1))
-            for p in prompts
-        ]
-    )
     stores = [FeatureStore.create(d, spec) for d, spec in zip(out_dirs, specs, strict=True)]
     for store in stores:
         store.record_backbone(bb.path, bb.hub_ref)
@@ -409,50 +394,100 @@ def extract_features(
         clip=clip,
         thumbnail_height=thumbnail_height,
     )
-    todo_paths = [p for _, p in todo]
-    total = _expected_segments(todo_paths, reader_kw) if progress else None
-
-    pending: dict[int, list[tuple[Row, np.ndarray]]] = defaultdict(list)
-    written, short, failures = [], [], []
-    segments = batches = 0
-    make = lambda: _batches(todo_paths, batch_size, np.dtype(bb.dtype), reader_kw)
-    with (
-        tqdm(total=total, unit="segment", desc="extract", disable=not progress) as bar,
-        contextlib.closing(_prefetch(make)) as stream,
-    ):
-        for batch in stream:
-            check_terminated()
-            if batch.rows:
-                input_ids = prompt_ids(batch.pixels.shape[-2:])
-                if explainer is None:
-                    feats = batch_features(bb, processor, input_ids, batch, specs[0])
-                else:
-                    feats = explainer.batch_features(processor, input_ids, batch, specs[0])
-                for i, row in enumerate(batch.rows):
-                    pending[row.video].append((row, feats[:, i]))
-                segments += len(batch.rows)
-                batches += 1
-                bar.update(len(batch.rows))
-            for n, outcome in batch.closed:
-                done = pending.pop(n, [])
-                vid, path = todo[n]
-                if explainer is not None:
-                    explainer.close(n, None if isinstance(outcome, VideoError) else vid)
-                if isinstance(outcome, VideoError):
-                    failures.append(Failure(str(path), outcome.problem))
-                    log.warning("skipping %s: %s", path, outcome.problem)
-                    continue
-                label = None if labels is None else labels.get(vid)
-                _write_video(stores, vid, done, outcome, label)
-                written.append(vid)
-                if outcome.short:
-                    short.append(vid)
+    prompt_ids = functools.cache(  # each prompt's ids [batch_size, T] for a frame size
+        lambda size: [
+            np.tile(processor.prompt_ids(p, frames_per_segment, size)[None], (batch_size, 1))
+            for p in prompts
+        ]
+    )
+    run = _Extraction(bb, processor, prompt_ids, specs[0], stores, todo, labels, explainer)
+    run.compute(batch_size, reader_kw, progress)
     return ExtractionReport(
         stores=tuple(store.path for store in stores),
-        written=tuple(written),
+        written=tuple(run.written),
         skipped=tuple(v for v in ids if v in stored),
-        short=tuple(short),
-        failures=tuple(failures),
-        segments=segments,
-        batches=batches,
+        short=tuple(run.short),
+        failures=tuple(run.failures),
+        segments=run.segments,
+        batches=run.batches,
     )
+
+
+def _check_settings(batch_size: int, prompts, out_dirs, clip: str, explainer) -> None:
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if not prompts or len(prompts) != len(out_dirs):
+        raise InputError(
+            f"{len(prompts)} prompts but {len(out_dirs)} output stores: give one per prompt"
+        )
+    if clip not in CLIPS:
+        raise InputError(f"clip must be one of {', '.join(CLIPS)}, got {clip!r}")
+    if explainer is not None and len(prompts) != 1:
+        raise InputError("explaining events takes one prompt (the detector's)")
+
+
+@dataclasses.dataclass
+class _Extraction:
+    """One extraction's videos to compute (``todo``: (id, path) in reading order) into
+    ``stores``, and what it has done so far."""
+
+    bb: Backbone
+    processor: Any
+    prompt_ids: Callable  # frame size -> each prompt's ids [batch_size, T]
+    spec: StoreSpec
+    stores: list[FeatureStore]
+    todo: list[tuple[str, Path]]
+    labels: Mapping[str, int] | None
+    explainer: Any
+    written: list[str] = dataclasses.field(default_factory=list)
+    short: list[str] = dataclasses.field(default_factory=list)
+    failures: list[Failure] = dataclasses.field(default_factory=list)
+    segments: int = 0
+    batches: int = 0
+    # a video's computed rows [(row, features [prompts, ...])] until its last one
+    pending: dict = dataclasses.field(default_factory=lambda: defaultdict(list))
+
+    def compute(self, batch_size: int, reader_kw: dict, progress: bool) -> None:
+        """Decodes (in a thread, one batch ahead), computes and writes every video of ``todo``."""
+        paths = [p for _, p in self.todo]
+        total = _expected_segments(paths, reader_kw) if progress else None
+        make = lambda: _batches(paths, batch_size, np.dtype(self.bb.dtype), reader_kw)
+        with (
+            tqdm(total=total, unit="segment", desc="extract", disable=not progress) as bar,
+            contextlib.closing(_prefetch(make)) as stream,
+        ):
+            for batch in stream:
+                check_terminated()
+                if batch.rows:
+                    self.add(batch)
+                    bar.update(len(batch.rows))
+                self.close(batch.closed)
+
+    def add(self, batch: Batch) -> None:
+        """Computes the features of a batch's segments and keeps them with their videos."""
+        input_ids = self.prompt_ids(batch.pixels.shape[-2:])
+        if self.explainer is None:
+            feats = batch_features(self.bb, self.processor, input_ids, batch, self.spec)
+        else:
+            feats = self.explainer.batch_features(self.processor, input_ids, batch, self.spec)
+        for i, row in enumerate(batch.rows):
+            self.pending[row.video].append((row, feats[:, i]))
+        self.segments += len(batch.rows)
+        self.batches += 1
+
+    def close(self, closed: list[tuple[int, VideoMetadata | VideoError]]) -> None:
+        """Writes each finished video to the stores, or lists it as failed."""
+        for n, outcome in closed:
+            done = self.pending.pop(n, [])
+            vid, path = self.todo[n]
+            if self.explainer is not None:
+                self.explainer.close(n, None if isinstance(outcome, VideoError) else vid)
+            if isinstance(outcome, VideoError):
+                self.failures.append(Failure(str(path), outcome.problem))
+                log.warning("skipping %s: %s", path, outcome.problem)
+                continue
+            label = None if self.labels is None else self.labels.get(vid)
+            _write_video(self.stores, vid, done, outcome, label)
+            self.written.append(vid)
+            if outcome.short:
+                self.short.append(vid)

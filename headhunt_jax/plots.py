@@ -42,7 +42,7 @@ def rss_heatmap(rss, heads, path, title="Robust saliency score") -> Path:
 
 
 def timeline(result: dict, path, truth: Sequence[tuple[int, int]] = ()) -> Path:
-    """A detection result (``pipeline.video_result``) over time: raw and smoothed segment scores,
+    """A detection result (``detection.video_result``) over time: raw and smoothed segment scores,
     the threshold, detected events, and ground-truth frame ranges shaded."""
     plt = _pyplot()
     fps = result["fps"]
@@ -219,7 +219,7 @@ def score_summary(
 
 
 def roc_pr(curves: Mapping[str, np.ndarray], path, auc=None, ap=None):
-    """Frame-level ROC and precision-recall curves (``pipeline.frame_curves``)."""
+    """Frame-level ROC and precision-recall curves (``evaluation.frame_curves``)."""
     plt = _pyplot()
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(8, 3.6))
     roc.plot(curves["fpr"], curves["tpr"], lw=1.5)
@@ -245,7 +245,7 @@ HUNT_FIGURES = {
 
 
 def hunt_figures(result, heatmap, prefix: str = "") -> dict[str, Path]:
-    """A hunt's figures (``pipeline.HuntResult``): the RSS heatmap at ``heatmap`` and, in its
+    """A hunt's figures (``experts.HuntResult``): the RSS heatmap at ``heatmap`` and, in its
     folder, ``{prefix}saliency_criteria.png``, ``{prefix}head_importance.png`` and
     ``{prefix}tsne.png`` (when the result kept a sample). Returns {caption: path}."""
     heatmap = Path(heatmap)

@@ -323,7 +323,7 @@ def write_report(
 ) -> Path:
     """Writes the page (see the module docstring) to ``path`` and returns it.
 
-    ``results``: ``pipeline.video_result`` dicts; ``truth``: {video id: [(start, end) frames]}
+    ``results``: ``detection.video_result`` dicts; ``truth``: {video id: [(start, end) frames]}
     of the annotated events, ``labels``: {video id: 0/1}, where known; ``thumbnails``: {video id:
     a JPEG a segment}; ``plots``: {caption: PNG bytes or file}; ``facts`` (the run: detector,
     backbone, sigma, tau) and ``metrics`` (name: value): shown as given; ``failures``:
@@ -373,22 +373,3 @@ def write_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
-
-
-def metrics_table(metrics: Mapping) -> dict[str, object]:
-    """The headline figures of ``pipeline.evaluate``'s metrics, named for people."""
-    rows = {
-        "frame-level ROC AUC": metrics["roc_auc"],
-        "frame-level AP": metrics["average_precision"],
-        "ROC AUC, anomalous videos only": metrics.get("anomalous_roc_auc"),
-        "AP, anomalous videos only": metrics.get("anomalous_average_precision"),
-        "max F1 (its threshold)": f"{metrics['max_f1']:.4f} ({metrics['max_f1_threshold']:.3f})",
-        "videos, frames, anomalous frames": (
-            f"{metrics['num_videos']}, {metrics['num_frames']}, {metrics['num_anomaly_frames']}"
-        ),
-    }
-    video = metrics.get("video_level", {}).get("max")
-    if video:
-        rows["video-level ROC AUC (max score)"] = video["roc_auc"]
-        rows["video-level F1 (max score)"] = video["f1"]
-    return rows

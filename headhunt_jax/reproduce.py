@@ -34,13 +34,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from headhunt_jax import __version__, files, pipeline, plots
-from headhunt_jax import report as report_page
-from headhunt_jax.annotations import video_key
+from headhunt_jax import __version__, detection, experts, files, fitting, plots, run_report
 from headhunt_jax.datasets import VideoItem, calibration_subset, load_dataset
 from headhunt_jax.detector import Detector
 from headhunt_jax.errors import InputError
+from headhunt_jax.evaluation import evaluate, frame_curves
 from headhunt_jax.extract import Failure, extract_features, video_ids
+from headhunt_jax.report import THUMBNAIL_HEIGHT
 from headhunt_jax.store import SPEC_FILE, FeatureStore
 
 
@@ -140,6 +140,50 @@ def _stored(outs: Sequence[Path], ids: Sequence[str]) -> bool:
     return True
 
 
+@dataclasses.dataclass
+class _Run:
+    """What the stages of a run share: its settings and folder, its videos by split (``paths``,
+    ``ids``), their ground truth (``labels`` by video key, the test videos' ``events``), the
+    backbone (loaded on first use) and the videos that could not be read."""
+
+    protocol: Protocol
+    out: Path
+    splits: dict[str, tuple[VideoItem, ...]]
+    load_backbone: Callable[[], object]
+    batch_size: int
+    progress: bool
+    failures: list[Failure] = dataclasses.field(default_factory=list)
+    _backbone: list = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        self.root = Path(self.protocol.root)
+        self.paths = {name: [item.path for item in items] for name, items in self.splits.items()}
+        self.ids = {name: video_ids(p, self.root) for name, p in self.paths.items()}
+        self.labels = {item.key: item.label for items in self.splits.values() for item in items}
+        self.events = {item.key: item.events for item in self.splits["test"]}
+
+    def backbone(self):
+        if not self._backbone:
+            self._backbone.append(self.load_backbone())
+        return self._backbone[0]
+
+    def features(self, name: str, prompts, outs, **kw) -> None:
+        """Extracts the videos of split ``name`` into ``outs`` (one store a prompt)."""
+        report = extract_features(
+            self.backbone(),
+            self.paths[name],
+            prompts,
+            outs,
+            root=self.root,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            labels={i.video_id: i.label for i in self.splits[name]},
+            processor_options=self.protocol.processor_options,
+            **kw,
+        )
+        self.failures.extend(report.failures)
+
+
 def reproduce(
     protocol: Protocol,
     out_dir: str | Path,
@@ -157,104 +201,102 @@ def reproduce(
     out = Path(out_dir)
     _check_protocol(out, protocol)
     stages = _Stages(out, say)
-    backbone = []
-
-    def bb():
-        if not backbone:
-            backbone.append(load_backbone())
-        return backbone[0]
-
     splits, warnings = protocol_splits(protocol)
     for warning in warnings:
         say(f"warning: {warning}")
-    root = Path(protocol.root)
-    paths = {name: [item.path for item in items] for name, items in splits.items()}
-    ids = {name: video_ids(p, root) for name, p in paths.items()}
-    labels = {item.key: item.label for items in splits.values() for item in items}
-    events = {item.key: item.events for item in splits["test"]}
-    _record_splits(out / "splits.json", ids)
-    failures: list[Failure] = []
+    run = _Run(protocol, out, splits, load_backbone, batch_size, progress)
+    _record_splits(out / "splits.json", run.ids)
+    stores = _calibration(run, stages)
+    heads = _hunt(run, stages, stores)
+    validation = _validation(run, stages, heads)
+    detector = _fit(run, stages, stores[0], heads, validation)
+    store = _test(run, stages, detector, thumbnails=bool(html))
+    return _evaluate(run, stages, heads, detector, store, html)
 
-    def features(name, prompts, outs, **kw):
-        report = extract_features(
-            bb(),
-            paths[name],
-            prompts,
-            outs,
-            root=root,
-            batch_size=batch_size,
-            progress=progress,
-            labels={i.video_id: i.label for i in splits[name]},
-            processor_options=protocol.processor_options,
-            **kw,
-        )
-        failures.extend(report.failures)
 
-    calibration = [
-        out / "features" / "calibration" / f"p{m + 1}" for m in range(len(protocol.prompts))
-    ]
+def _calibration(run: _Run, stages: _Stages) -> list[FeatureStore]:
+    """Stage 2: every head's features of the calibration videos, a store a prompt."""
+    prompts = run.protocol.prompts
+    outs = [run.out / "features" / "calibration" / f"p{m + 1}" for m in range(len(prompts))]
     stages.run(
         "calibration",
-        _stored(calibration, ids["calibration"]),
-        lambda: features("calibration", protocol.prompts, calibration, clip=protocol.clip),
+        _stored(outs, run.ids["calibration"]),
+        lambda: run.features("calibration", prompts, outs, clip=run.protocol.clip),
     )
-    stores = [FeatureStore(s) for s in calibration]
+    return [FeatureStore(s) for s in outs]
 
-    heads_file = out / "heads.json"
+
+def _hunt(run: _Run, stages: _Stages, stores: list[FeatureStore]):
+    """Stage 3: the expert heads and the hunt's figures; -> the heads [K, 2]."""
+    protocol, heads_file = run.protocol, run.out / "heads.json"
 
     def hunt():
-        result = pipeline.hunt(
-            stores, protocol.k, protocol.lam, max_clips=protocol.max_clips, labels=labels
+        result = experts.hunt(
+            stores, protocol.k, protocol.lam, max_clips=protocol.max_clips, labels=run.labels
         )
-        heads_file.write_text(
-            json.dumps({**result.to_json(), "k": protocol.k, "lam": protocol.lam}, indent=1)
-        )
-        plots.hunt_figures(result, out / "rss_heatmap.png")
+        experts.write_heads(heads_file, result, k=protocol.k, lam=protocol.lam)
+        plots.hunt_figures(result, run.out / "rss_heatmap.png")
 
     stages.run("hunt", heads_file.exists(), hunt)
-    heads = pipeline.load_heads(heads_file)
+    return experts.load_heads(heads_file)
 
-    validation = out / "features" / "validation"
+
+def _validation(run: _Run, stages: _Stages, heads) -> Path:
+    """Stage 4: the experts' features of the validation videos' segments (first prompt)."""
+    validation = run.out / "features" / "validation"
     stages.run(
         "validation",
-        _stored([validation], ids["validation"]),
-        lambda: features("validation", protocol.prompts[0], validation, heads=heads),
+        _stored([validation], run.ids["validation"]),
+        lambda: run.features("validation", run.protocol.prompts[0], validation, heads=heads),
     )
+    return validation
 
-    detector_dir = out / "detector"
+
+def _fit(run: _Run, stages: _Stages, store: FeatureStore, heads, validation: Path) -> Detector:
+    """Stage 5: the scorer on the calibration videos, sigma and tau on the validation ones."""
+    detector_dir = run.out / "detector"
 
     def fit():
-        detector = pipeline.fit(
-            stores[0],
+        detector = fitting.fit(
+            store,
             heads,
-            kind=protocol.scorer,
+            kind=run.protocol.scorer,
             validation=FeatureStore(validation),
-            labels=labels,
+            labels=run.labels,
         )
         detector.save(detector_dir, overwrite=True)
 
     stages.run("fit", (detector_dir / "commit_success.txt").exists(), fit)
-    detector = Detector.load(detector_dir)
+    return Detector.load(detector_dir)
 
-    test = out / "features" / "test"
+
+def _test(run: _Run, stages: _Stages, detector: Detector, thumbnails: bool) -> FeatureStore:
+    """Stage 6: the experts' features of the test videos' segments (with thumbnails for the
+    page)."""
+    test = run.out / "features" / "test"
 
     def test_features():
-        pipeline.check_compatible(bb(), detector)
-        features(
+        detection.check_compatible(run.backbone(), detector)
+        run.features(
             "test",
             detector.prompt,
             test,
             heads=detector.expert_heads,
-            thumbnail_height=report_page.THUMBNAIL_HEIGHT if html else None,
+            thumbnail_height=THUMBNAIL_HEIGHT if thumbnails else None,
         )
 
-    stages.run("test", _stored([test], ids["test"]), test_features)
-    store = FeatureStore(test)
-    results = pipeline.detections(detector, store, [i for i in ids["test"] if i in store])
+    stages.run("test", _stored([test], run.ids["test"]), test_features)
+    return FeatureStore(test)
+
+
+def _evaluate(run: _Run, stages: _Stages, heads, detector: Detector, store: FeatureStore, html):
+    """Stage 7: the test videos' detections and metrics, the report, its figures and page."""
+    out, protocol, events = run.out, run.protocol, run.events
+    results = detection.detections(detector, store, [i for i in run.ids["test"] if i in store])
     if not results:
-        raise InputError(f"{root}: no test video could be read")
+        raise InputError(f"{run.root}: no test video could be read")
     (out / "detections.json").write_text(json.dumps(results, indent=1))
-    metrics = pipeline.evaluate(results, events, sigma=detector.sigma, labels=labels)
+    metrics = evaluate(results, events, sigma=detector.sigma, labels=run.labels)
     per_video, video_level = metrics.pop("per_video"), metrics.pop("video_level")
     (out / "per_video.json").write_text(json.dumps(per_video, indent=1))
     report = {
@@ -268,45 +310,42 @@ def reproduce(
         "backbone": detector.backbone,
         "backbone_fingerprint": detector.backbone_fingerprint,
         "version": __version__,
-        "videos": {name: len(v) for name, v in ids.items()},
+        "videos": {name: len(v) for name, v in run.ids.items()},
         "training": detector.training,
-        "failures": [dataclasses.asdict(f) for f in failures],
+        "failures": [dataclasses.asdict(f) for f in run.failures],
         "stages": stages.summary(),
         "protocol": dataclasses.asdict(protocol),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    curves = pipeline.frame_curves(results, events, sigma=detector.sigma)
+    curves = frame_curves(results, events, sigma=detector.sigma)
     plots.roc_pr(curves, out / "roc_pr.png", metrics["roc_auc"], metrics["average_precision"])
-    by_id = {r["video"]: labels[video_key(r["video"])] for r in results}
+    by_id = run_report.labels_by_video(results, run.labels)
     plots.score_summary(results, out / "scores.png", by_id)
     if html:
         both = {**metrics, "video_level": video_level}
-        _page(html, out, protocol, detector, results, store, events, by_id, both, failures)
+        _page(html, run, detector, results, store, by_id, both)
     return report
 
 
-def _page(html, out, protocol, detector, results, store, events, labels, metrics, failures):
-    """The run's HTML page: every figure in ``out``, the test videos' detections."""
-    ids = [r["video"] for r in results]
+def _page(html, run: _Run, detector, results, store, labels, metrics):
+    """The run's HTML page: every figure in the run's folder, the test videos' detections."""
+    out, protocol = run.out, run.protocol
     captions = {"rss_heatmap": "Robust saliency score of every head", **plots.HUNT_FIGURES}
-    captions |= {"roc_pr": "Frame-level ROC and precision-recall curves", "scores": "Video scores"}
-    report_page.write_report(
+    captions |= {"roc_pr": run_report.ROC_PR, "scores": run_report.SCORES}
+    run_report.write_evaluation_page(
         html,
         results,
         title=f"headhunt-jax reproduce: {protocol.dataset}",
-        facts={
-            "dataset": f"{protocol.dataset} at {protocol.root}, test split",
-            "backbone": f"{detector.backbone} ({protocol.model})",
-            "prompts": len(protocol.prompts),
-            "expert heads (layer, head)": detector.expert_heads.tolist(),
-            "sigma, tau": f"{detector.sigma:g}, {detector.tau:g}",
-        },
-        metrics=report_page.metrics_table(metrics),
-        truth={v: events.get(video_key(v), []) for v in ids},
+        facts={"dataset": f"{protocol.dataset} at {protocol.root}, test split"}
+        | run_report.detector_facts(
+            detector, f"{detector.backbone} ({protocol.model})", prompts=len(protocol.prompts)
+        ),
+        events=run.events,
         labels=labels,
-        thumbnails=pipeline.thumbnails(store, ids),
-        plots={c: out / f"{n}.png" for n, c in captions.items() if (out / f"{n}.png").exists()},
-        failures=failures,
+        metrics=metrics,
+        thumbnails=detection.thumbnails(store, [r["video"] for r in results]),
+        figures={c: out / f"{n}.png" for n, c in captions.items() if (out / f"{n}.png").exists()},
+        failures=run.failures,
     )
 
 
@@ -331,7 +370,7 @@ def summary(report: dict) -> str:
     lines = [
         f"{report['dataset']} test, {frame['num_videos']} videos: frame-level ROC AUC "
         f"{frame['roc_auc']:.4f}, AP {frame['average_precision']:.4f}; video-level (max) ROC AUC "
-        f"{_fmt(video['roc_auc'])}, F1 {video['f1']:.4f}",
+        f"{run_report.metric(video['roc_auc'])}, F1 {video['f1']:.4f}",
         f"expert heads {report['expert_heads']}, sigma {report['sigma']:g}, tau {report['tau']:g}",
         "stages: "
         + ", ".join(
@@ -342,7 +381,3 @@ def summary(report: dict) -> str:
     if report["failures"]:
         lines.append(f"{len(report['failures'])} videos could not be read (listed in report.json)")
     return "\n".join(lines)
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}"

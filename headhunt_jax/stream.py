@@ -13,7 +13,7 @@ reconnections.
 
 Scoring (:class:`SegmentScorer`): segments of all sources fill the backbone's fixed batch
 (``extract.batch_features``, the code ``detect`` extracts with: one compilation) and are scored by
-``pipeline.detector_scores``. A batch starts as soon as the last one is done, with the segments
+``detector.detector_scores``. A batch starts as soon as the last one is done, with the segments
 then pending: none waits for a batch to fill. At most ``max_pending`` segments wait; when scoring
 falls behind real time the oldest pending segment is dropped (a ``dropped`` line counts them), so
 memory holds ``max_pending`` segments and one decoding window a source, whatever the streams'
@@ -63,11 +63,11 @@ import av
 import numpy as np
 
 from headhunt_jax.backbone import Backbone
-from headhunt_jax.detector import Detector
+from headhunt_jax.detection import check_compatible, event_fields, seconds
+from headhunt_jax.detector import Detector, detector_scores
 from headhunt_jax.errors import InputError
 from headhunt_jax.extract import Batch, Row, batch_features, frame_seconds, store_spec
 from headhunt_jax.locator import kernel_half_width, smooth
-from headhunt_jax.pipeline import check_compatible, detector_scores, event_fields, seconds
 from headhunt_jax.video import FRAMES_PER_SEGMENT, SEGMENT_LENGTH, Segment, VideoError, VideoReader
 
 log = logging.getLogger(__name__)
@@ -487,7 +487,7 @@ class EventTracker:
 class SegmentScorer:
     """Anomaly scores of segments as ``detect`` computes them: the detector's expert features,
     ``batch_size`` segments a forward (``extract.batch_features``; a short batch is padded with
-    blank segments, so one shape a frame size), scored by ``pipeline.detector_scores``.
+    blank segments, so one shape a frame size), scored by ``detector.detector_scores``.
     ``reader_kw``: what a ``VideoReader`` needs to cut and preprocess segments for it."""
 
     def __init__(self, bb: Backbone, detector: Detector, batch_size: int = 8):

@@ -6,9 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headhunt_jax import pipeline
 from headhunt_jax.backbone import fingerprint, preset
-from headhunt_jax.detector import Detector
+from headhunt_jax.detector import Detector, detector_scores
 from headhunt_jax.features import gather_heads
 from headhunt_jax.store import FeatureStore, StoreError
 
@@ -29,7 +28,7 @@ def test_detector_of_0_1_0_scores_as_it_did():
     check = np.load(FIXTURES / "detector_check.npz")
     assert (detector.sigma, detector.tau) == (2.0, 0.4)
     experts = gather_heads(check["features"], detector.expert_heads)
-    scores = pipeline.detector_scores(detector, experts.reshape(len(experts), -1))
+    scores = detector_scores(detector, experts.reshape(len(experts), -1))
     np.testing.assert_allclose(scores, check["scores"], rtol=1e-6)
 
 

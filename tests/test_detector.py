@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 import headhunt_jax as hh
-from headhunt_jax import pipeline
-from headhunt_jax.detector import Detector, published_experts
+from headhunt_jax.detector import Detector, detector_scores, published_experts
 from headhunt_jax.features import gather_heads
 from headhunt_jax.scorer import Scorer
 
@@ -30,7 +29,7 @@ def trained_detector():
 
 def scores(detector, features):
     experts = gather_heads(features, detector.expert_heads)
-    return pipeline.detector_scores(detector, experts.reshape(len(features), -1))
+    return detector_scores(detector, experts.reshape(len(features), -1))
 
 
 def test_gather_heads_keeps_their_order():

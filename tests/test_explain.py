@@ -73,10 +73,11 @@ def test_detect_explains_events_from_the_kept_keys_and_values(setup, tmp_path):
     answers equal explaining afterwards from the frames decoded again."""
     import dataclasses
 
-    from headhunt_jax import pipeline
+    from headhunt_jax import detection
     from headhunt_jax.detector import Detector
     from headhunt_jax.locator import localize
     from headhunt_jax.scorer import fit_scorer
+    from headhunt_jax.store import FeatureStore
 
     bb, *_ = setup
     clip = write_clip(tmp_path / "long.mp4", 48 * 16, seed=3)  # 16 segments
@@ -85,7 +86,7 @@ def test_detect_explains_events_from_the_kept_keys_and_values(setup, tmp_path):
     x = rng.standard_normal((40, 2 * bb.head_dim)).astype(np.float32)
     scorer = fit_scorer(x, (x[:, 0] > 0).astype(int))
     detector = Detector(heads, scorer, sigma=1.0, tau=0.5, backbone=bb.name, prompt=QUESTIONS[1])
-    plain, _ = pipeline.detect(bb, detector, [clip], tmp_path / "plain", progress=False)
+    plain, _ = detection.detect(bb, detector, [clip], tmp_path / "plain", progress=False)
     smoothed = np.asarray(plain[0]["smoothed_scores"])
     # a threshold with a run that ends while the video goes on (its peak explained during the
     # pass, 3 = the kernel's half width) and more than one run if there is one
@@ -99,13 +100,11 @@ def test_detect_explains_events_from_the_kept_keys_and_values(setup, tmp_path):
     ]
     tau = float(max(taus, key=lambda t: len(runs(t))))
     detector = dataclasses.replace(detector, tau=tau)
-    plain = pipeline.detections(
-        detector, pipeline.FeatureStore(tmp_path / "plain"), [plain[0]["video"]]
-    )
+    plain = detection.detections(detector, FeatureStore(tmp_path / "plain"), [plain[0]["video"]])
     assert plain[0]["events"]
 
     explainer = explain.Explainer(bb, detector, QUESTIONS[0], NEW)
-    got, _ = pipeline.detect(
+    got, _ = detection.detect(
         bb, detector, [clip], tmp_path / "explained", explainer=explainer, progress=False
     )
     np.testing.assert_allclose(got[0]["segment_scores"], plain[0]["segment_scores"], atol=1e-5)

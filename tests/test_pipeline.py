@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from headhunt_jax import pipeline
-from headhunt_jax.detector import Detector
+from headhunt_jax import annotations, experts, fitting
+from headhunt_jax.detector import Detector, detector_scores
 from headhunt_jax.locator import calibrate
 from headhunt_jax.scorer import fit_scorer, score
 from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures
@@ -31,50 +31,50 @@ def video(video_id, label, segments=4):
 def test_segment_labels():
     events = {"a_label_B1": [(50, 100)]}
     np.testing.assert_array_equal(
-        pipeline.segment_labels(video("a_label_B1.mp4", 1), events), [0, 1, 1, 0]
+        annotations.segment_labels(video("a_label_B1.mp4", 1), events), [0, 1, 1, 0]
     )
     # Not in the annotations (XD-Violence annotates its test videos only): the video's label.
     np.testing.assert_array_equal(
-        pipeline.segment_labels(video("train_label_B2.mp4", 1), events), [1, 1, 1, 1]
+        annotations.segment_labels(video("train_label_B2.mp4", 1), events), [1, 1, 1, 1]
     )
     np.testing.assert_array_equal(
-        pipeline.segment_labels(video("n_label_A.mp4", 0), events), [0, 0, 0, 0]
+        annotations.segment_labels(video("n_label_A.mp4", 0), events), [0, 0, 0, 0]
     )
-    np.testing.assert_array_equal(pipeline.segment_labels(video("x.mp4", 1), None), [1, 1, 1, 1])
+    np.testing.assert_array_equal(annotations.segment_labels(video("x.mp4", 1), None), [1, 1, 1, 1])
     with pytest.raises(ValueError, match="no label"):
-        pipeline.segment_labels(video("x.mp4", None), None)
+        annotations.segment_labels(video("x.mp4", None), None)
     # A video neither annotated nor labelled is an error, never silently normal (UCF-Crime's
     # training anomalies are labelled by their class folder only).
     with pytest.raises(ValueError, match="'Abuse001_x264.mp4' has no label"):
-        pipeline.segment_labels(video("Abuse001_x264.mp4", None), events)
+        annotations.segment_labels(video("Abuse001_x264.mp4", None), events)
     # Labels from a dataset listing, by video key, stand in for (and override) stored ones.
     listing = {"Abuse001_x264": 1, "a_label_B1": 0}
     np.testing.assert_array_equal(
-        pipeline.segment_labels(video("Abuse/Abuse001_x264.mp4", None), events, listing), [1] * 4
+        annotations.segment_labels(video("Abuse/Abuse001_x264.mp4", None), events, listing), [1] * 4
     )
     np.testing.assert_array_equal(
-        pipeline.segment_labels(video("a_label_B1.mp4", 1), events, listing), [0, 1, 1, 0]
+        annotations.segment_labels(video("a_label_B1.mp4", 1), events, listing), [0, 1, 1, 0]
     )
     # One clip a video ([0, frames)): anomalous when any event falls in it.
     clip = dataclasses.replace(video("a_label_B1.mp4", 1, segments=1), end_frames=np.array([192]))
-    np.testing.assert_array_equal(pipeline.segment_labels(clip, events), [1])
+    np.testing.assert_array_equal(annotations.segment_labels(clip, events), [1])
 
 
 def test_heads_files(tmp_path):
     (tmp_path / "hunt.json").write_text(json.dumps({"heads": [[1, 2], [0, 3]]}))
     (tmp_path / "published.json").write_text(json.dumps({"expert_heads": [[18, 4], [23, 27]]}))
     (tmp_path / "bad.json").write_text("{}")
-    assert pipeline.load_heads(tmp_path / "hunt.json").tolist() == [[1, 2], [0, 3]]
-    assert pipeline.load_heads(tmp_path / "published.json").tolist() == [[18, 4], [23, 27]]
+    assert experts.load_heads(tmp_path / "hunt.json").tolist() == [[1, 2], [0, 3]]
+    assert experts.load_heads(tmp_path / "published.json").tolist() == [[18, 4], [23, 27]]
     with pytest.raises(ValueError, match="bad.json: not a heads file"):
-        pipeline.load_heads(tmp_path / "bad.json")
+        experts.load_heads(tmp_path / "bad.json")
     # a negative index would silently pick another head; a repeated one counts a head twice
     (tmp_path / "negative.json").write_text(json.dumps({"heads": [[-1, 2], [0, 3]]}))
     with pytest.raises(ValueError, match="negative.json: heads must be non-negative integers"):
-        pipeline.load_heads(tmp_path / "negative.json")
+        experts.load_heads(tmp_path / "negative.json")
     (tmp_path / "twice.json").write_text(json.dumps({"heads": [[1, 2], [1, 2]]}))
     with pytest.raises(ValueError, match=r"twice.json: heads must be distinct"):
-        pipeline.load_heads(tmp_path / "twice.json")
+        experts.load_heads(tmp_path / "twice.json")
 
 
 def test_padded_scoring_equals_direct_scoring():
@@ -83,7 +83,7 @@ def test_padded_scoring_equals_direct_scoring():
     detector = Detector(np.array([[0, 0], [0, 1]]), fit_scorer(x, (x[:, 0] > 0).astype(int)))
     for n in (1, 5, 17):
         np.testing.assert_allclose(
-            pipeline.detector_scores(detector, x[:n]),
+            detector_scores(detector, x[:n]),
             np.asarray(score(detector.scorer, x[:n])),
             rtol=1e-6,
         )
@@ -91,12 +91,12 @@ def test_padded_scoring_equals_direct_scoring():
 
 def test_clip_subset_is_seeded_and_keeps_both_classes():
     labels = np.r_[np.zeros(900, int), np.ones(100, int)]
-    rows = pipeline.clip_subset(labels, 50)
+    rows = experts.clip_subset(labels, 50)
     assert len(rows) == 50 and labels[rows].sum() == 5
-    np.testing.assert_array_equal(rows, pipeline.clip_subset(labels, 50))
-    assert (pipeline.clip_subset(labels, None) == np.arange(1000)).all()
+    np.testing.assert_array_equal(rows, experts.clip_subset(labels, 50))
+    assert (experts.clip_subset(labels, None) == np.arange(1000)).all()
     rare = np.r_[np.zeros(999, int), 1, 1]
-    assert rare[pipeline.clip_subset(rare, 10)].sum() == 2  # a rare class keeps 2 for saliency
+    assert rare[experts.clip_subset(rare, 10)].sum() == 2  # a rare class keeps 2 for saliency
 
 
 def _store(path, prompt, labels, seed):
@@ -129,8 +129,8 @@ def test_fit_calibrates_on_held_out_videos(tmp_path):
     train = _store(tmp_path / "train", prompt, [0, 1, 0, 1, 0, 1], seed=0)
     held_out = _store(tmp_path / "held_out", prompt, [0, 1, 1, 0], seed=1)
     heads = np.array([[1, 0], [0, 1]])
-    in_sample = pipeline.fit(train, heads)
-    detector = pipeline.fit(train, heads, validation=held_out)
+    in_sample = fitting.fit(train, heads)
+    detector = fitting.fit(train, heads, validation=held_out)
     for name in ("w", "b"):  # the same scorer; only (sigma, tau) come from the held-out videos
         np.testing.assert_array_equal(detector.scorer.params[name], in_sample.scorer.params[name])
     videos = list(held_out)
@@ -144,31 +144,31 @@ def test_fit_calibrates_on_held_out_videos(tmp_path):
 
     other = _store(tmp_path / "other", "Another prompt.", [0, 1], seed=2)
     with pytest.raises(ValueError, match="other: prompt 'Another prompt.', the training store"):
-        pipeline.fit(train, heads, validation=other)
+        fitting.fit(train, heads, validation=other)
 
 
 def test_holdout_split_is_stratified_by_video_and_seeded():
     labels = np.r_[np.zeros(10, int), np.ones(5, int)]
-    train, held = pipeline.holdout_split(labels, 0.4, seed=1)
+    train, held = fitting.holdout_split(labels, 0.4, seed=1)
     assert sorted(np.r_[train, held].tolist()) == list(range(15))
     assert labels[held].tolist().count(0) == 4 and labels[held].tolist().count(1) == 2
-    again = pipeline.holdout_split(labels, 0.4, seed=1)
+    again = fitting.holdout_split(labels, 0.4, seed=1)
     assert np.array_equal(again[1], held)
     with pytest.raises(ValueError, match="at least 2 of each class; 1 are anomalous"):
-        pipeline.holdout_split([0, 0, 1], 0.4)
+        fitting.holdout_split([0, 0, 1], 0.4)
 
 
 def test_fit_with_holdout_reports_on_held_out_videos(tmp_path):
     train = _store(tmp_path / "train", "p", [0, 1] * 5, seed=0)
     heads = np.array([[1, 0], [0, 1]])
-    detector = pipeline.fit(train, heads, holdout=0.4, seed=0)
+    detector = fitting.fit(train, heads, holdout=0.4, seed=0)
     held = detector.training["holdout"]
     assert held["videos"] == 4 and held["num"] == 32
     assert (
         detector.training["videos"] == 6 and detector.training["calibrated_on"] == "held-out videos"
     )
     # The figures are those of the saved scorer on the held-out videos' rows.
-    _, rows = pipeline.holdout_split([0, 1] * 5, 0.4, seed=0)
+    _, rows = fitting.holdout_split([0, 1] * 5, 0.4, seed=0)
     videos = list(train)
     x = np.concatenate([videos[i].features[:, [1, 0], [0, 1]].reshape(8, -1) for i in rows])
     y = np.concatenate([np.full(8, videos[i].label) for i in rows])
@@ -186,15 +186,15 @@ def test_fit_on_one_clip_a_video_keeps_the_locator_defaults(tmp_path):
         x = rng.standard_normal((1, 2, 2, 4)).astype(np.float32) + label
         store.write(dataclasses.replace(video(f"v{i}.mp4", label, segments=1), features=x))
     heads = np.array([[1, 0], [0, 1]])
-    detector = pipeline.fit(store, heads)
+    detector = fitting.fit(store, heads)
     assert (detector.sigma, detector.tau) == (1.5, 0.65)
     assert detector.training["calibrated_on"].startswith("defaults")
     with pytest.raises(ValueError, match="holds one clip a video"):
-        pipeline.fit(store, heads, validation=store)
+        fitting.fit(store, heads, validation=store)
     # Segments of other videos calibrate a scorer trained on whole-video clips.
     segments = _store(tmp_path / "val", "p", [0, 1, 1, 0], seed=1)
     assert (
-        pipeline.fit(store, heads, validation=segments)
+        fitting.fit(store, heads, validation=segments)
         .training["calibrated_on"]
         .startswith("validation store")
     )

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from test_pipeline import _store
 
-from headhunt_jax import pipeline, plots
+from headhunt_jax import annotations, experts, plots
 from headhunt_jax.evaluation import curves, ranking_metrics
 from headhunt_jax.hunt import CRITERIA, saliency
 
@@ -19,13 +19,13 @@ def hunted(tmp_path_factory):
     stores = [_store(tmp / f"p{m}", f"prompt {m}", labels, seed=m) for m in range(2)]
     # Events: segments 2-5 of the anomalous videos are the shifted ones.
     events = {f"v{i}": [(96, 288)] for i, label in enumerate(labels) if label}
-    return stores, events, pipeline.hunt(stores, k=2, events=events)
+    return stores, events, experts.hunt(stores, k=2, events=events)
 
 
 def test_hunt_keeps_each_criterion_and_a_sample(hunted):
     stores, events, result = hunted
     for m, store in enumerate(stores):
-        videos = pipeline.labelled_videos(store, events)
+        videos = annotations.labelled_videos(store, events)
         x = np.concatenate([v.features for v, _ in videos])
         y = np.concatenate([y for _, y in videos])
         want = saliency(x, y)

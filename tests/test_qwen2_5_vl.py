@@ -619,7 +619,7 @@ def _clips(tmp_path):
 
 
 def test_detector_extracts_with_the_mode_it_was_fitted_on(tmp_path, tiny_qwen):
-    from headhunt_jax import pipeline
+    from headhunt_jax import detection, fitting
     from headhunt_jax.extract import extract_features
     from headhunt_jax.store import FeatureStore
 
@@ -634,12 +634,12 @@ def test_detector_extracts_with_the_mode_it_was_fitted_on(tmp_path, tiny_qwen):
         processor_options={"mode": "video"},
         **kw,
     )
-    detector = pipeline.fit(FeatureStore(tmp_path / "train"), [[1, 0], [3, 2]])
+    detector = fitting.fit(FeatureStore(tmp_path / "train"), [[1, 0], [3, 2]])
     assert detector.processor_options == {"mode": "video"}
     detector.save(tmp_path / "detector")
     detector = type(detector).load(tmp_path / "detector")
     assert detector.processor_options == {"mode": "video"}
-    results, failures = pipeline.detect(
+    results, failures = detection.detect(
         tiny_qwen, detector, paths, tmp_path / "work", progress=False
     )
     assert len(results) == 2 and not failures

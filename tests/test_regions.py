@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from headhunt_jax import synthetic
-from headhunt_jax.pipeline import read_annotations
+from headhunt_jax.annotations import read_annotations
 
 SMALL = dict(segments=2, segment_length=48, size=(64, 48), event_segments=(1, 2))
 

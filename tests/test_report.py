@@ -18,7 +18,7 @@ FPS = 25
 
 
 def result(name, scores, tau=0.5):
-    """A ``pipeline.video_result``-shaped dict of 48-frame segments (smoothed = raw)."""
+    """A ``detection.video_result``-shaped dict of 48-frame segments (smoothed = raw)."""
     spans = [[48 * i, 48 * (i + 1)] for i in range(len(scores))]
     events = []
     for start, end in localize(np.asarray(scores, np.float32), None, tau):

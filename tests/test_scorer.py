@@ -93,8 +93,7 @@ def test_bad_input_is_rejected(tmp_path):
     with pytest.raises(ValueError, match=f"F = {F}, the features the scorer was trained on"):
         hh.score(scorer, x[:, :3])
     # Values are checked at the edge (score is traceable): the detector's scoring of features.
-    from headhunt_jax.detector import Detector
-    from headhunt_jax.pipeline import detector_scores
+    from headhunt_jax.detector import Detector, detector_scores
 
     detector = Detector(np.array([[0, 0]]), scorer)
     with pytest.raises(ValueError, match="NaN or inf"):

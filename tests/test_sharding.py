@@ -224,7 +224,9 @@ def test_on_mesh_jit_of_head_features_equals_eager(divisible, batch, one_device_
     bb = hh.load_backbone(divisible, mesh=sharding.make_mesh(4, 2))
     got = jax.jit(hh.head_features)(bb, ids, pixels)
     assert rel_err(got, one_device_features) <= TOL
-    assert rel_err(got, hh.head_features(bb, ids, pixels)) <= TOL  # partitioned otherwise under jit: float32 sums in another order
+    assert (
+        rel_err(got, hh.head_features(bb, ids, pixels)) <= TOL
+    )  # partitioned otherwise under jit: float32 sums in another order
 
 
 @on_mesh

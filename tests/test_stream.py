@@ -1,5 +1,5 @@
 """Live streams: MPEG-TS fed at real time through a pipe, a growing file and a local TCP server,
-scored against ``pipeline.detect`` on the same bytes; the online smoother against
+scored against ``detection.detect`` on the same bytes; the online smoother against
 ``locator.smooth``; stalls, disconnections, drops, the command line.
 
 Network inputs (rtsp, http, udp, srt) are not reached from here: the live path is exercised with
@@ -21,7 +21,7 @@ import av
 import numpy as np
 import pytest
 
-from headhunt_jax import pipeline, stream, synthetic, tiny_checkpoints
+from headhunt_jax import detection, stream, synthetic, tiny_checkpoints
 from headhunt_jax.backbone import load_backbone
 from headhunt_jax.detector import Detector
 from headhunt_jax.locator import kernel_half_width, localize, smooth
@@ -99,7 +99,7 @@ def setup(tmp_path_factory):
         ),
     }
     work = root / "work"
-    results, failures = pipeline.detect(
+    results, failures = detection.detect(
         bb, detector, [f for f, _ in clips.values()], work, batch_size=BATCH, progress=False
     )
     assert not failures
@@ -107,7 +107,7 @@ def setup(tmp_path_factory):
     smoothed = np.sort(np.concatenate([r["smoothed_scores"] for r in results]))
     tau = float(smoothed[len(smoothed) // 2 - 1 : len(smoothed) // 2 + 1].mean())
     detector = Detector(**{**detector.__dict__, "tau": tau})
-    results, _ = pipeline.detect(
+    results, _ = detection.detect(
         bb, detector, [f for f, _ in clips.values()], work, batch_size=BATCH, progress=False
     )
     expected = dict(zip(clips, results, strict=True))
@@ -137,7 +137,7 @@ def mp4s(setup):
         "plain": synthetic.write_h264(root / "plain.mp4", frames, 50),
         "fragmented": write_fragmented_mp4(root / "fragmented.mp4", frames, 50),
     }
-    results, failures = pipeline.detect(
+    results, failures = detection.detect(
         bb, detector, list(files.values()), root / "work_mp4", batch_size=BATCH, progress=False
     )
     assert not failures

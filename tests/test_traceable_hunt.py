@@ -249,18 +249,18 @@ def _store(path, prompt, labels, seed, poison=False):
 
 
 def test_pipeline_and_cli_check_values_at_the_edge(tmp_path, capsys):
-    from headhunt_jax import cli, pipeline
+    from headhunt_jax import cli, experts
 
     labels = [0, 1, 0, 1, 0, 1]
     good = _store(tmp_path / "good", "p0", labels, seed=0)
     other = _store(tmp_path / "other", "p1", labels, seed=1)
     bad = _store(tmp_path / "bad", "p1", labels, seed=1, poison=True)
-    result = pipeline.hunt([good, other], k=2)
+    result = experts.hunt([good, other], k=2)
     assert result.heads.shape == (2, 2)
     with pytest.raises(InputError, match=r"bad: features contain NaN or inf$"):
-        pipeline.hunt([good, bad], k=2)
+        experts.hunt([good, bad], k=2)
     with pytest.raises(InputError, match=r"robust saliency \(lam nan\) contains NaN or inf"):
-        pipeline.hunt([good, other], k=2, lam=float("nan"))
+        experts.hunt([good, other], k=2, lam=float("nan"))
     code = cli.main(["hunt", str(good.path), str(bad.path), "--out", str(tmp_path / "h.json")])
     assert code == 1
     err = capsys.readouterr().err

@@ -98,17 +98,24 @@ def _traced(*arrays) -> bool:
 def check_inputs(bb: Backbone, input_ids, vision: dict) -> None:
     """Raises a clear ValueError when input_ids and the vision inputs do not fit together. While
     tracing, the shapes are checked; the family's checks of values (placeholder counts) need
-    concrete inputs and run on eager calls."""
+    concrete inputs and run on eager calls. A family that lays out its inputs on the host
+    (``prepare``) needs input_ids and its other inputs concrete, its ``traceable_inputs`` (the
+    pixels) may be traced: its checks then run on the concrete ones."""
     if np.ndim(input_ids) != 2:
         raise ValueError(f"input_ids must be [batch, tokens], got shape {np.shape(input_ids)}")
     check_length(bb, np.shape(input_ids)[1])
-    if _traced(input_ids, *vision.values()):
-        if bb.family.prepare is not None:
-            raise ValueError(
-                f"{bb.name}: this family computes its positions on the host from input_ids and "
-                "the vision inputs (prepare), so head_features cannot be traced for it"
-            )
+    if bb.family.prepare is None and _traced(input_ids, *vision.values()):
         return
+    if bb.family.prepare is not None:
+        host = {"input_ids": input_ids}
+        host.update({k: v for k, v in vision.items() if k not in bb.family.traceable_inputs})
+        traced = [name for name, value in host.items() if _traced(value)]
+        if traced:
+            raise ValueError(
+                f"{bb.name}: this family lays out its inputs and positions on the host "
+                f"(prepare), so {', '.join(traced)} must be concrete arrays, not traced (only "
+                f"{', '.join(bb.family.traceable_inputs) or 'none'} may be)"
+            )
     bb.family.check_inputs(bb.config, input_ids, vision)
 
 

@@ -43,6 +43,9 @@ class Family:
     init_inputs: Callable[[Any], dict]
     check_inputs: Callable[[Any, np.ndarray, dict], None]
     prepare: Callable[[Any, list, dict], tuple[dict, list | None]] | None = None
+    # The vision inputs ``prepare`` takes traced (it only gathers them into its layout): with
+    # input_ids and the rest concrete, head features are traceable in these (``jax.grad``).
+    traceable_inputs: tuple[str, ...] = ()
     checkpoint_config: Callable[[dict, Any], dict] | None = None
     processor: Callable[..., Processor] | None = None
     presets: Mapping[str, Any] = dataclasses.field(default_factory=dict)

@@ -20,6 +20,7 @@ FAMILY = register(
         init_inputs=init_inputs,
         check_inputs=check_inputs,
         prepare=prepare,
+        traceable_inputs=("pixel_values", "pixel_values_videos"),
         processor=make_processor,
         presets=PRESETS,
         demo_backbones={"qwen2.5-vl": tiny_backbone},

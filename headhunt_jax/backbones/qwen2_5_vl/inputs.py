@@ -5,6 +5,7 @@ inputs: per modality the items of each row in window slots (``vision.batch_layou
 batch-major, so a mesh splits them like input_ids), and each prompt's positions [B, T, 3].
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,7 +41,8 @@ def _items(cfg: Qwen25VLConfig, input_ids, pixels, grid_thw, token_id):
     placeholders (as transformers assigns them)."""
     item_grids = grids(grid_thw)
     rows_of = np.cumsum([0] + [t * h * w for t, h, w in item_grids])
-    pixels = np.asarray(pixels, np.float32)
+    if not isinstance(pixels, jax.core.Tracer):  # traced pixels are gathered as they are
+        pixels = np.asarray(pixels, np.float32)
     out, n = [], 0
     for row in np.asarray(input_ids):
         items = []

@@ -113,6 +113,10 @@ def batch_layout(cfg: Qwen25VisionConfig, rows: list[list[tuple[tuple, np.ndarra
       ``positions`` int32 [B, K, L, 2];
     - ``restore`` int32 [B, R]: the r-th placeholder token of a row takes merged slot
       ``restore[b, r]`` of the row's K * L / merge_unit (R: the most tokens a row needs).
+
+    The layout is the grids' alone, computed here on the host; the pixels are only gathered
+    into it, so they may be traced (``jax.grad`` with respect to them): then ``pixels`` is a
+    JAX array.
     """
     layouts = [[(item_layout(cfg, g), px) for g, px in items] for items in rows]
     k = max(1, max(len(items) for items in layouts))
@@ -120,23 +124,29 @@ def batch_layout(cfg: Qwen25VisionConfig, rows: list[list[tuple[tuple, np.ndarra
     tokens = max(1, max(sum(lay["restore"].size for lay, _ in items) for items in layouts))
     b, unit = len(rows), cfg.merge_unit
     out = {
-        "pixels": np.zeros((b, k, slots, cfg.patch_dim), np.float32),
         "segments": np.full((b, k, slots), -1, np.int32),
         "positions": np.zeros((b, k, slots, 2), np.int32),
         "restore": np.zeros((b, tokens), np.int32),
     }
+    traced = any(isinstance(px, jax.core.Tracer) for items in rows for _, px in items)
+    xp = jnp if traced else np
+    empty = xp.zeros((slots, cfg.patch_dim), xp.float32)
+    pixels = [[empty] * k for _ in range(b)]
     for r, items in enumerate(layouts):
         restore = []
-        for i, (lay, pixels) in enumerate(items):
+        for i, (lay, px) in enumerate(items):
             n = lay["patch"].size
-            ok = lay["patch"] >= 0
-            out["pixels"][r, i, :n][ok] = pixels[lay["patch"][ok]]
+            source = np.full(slots, -1, np.int64)
+            source[:n] = lay["patch"]
+            rows_of = xp.take(xp.asarray(px, xp.float32), np.maximum(source, 0), axis=0)
+            pixels[r][i] = xp.where((source >= 0)[:, None], rows_of, xp.float32(0))
             out["segments"][r, i, :n] = lay["segments"]
             out["positions"][r, i, :n] = lay["positions"]
             restore.append(lay["restore"] + i * (slots // unit))
         if restore:
             flat = np.concatenate(restore)
             out["restore"][r, : flat.size] = flat
+    out["pixels"] = xp.stack([xp.stack(row) for row in pixels])
     return out
 
 

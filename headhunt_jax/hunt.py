@@ -23,13 +23,14 @@ import operator
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 # CRITERIA, the order of saliency's raw results, is read from here as well.
 from headhunt_jax.criteria import CRITERIA as CRITERIA
 from headhunt_jax.criteria import REGISTRY, score_heads
 from headhunt_jax.errors import InputError
+from headhunt_jax.sharding import check_labels, place_items
 
 # Working memory of one head is a handful of [N, N] float32 arrays.
 _CHUNK_BYTES = 256 * 2**20
@@ -128,17 +129,9 @@ def _check_saliency_shapes(features, labels, heads_per_chunk) -> None:
     """The checks of ``saliency``'s shapes and dtypes, made while tracing too (a ValueError)."""
     if features.ndim != 4:
         raise ValueError(f"features must be [N, L, H, D], got shape {features.shape}")
-    if labels.shape != features.shape[:1]:
-        raise ValueError(
-            f"labels must be [N] with N = {features.shape[0]} (features' first axis), "
-            f"got shape {labels.shape}"
-        )
+    check_labels(labels, features.shape[0], "features")
     if not jnp.issubdtype(features.dtype, jnp.floating):
         raise ValueError(f"features must be floating point, got {features.dtype}")
-    if labels.dtype != bool and not (
-        jnp.issubdtype(labels.dtype, jnp.integer) or jnp.issubdtype(labels.dtype, jnp.floating)
-    ):
-        raise ValueError(f"labels must be 0/1 integers (or bool), got {labels.dtype}")
     if heads_per_chunk is not None and heads_per_chunk < 1:
         raise ValueError(f"heads_per_chunk must be >= 1, got {heads_per_chunk}")
 
@@ -147,24 +140,8 @@ def _place_heads(features, heads_per_chunk, mesh):
     """features [N, L, H, D] -> (float32 [N, P, D] of the L * H heads padded to P, a multiple of
     the mesh's devices times heads per chunk, split over the mesh along P; heads per chunk)."""
     n, num_layers, num_heads, dim = features.shape
-    total = num_layers * num_heads
-    per_device = -(-total // mesh.size)
-    if heads_per_chunk is None:
-        heads_per_chunk = _chunk_size(n, per_device)
-    heads_per_chunk = min(int(heads_per_chunk), per_device)
-    padded = mesh.size * heads_per_chunk * -(-per_device // heads_per_chunk)
-    # Padding repeats the first heads, so every device scans chunks of one shape; their scores
-    # are dropped (each head is scored on its own, so the padding changes no result).
-    index = np.arange(padded) % total
-    if _traced(features):
-        flat = features.astype(jnp.float32).reshape(n, total, dim)
-        return (flat if padded == total else flat[:, index]), heads_per_chunk
-    flat = features.astype(np.float32, copy=False).reshape(n, total, dim)
-    sharding = NamedSharding(mesh, P(None, tuple(mesh.axis_names), None))
-    placed = jax.make_array_from_callback(
-        (n, padded, dim), sharding, lambda idx: flat[:, index[idx[1]]]
-    )
-    return placed, heads_per_chunk
+    flat = features.reshape(n, num_layers * num_heads, dim)
+    return place_items(flat, mesh, heads_per_chunk, lambda per_device: _chunk_size(n, per_device))
 
 
 def saliency(features, labels, *, heads_per_chunk=None, mesh=None):

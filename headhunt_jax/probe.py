@@ -48,10 +48,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from headhunt_jax.errors import InputError
+from headhunt_jax.sharding import check_labels, place_items
 
 CRITERIA = ("kl", "ldr", "entropy")
 
@@ -194,17 +195,9 @@ def layer_saliency(hidden, labels, *, layers_per_chunk=None, mesh=None):
         labels = np.asarray(labels)
     if hidden.ndim != 3:
         raise ValueError(f"hidden must be [N, L, E], got shape {hidden.shape}")
-    if labels.shape != hidden.shape[:1]:
-        raise ValueError(
-            f"labels must be [N] with N = {hidden.shape[0]} (hidden's first axis), "
-            f"got shape {labels.shape}"
-        )
+    check_labels(labels, hidden.shape[0], "hidden")
     if not jnp.issubdtype(hidden.dtype, jnp.floating):
         raise ValueError(f"hidden must be floating point, got {hidden.dtype}")
-    if labels.dtype != bool and not (
-        jnp.issubdtype(labels.dtype, jnp.integer) or jnp.issubdtype(labels.dtype, jnp.floating)
-    ):
-        raise ValueError(f"labels must be 0/1 integers (or bool), got {labels.dtype}")
     if layers_per_chunk is not None and layers_per_chunk < 1:
         raise ValueError(f"layers_per_chunk must be >= 1, got {layers_per_chunk}")
     if not _traced(hidden, labels):
@@ -212,23 +205,8 @@ def layer_saliency(hidden, labels, *, layers_per_chunk=None, mesh=None):
     n, num_layers, dim = hidden.shape
     if mesh is None:
         mesh = Mesh(np.asarray(jax.devices()[:1]), ("layers",))
-    per_device = -(-num_layers // mesh.size)
-    if layers_per_chunk is None:
-        layers_per_chunk = _chunk_size(n, dim, per_device)
-    layers_per_chunk = min(int(layers_per_chunk), per_device)
-    padded = mesh.size * layers_per_chunk * -(-per_device // layers_per_chunk)
-    # Padding repeats the first layers, so every device scans chunks of one shape; their scores
-    # are dropped (each layer is scored on its own).
-    index = np.arange(padded) % num_layers
-    if _traced(hidden):
-        hidden = hidden.astype(jnp.float32)
-        placed = hidden if padded == num_layers else hidden[:, index]
-    else:
-        hidden = hidden.astype(np.float32, copy=False)
-        sharding = NamedSharding(mesh, P(None, tuple(mesh.axis_names), None))
-        placed = jax.make_array_from_callback(
-            (n, padded, dim), sharding, lambda idx: hidden[:, index[idx[1]]]
-        )
+    chunk = lambda per_device: _chunk_size(n, dim, per_device)  # noqa: E731
+    placed, layers_per_chunk = place_items(hidden, mesh, layers_per_chunk, chunk)
     return _layer_criteria(placed, labels == 1, num_layers, layers_per_chunk, mesh)
 
 

@@ -138,3 +138,42 @@ def shard_batch(mesh: Mesh, array) -> jax.Array:
     if pad:
         array = np.concatenate([array, np.zeros((pad, *array.shape[1:]), array.dtype)])
     return put_sharded(array, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)))
+
+
+def check_labels(labels, n: int, of: str) -> None:
+    """The shape and dtype checks of per-clip labels [N] (``of``: the array whose first axis is
+    N), made while tracing too (a ValueError)."""
+    if labels.shape != (n,):
+        raise ValueError(
+            f"labels must be [N] with N = {n} ({of}'s first axis), got shape {labels.shape}"
+        )
+    if labels.dtype != bool and not (
+        jax.numpy.issubdtype(labels.dtype, jax.numpy.integer)
+        or jax.numpy.issubdtype(labels.dtype, jax.numpy.floating)
+    ):
+        raise ValueError(f"labels must be 0/1 integers (or bool), got {labels.dtype}")
+
+
+def place_items(x, mesh: Mesh, per_chunk: int | None, default_per_chunk):
+    """Items scored one by one in chunks, split over a mesh (the hunt's heads, the probe's
+    layers): x [N, T, D] (a numpy array, or traced) -> (float32 [N, P, D], items a chunk).
+
+    The T items are padded to P, a multiple of the mesh's devices times the items a chunk
+    (``per_chunk``, or ``default_per_chunk(items a device)``), and split over all of the mesh's
+    axes along P, each device receiving only its items. Padding repeats the first items, so that
+    every device scans chunks of one shape; the caller drops their results (each item is scored
+    on its own, so padding changes none). A traced x is padded by indexing; placing it is the
+    user's jit's."""
+    n, total, dim = x.shape
+    per_device = -(-total // mesh.size)
+    per_chunk = default_per_chunk(per_device) if per_chunk is None else per_chunk
+    per_chunk = min(int(per_chunk), per_device)
+    padded = mesh.size * per_chunk * -(-per_device // per_chunk)
+    index = np.arange(padded) % total
+    if isinstance(x, jax.core.Tracer):
+        x = x.astype(jax.numpy.float32)
+        return (x if padded == total else x[:, index]), per_chunk
+    x = x.astype(np.float32, copy=False)
+    spec = NamedSharding(mesh, PartitionSpec(None, tuple(mesh.axis_names), None))
+    placed = jax.make_array_from_callback((n, padded, dim), spec, lambda i: x[:, index[i[1]]])
+    return placed, per_chunk

@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
 
-from headhunt_jax import backbone  # noqa: E402
+from headhunt_jax import backbone, features  # noqa: E402
 from headhunt_jax.attribution import head_attribution  # noqa: E402
 
 HEADS = np.asarray([[5, 1], [5, 6], [6, 2], [7, 0], [7, 7]])  # 5 experts, deepest layer 7 of 8
@@ -38,10 +38,10 @@ def main():
     rng = np.random.default_rng(0)
     pixels = rng.standard_normal((args.batch * args.frames, 3, size, size)).astype(np.float32)
     layers = tuple(sorted(set(HEADS[:, 0].tolist())))
-    features = jax.jit(lambda bb, p: features.head_features(bb, ids, p, layers=layers))
+    forward = jax.jit(lambda bb, p: features.head_features(bb, ids, p, layers=layers))
     maps = jax.jit(lambda bb, p: head_attribution(bb, ids, p, HEADS))
     t_features = _models.median_time(
-        lambda: features(bb, pixels), jax.block_until_ready, args.repeats
+        lambda: forward(bb, pixels), jax.block_until_ready, args.repeats
     )
     t_maps = _models.median_time(lambda: maps(bb, pixels), jax.block_until_ready, args.repeats)
     print(

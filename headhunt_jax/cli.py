@@ -615,6 +615,12 @@ def _add_detect(sub):
     p.add_argument(
         "--max-new-tokens", type=int, default=64, help="the longest answer of --explain, in tokens"
     )
+    p.add_argument(
+        "--attribution",
+        action="store_true",
+        help="heatmaps of where in each frame of a video's peak segment the detector's logit "
+        "comes from (|d logit / d pixels|, 16x16 cell means; one backward pass a video)",
+    )
     p.set_defaults(func=_detect)
 
 
@@ -644,7 +650,13 @@ def _detect(args):
     detector = _detector(args)
     videos, root = _video_list(args.videos)
     bb = _load_backbone(args)
+    if args.attribution:
+        from headhunt_jax import attribution
+
+        attribution.check_attribution(bb)  # before the extraction, not after it
     results, failures, thumbnails = _scored(args, bb, detector, videos, root)
+    if args.attribution:
+        attribution.peak_attribution(bb, detector, results, progress=not args.quiet)
     record = run_report.detection_record(results, failures)
     if args.per_video:
         folder = Path(args.per_video)

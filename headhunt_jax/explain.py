@@ -210,14 +210,31 @@ def _questions(questions) -> list[str]:
     return questions
 
 
-def _segments(path, reader_kw: dict, starts: set[int]) -> dict[int, tuple[np.ndarray, float]]:
-    """{start frame: (pixels [F, 3, H, W], seconds between sampled frames)} of the segments of
-    ``path`` that start at ``starts``, decoding no further than the last of them."""
+def segment_reader(bb: Backbone, detector) -> tuple[object, dict]:
+    """(the processor, ``VideoReader``'s keyword arguments) that ``detect``'s extraction read a
+    detector's segments with: ``read_segments`` decodes them again as it did."""
+    processor = bb.processor(None, **dict(detector.processor_options or {}))
+    reader_kw = dict(
+        **processor.frames,
+        frames_per_segment=FRAMES_PER_SEGMENT,
+        segment_length=SEGMENT_LENGTH,
+        clip="segment",
+    )
+    return processor, reader_kw
+
+
+def read_segments(
+    path, reader_kw: dict, starts: set[int]
+) -> dict[int, tuple[np.ndarray, float, np.ndarray]]:
+    """{start frame: (pixels [F, 3, H, W], seconds between sampled frames, the sampled frames'
+    indices [F])} of the segments of ``path`` that start at ``starts``, decoding no further than
+    the last of them."""
     out = {}
     with VideoReader(path, **reader_kw) as reader:
         for seg in reader:
             if seg.start_frame in starts:
-                out[seg.start_frame] = (seg.pixels, frame_seconds(seg.frame_indices, reader.fps))
+                seconds = frame_seconds(seg.frame_indices, reader.fps)
+                out[seg.start_frame] = (seg.pixels, seconds, seg.frame_indices)
             if len(out) == len(starts):
                 break
     return out
@@ -257,13 +274,7 @@ def explain_events(
     A video that cannot be decoded again gets ``explanation_error`` on its events. Returns
     ``results`` (changed in place)."""
     questions = _questions(questions)
-    processor = bb.processor(None, **dict(detector.processor_options or {}))
-    reader_kw = dict(
-        **processor.frames,
-        frames_per_segment=FRAMES_PER_SEGMENT,
-        segment_length=SEGMENT_LENGTH,
-        clip="segment",
-    )
+    processor, reader_kw = segment_reader(bb, detector)
     tokenizer = load_tokenizer(bb.path)
     todo = defaultdict(list)
     for r in results:
@@ -273,7 +284,7 @@ def explain_events(
     with tqdm(total=total, unit="event", desc="explain", disable=not progress) as bar:
         for path, events in todo.items():
             try:
-                segments = _segments(Path(path), reader_kw, {start for _, start in events})
+                segments = read_segments(Path(path), reader_kw, {start for _, start in events})
             except VideoError as err:
                 for event, _ in events:
                     event["explanation_error"] = f"{err.path}: {err.problem}"
@@ -284,7 +295,7 @@ def explain_events(
                 if start not in segments:
                     event["explanation_error"] = f"{path}: no segment starts at frame {start}"
                     continue
-                pixels, seconds = segments[start]
+                pixels, seconds, _ = segments[start]
                 event["explanation"] = segment_answers(
                     bb, processor, pixels, seconds, questions, max_new_tokens, tokenizer
                 )

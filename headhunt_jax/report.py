@@ -10,7 +10,8 @@ small script that sorts the summary table; it opens from disk with no network. T
 - a section a video: its timeline (segment and smoothed scores, the threshold, events, ground
   truth where known), its events (frames, seconds, duration, peak score, the thumbnail of the
   peak segment and, where an event carries one, its ``explanation`` and ``explanation_note``),
-  and a strip of thumbnails across the video;
+  with ``detect --attribution`` the heatmap of the video's peak segment as red cells over its
+  thumbnail (``attribution.peak_attribution``), and a strip of thumbnails across the video;
 - the videos that could not be read.
 
 Thumbnails are the JPEGs the extraction made of each segment's middle sampled frame
@@ -62,6 +63,17 @@ svg .axis { stroke: #999; } svg text { font-size: 10px; fill: #555; }
 .strip figure, td figure { margin: 0; width: min-content; }
 img.thumb { height: 72px; border: 1px solid #ccc; }
 .note { font-size: 12px; color: #666; font-style: italic; }
+.attribution { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
+.overlay { position: relative; display: inline-block; line-height: 0; }
+.attribution figure { width: min-content; }
+.attribution figcaption { min-width: 160px; }
+.attribution img.base { height: 144px; border: 1px solid #ccc; display: block; }
+svg.frames { width: 160px; height: 40px; border-bottom: 1px solid #999; }
+svg.frames .frame { fill: #999; } svg.frames .shown { fill: #e8000b; }
+.overlay svg.heat { position: absolute; left: 1px; top: 1px; width: calc(100% - 2px);
+  height: calc(100% - 2px); }
+svg.heat rect { fill: #e8000b; }
+.overlay.bare svg.heat { position: static; width: 144px; height: 144px; background: #888; }
 """
 
 _SCRIPT = """
@@ -290,6 +302,83 @@ def _strip(result: dict, thumbs) -> str:
     return f'<div class="strip">{figures}</div>'
 
 
+# Red cells over the peak segment's thumbnail: the opacity of the frame's largest cell.
+HEAT_OPACITY = 0.7
+
+_HEAT_LEGEND = (
+    "Red marks where in this frame the detector's score comes from: a cell's opacity is the "
+    "mean size of the gradient of the detector's logit with respect to its pixels "
+    "(|d logit / d pixel|, summed over the colours), in proportion to the frame's largest "
+    "cell; clear cells barely move the score. The bars: each of the segment's sampled frames' "
+    "mean gradient, in proportion to the largest, the frame shown in red."
+)
+
+
+def _heat(heatmap: Sequence[Sequence[float]]) -> str:
+    """One frame's heatmap [h, w] as an SVG of cells stretched over its frame, each cell's
+    opacity in proportion to the frame's largest (``data-value``: the cell's value as given)."""
+    rows, cols = len(heatmap), len(heatmap[0])
+    largest = max(max(row) for row in heatmap) or 1.0
+    cells = "".join(
+        f'<rect x="{x}" y="{y}" width="1" height="1" '
+        f'fill-opacity="{HEAT_OPACITY * v / largest:.3f}" data-value="{v}"/>'
+        for y, row in enumerate(heatmap)
+        for x, v in enumerate(row)
+        if v > 0
+    )
+    return (
+        f'<svg class="heat" viewBox="0 0 {cols} {rows}" preserveAspectRatio="none" '
+        'shape-rendering="crispEdges" '
+        f'aria-hidden="true" data-size="{rows}x{cols}">{cells}</svg>'
+    )
+
+
+def _frame_bars(found: dict) -> str:
+    """Each sampled frame's mean heat as a bar (the largest full height), the shown one red."""
+    means = np.asarray(found["heatmaps"], float).mean(axis=(1, 2))
+    heights = means / (means.max() or 1.0)
+    bars = "".join(
+        f'<rect class="{"shown" if i == found["thumbnail_frame"] else "frame"}" x="{i * 10 + 1}" '
+        f'y="{40 * (1 - h):.1f}" width="8" height="{max(40 * h, 0.5):.1f}">'
+        f"<title>frame {frame}: {m:.3f}</title></rect>"
+        for i, (frame, m, h) in enumerate(zip(found["frames"], means, heights, strict=True))
+    )
+    return (
+        f'<svg class="frames" viewBox="0 0 {10 * len(means)} 40" role="img" '
+        f'aria-label="mean gradient of each sampled frame">{bars}</svg>'
+    )
+
+
+def _attribution(result: dict, thumbs) -> str:
+    """The peak segment's thumbnail under its frame's heatmap (``detect --attribution``), the
+    thumbnail alone beside it, the frames' bars and the legend."""
+    found = result.get("attribution")
+    if not found:
+        error = result.get("attribution_error")
+        return f'<p class="note">No attribution: {_e(error)}</p>' if error else ""
+    segment, frame = found["segment"], found["thumbnail_frame"]
+    heat = _heat(found["heatmaps"][frame])
+    caption = (
+        f"segment {segment}'s frame {found['frames'][frame]}, the highest smoothed score "
+        f"({_segment_caption(result, segment)})"
+    )
+    jpeg = thumbs[segment] if thumbs else None
+    if jpeg is None:
+        picture, plain = f'<div class="overlay bare">{heat}</div>', ""
+    else:
+        src = _data_uri(jpeg, "image/jpeg")
+        picture = (
+            f'<div class="overlay"><img class="base" alt="{_e(caption)}" src="{src}">{heat}</div>'
+        )
+        plain = f'<figure><img class="base" alt="{_e(caption)}" src="{src}"></figure>'
+    return (
+        f'<h4>Where in the frame</h4><div class="attribution" data-segment="{segment}">'
+        f"<figure>{picture}<figcaption>{_e(caption)}</figcaption></figure>{plain}"
+        f"<figure>{_frame_bars(found)}<figcaption>the segment's {len(found['frames'])} "
+        f'frames</figcaption></figure></div><p class="legend note">{_e(_HEAT_LEGEND)}</p>'
+    )
+
+
 def _video(i: int, result: dict, truth, label, thumbs) -> str:
     facts = {
         "video score": f"{result['video_score']:.3f}",
@@ -303,7 +392,8 @@ def _video(i: int, result: dict, truth, label, thumbs) -> str:
     return (
         f'<article class="video" id="video-{i}" data-video="{_e(result["video"])}">'
         f"<h3>{_e(result['video'])}</h3>{_facts(facts)}{_timeline(result, truth)}"
-        f"<h4>Events</h4>{_events(result, thumbs)}<h4>Across the video</h4>"
+        f"<h4>Events</h4>{_events(result, thumbs)}{_attribution(result, thumbs)}"
+        "<h4>Across the video</h4>"
         f"{_strip(result, thumbs)}</article>"
     )
 

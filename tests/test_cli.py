@@ -499,3 +499,90 @@ def test_values_that_mean_nothing_are_refused_in_one_line(work, detector, tmp_pa
     assert "invalid choice: 'foo'" in err and "'llava-onevision'" in err
     demos = {n for f in backbones.FAMILIES.values() for n in f.demo_backbones}
     assert set(command_line.DEMO_BACKBONES) == demos
+
+
+def cell_means(maps, cells):
+    """Each [H, W] map's means over an h x w grid, cell i's rows [i H // h, (i + 1) H // h)."""
+    h, w = cells
+    height, width = maps.shape[-2:]
+    rows = [i * height // h for i in range(h + 1)]
+    cols = [j * width // w for j in range(w + 1)]
+    return np.asarray(
+        [
+            [[m[rows[i] : rows[i + 1], cols[j] : cols[j + 1]].mean() for j in range(w)]
+             for i in range(h)]
+            for m in maps
+        ]
+    )  # fmt: skip
+
+
+def test_detect_attribution_report(work, detector, tmp_path):
+    """--attribution: each video's record holds the heatmaps of its peak segment, equal to
+    ``hh.head_attribution`` of the detector's scorer on that segment's frames read again here
+    (16x16 cell means over the 56-px frames, divided by their largest); the page shows the
+    peak's thumbnail under red cells of those values, as Chromium renders it."""
+    import headless
+    from test_report import Page
+
+    import headhunt_jax as hh
+    from headhunt_jax.video import VideoReader
+
+    root, model, clips = work
+    videos = sorted(clips.glob("*.mp4"))[3:5]
+    page, out = tmp_path / "report.html", tmp_path / "detections.json"
+    cli(
+        "detect", "--detector", detector, *videos, "--tau", 0.3, "--attribution",
+        "--report", page, "--out", out, "--quiet",
+    )  # fmt: skip
+    results = json.loads(out.read_text())["videos"]
+    bb, det = hh.load_backbone(model), Detector.load(detector)
+    processor = bb.processor()
+    for r in results:
+        found = r["attribution"]
+        peak = int(np.argmax(r["smoothed_scores"]))
+        heatmaps = np.asarray(found["heatmaps"])
+        assert found["segment"] == peak and found["size"] == [16, 16]
+        assert heatmaps.shape == (16, 16, 16) and np.isfinite(heatmaps).all()
+        assert heatmaps.min() >= 0 and heatmaps.max() == 1 and found["scale"] > 0
+        reader = VideoReader(r["path"], **processor.frames, frames_per_segment=16)
+        with reader:
+            (segment,) = [s for s in reader if s.start_frame == r["segment_frames"][peak][0]]
+        assert found["frames"] == segment.frame_indices.tolist()
+        ids = processor.prompt_ids(det.prompt, 16, segment.pixels.shape[-2:])[None]
+        maps = hh.head_attribution(bb, ids, segment.pixels, det.expert_heads, det.scorer)
+        means = cell_means(np.asarray(maps, np.float64), (16, 16))
+        np.testing.assert_allclose(found["scale"], means.max(), rtol=1e-4)
+        np.testing.assert_allclose(heatmaps, means / means.max(), atol=6e-4)
+
+    dom = Page(headless.dump_dom(page))
+    shown = dom.all("div", **{"class": "attribution"})
+    assert [int(d["data-segment"]) for d in shown] == [r["attribution"]["segment"] for r in results]
+    assert len(dom.all("svg", **{"class": "heat"})) == len(results)
+    assert len(dom.all("div", **{"class": "overlay"})) == len(results)  # each over a thumbnail
+    cells = [float(a["data-value"]) for a in dom.all("rect") if "data-value" in a]
+    want = [
+        v
+        for r in results
+        for row in r["attribution"]["heatmaps"][r["attribution"]["thumbnail_frame"]]
+        for v in row
+        if v > 0
+    ]
+    assert cells == want
+    opacity = [float(a["fill-opacity"]) for a in dom.all("rect") if "data-value" in a]
+    assert max(opacity) == 0.7 and min(opacity) > 0  # the frame's largest cell, and none clear
+    (body,) = dom.all("body")
+    assert int(body["data-images-decoded"]) == len(dom.all("img"))
+    assert "the gradient of the detector's logit" in "".join(dom.text)
+
+
+def test_attribution_without_a_gradient_is_one_line(work, detector, tmp_path):
+    """Qwen2.5-VL lays out its pixels on the host: --attribution is refused before extracting."""
+    from headhunt_jax import tiny_checkpoints
+
+    root, model, clips = work
+    qwen = tiny_checkpoints.write("qwen2.5-vl", tmp_path / "qwen", ["Anything odd here?"])
+    video = sorted(clips.glob("*.mp4"))[0]
+    run = cli(
+        "detect", "--detector", detector, "--model", qwen, video, "--attribution", check=False
+    )
+    assert_one_line_error(run, "attribution", "qwen2_5_vl")

@@ -160,3 +160,34 @@ def test_chromium_renders_the_page_and_sorts_it(page, tmp_path):
     shot = headless.screenshot(path, tmp_path / "report.png", size=(1000, 1600))
     image = np.asarray(Image.open(shot).convert("L"))
     assert image.shape == (1600, 1000) and image.std() > 10  # not a blank page
+
+
+def test_attribution_over_the_thumbnail_or_alone(tmp_path):
+    """A video's ``attribution`` (``detect --attribution``): its thumbnail frame's cells over the
+    peak's thumbnail, or on their own without thumbnails; a video that could not be read again
+    says why."""
+    from headhunt_jax.attribution import attribution_record
+
+    means = np.random.default_rng(0).random((4, 3, 5))
+    means[2, 0, 0] = 0.0  # a cell with no gradient is drawn clear
+    shown = [result("a.mp4", [0.2, 0.9, 0.3]), result("b.mp4", [0.6, 0.1])]
+    shown[0]["attribution"] = attribution_record(1, [60, 70, 80, 90], means)
+    shown[1]["attribution"] = attribution_record(0, [5, 15, 25, 35], means)
+    failed = result("c.mp4", [0.1]) | {"attribution_error": "/videos/c.mp4: gone"}
+    thumbnails = {"a.mp4": [jpeg(20 * s, 0) for s in range(3)]}
+    path = write_report(tmp_path / "r.html", [*shown, failed], thumbnails=thumbnails)
+    parsed = Page(path.read_text())
+    assert [d["data-segment"] for d in parsed.all("div", **{"class": "attribution"})] == ["1", "0"]
+    assert len(parsed.all("div", **{"class": "overlay"})) == 1  # a.mp4, over segment 1's JPEG
+    assert len(parsed.all("div", **{"class": "overlay bare"})) == 1  # b.mp4: no thumbnails
+    bases = [a for a in parsed.all("img") if a.get("class") == "base"]
+    assert [base64.b64decode(a["src"].split(",", 1)[1]) for a in bases] == [
+        thumbnails["a.mp4"][1]
+    ] * 2
+    cells = [a for a in parsed.all("rect") if "data-value" in a]
+    values = np.round(means[2] / means.max(), 3)  # frame 4 // 2 of each
+    assert [float(a["data-value"]) for a in cells] == 2 * [v for v in values.ravel() if v > 0]
+    opacity = np.asarray([float(a["fill-opacity"]) for a in cells[: len(cells) // 2]])
+    np.testing.assert_allclose(opacity, 0.7 * values[values > 0] / values.max(), atol=6e-4)
+    assert len(parsed.all("rect", **{"class": "shown"})) == 2  # the thumbnail frame's bar
+    assert "c.mp4: gone" in "".join(parsed.text)

@@ -69,13 +69,14 @@ def _gradient_maps(bb, input_ids, key, pixels, heads, weights, vision):
 
 
 def check_attribution(bb: Backbone) -> None:
-    """Refuses a backbone whose head features cannot be differentiated with respect to the
-    pixels: a family that lays out its vision inputs and positions on the host (``prepare``,
-    Qwen2.5-VL's), which ``head_features`` refuses to trace."""
+    """Refuses a backbone whose pixels are not frames: a family that lays out its vision inputs
+    on the host (``prepare``, Qwen2.5-VL's flattened patches [patches, C*T*P*P]). Its head
+    features have a gradient with respect to those patches (``features.check_inputs``), but
+    mapping it back onto each frame's pixels is not done."""
     if bb.family.prepare is not None:
         raise InputError(
-            f"{bb.name}: attribution is not available for {bb.family.name} (it computes "
-            "positions from the pixels' layout on the host, so there is no gradient to the pixels)"
+            f"{bb.name}: attribution is not available for {bb.family.name} (its pixels are "
+            "flattened patches laid out on the host, and heatmaps are drawn on whole frames)"
         )
 
 

@@ -108,7 +108,7 @@ def test_frame_attribution_of_a_video_family(demo_backbones):
     np.testing.assert_allclose(maps[i, y, x], total, rtol=5e-2)
 
 
-def test_a_family_without_a_gradient_to_the_pixels_is_refused(demo_backbones):
+def test_a_family_whose_pixels_are_not_frames_is_refused(demo_backbones):
     from headhunt_jax.attribution import check_attribution
     from headhunt_jax.errors import InputError
 

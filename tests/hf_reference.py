@@ -135,6 +135,32 @@ def check_parity(tmp_path, model, ids, pixels=None, tol=1e-4, **load_kw):
     return bb
 
 
+def save_shards(tensors, renames, out, config_from):
+    """Writes ``tensors`` (name -> torch tensor) to the new directory ``out`` with the first
+    matching prefix of each name replaced by ``renames`` [(old, new)], in two shards and their
+    index (as large checkpoints are), and ``config_from``'s config.json; returns the new names."""
+    import json
+
+    from safetensors.torch import save_file
+
+    renamed = {}
+    for k, v in tensors.items():
+        for old, new in renames:
+            if k.startswith(old):
+                k = new + k[len(old) :]
+                break
+        renamed[k] = v.contiguous()
+    out.mkdir()
+    keys = sorted(renamed)
+    shards = {"a.safetensors": keys[::2], "b.safetensors": keys[1::2]}
+    for shard, ks in shards.items():
+        save_file({k: renamed[k] for k in ks}, out / shard)
+    weight_map = {k: shard for shard, ks in shards.items() for k in ks}
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (out / "config.json").write_text((config_from / "config.json").read_text())
+    return list(renamed)
+
+
 def decoder_layers(model):
     inner = model.model
     return inner.language_model.layers if hasattr(inner, "language_model") else inner.layers

@@ -21,11 +21,6 @@ check_parity = hf.check_parity
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def rng():
-    return np.random.default_rng(0)
-
-
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_text_only_parity(tmp_path, rng, family):
     if family == "llama":  # no attention bias, tied embeddings, explicit head_dim, llama3 rope

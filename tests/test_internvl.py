@@ -1,13 +1,9 @@
 """InternVL3 / InternVL3.5: parity with transformers' ``InternVLForConditionalGeneration``
-through the real loading path (its key layouts, bf16, converted checkpoints), and the loader's
-errors on an InternVL checkpoint.
-
-Each model is random, saved with ``save_pretrained`` and loaded by ``hh.load_backbone``. Error
-measure: max |jax - torch| / max |torch| over the whole output (float32, eager attention).
-"""
+(random models saved with ``save_pretrained``, float32, eager attention) through the real loading
+path: both key layouts, bf16, converted checkpoints; and the loader's errors on an InternVL
+checkpoint."""
 
 import dataclasses
-import json
 
 import jax
 import numpy as np
@@ -23,11 +19,6 @@ hf = pytest.importorskip("hf_reference")
 check_parity = hf.check_parity
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def rng():
-    return np.random.default_rng(0)
 
 
 @pytest.mark.parametrize(
@@ -102,30 +93,18 @@ def test_layers_subset_and_no_retrace(internvl, rng):
 def test_both_key_layouts_and_sharded_files(tmp_path, internvl, rng):
     """transformers writes ``language_model.model.*``; rewrite it as ``model.language_model.*``
     in two shards with an index, as the v5 layout and large checkpoints have it."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     model, path = internvl
     tensors = load_file(path / "model.safetensors")
-    renamed = {}
-    for k, v in tensors.items():
-        for old, new in [
-            ("language_model.model.", "model.language_model."),
-            ("vision_tower.", "model.vision_tower."),
-            ("multi_modal_projector.", "model.multi_modal_projector."),
-        ]:
-            if k.startswith(old):
-                k = new + k[len(old) :]
-        renamed[k] = v.contiguous()
-    assert any(k.startswith("model.language_model.") for k in renamed)
+    renames = [
+        ("language_model.model.", "model.language_model."),
+        ("vision_tower.", "model.vision_tower."),
+        ("multi_modal_projector.", "model.multi_modal_projector."),
+    ]
     out = tmp_path / "v5"
-    out.mkdir()
-    keys = sorted(renamed)
-    shards = {"a.safetensors": keys[::2], "b.safetensors": keys[1::2]}
-    for name, ks in shards.items():
-        save_file({k: renamed[k] for k in ks}, out / name)
-    weight_map = {k: name for name, ks in shards.items() for k in ks}
-    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    (out / "config.json").write_text((path / "config.json").read_text())
+    renamed = hf.save_shards(tensors, renames, out, path)
+    assert any(k.startswith("model.language_model.") for k in renamed)
     ids, pixels = multimodal_batch(rng)
     want, _ = hf.reference_head_features(model, ids, pixels)
     assert rel_err(hh.head_features(hh.load_backbone(out), ids, pixels), want) <= TOL

@@ -17,6 +17,7 @@ import torch
 from numerics import rel_err
 
 transformers = pytest.importorskip("transformers")
+hf = pytest.importorskip("hf_reference")
 
 import headhunt_jax as hh  # noqa: E402
 from headhunt_jax.backbones.llava_onevision import inputs as lov_inputs  # noqa: E402
@@ -153,11 +154,6 @@ def video_ids(rng, cfg, batch, frames):
     return np.asarray(rows)
 
 
-@pytest.fixture(scope="module")
-def rng():
-    return np.random.default_rng(0)
-
-
 @pytest.mark.parametrize(
     "vision_feature_layer, kv_heads, frame_counts",
     # GQA 4:1 / 2:1; the list takes the embeddings and the last layer
@@ -292,7 +288,7 @@ def test_key_layouts(tmp_path, image_model, rng):
     vision_tower.*); the hub's v4 files add SigLIP's vision_model.; transformers v5 in memory
     says model.language_model.*, lm_head, model.vision_tower.*, model.image_newline. All load
     to the same parameters, in two shards with an index."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     torch_model, path = image_model
     tensors = load_file(path / "model.safetensors")
@@ -310,23 +306,8 @@ def test_key_layouts(tmp_path, image_model, rng):
     }
     _, want = load(path)
     for name, renames in layouts.items():
-        renamed = {}
-        for k, v in tensors.items():
-            for old, new in renames:
-                if k.startswith(old):
-                    k = new + k[len(old) :]
-                    break
-            renamed[k] = v.contiguous()
-        out = tmp_path / name
-        out.mkdir()
-        keys = sorted(renamed)
-        shards = {"a.safetensors": keys[::2], "b.safetensors": keys[1::2]}
-        for shard, ks in shards.items():
-            save_file({k: renamed[k] for k in ks}, out / shard)
-        weight_map = {k: shard for shard, ks in shards.items() for k in ks}
-        (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-        (out / "config.json").write_text((path / "config.json").read_text())
-        _, got = load(out)
+        hf.save_shards(tensors, renames, tmp_path / name, path)
+        _, got = load(tmp_path / name)
         jax.tree.map(np.testing.assert_array_equal, got, want)
 
 

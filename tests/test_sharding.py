@@ -114,11 +114,6 @@ def test_make_mesh_one_device():
 # --- on 8 devices -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rng():
-    return np.random.default_rng(0)
-
-
 def _internvl(tmp_path_factory, name, **text):
     model = hf.build(hf.tiny_internvl_config(text=hf.tiny_text_config(**text).to_dict()), seed=1)
     return hf.save(model, tmp_path_factory.mktemp(name) / "ckpt")

@@ -31,9 +31,21 @@ class Processor(Protocol):
     def vision_inputs(self, pixels: np.ndarray, frame_seconds=None) -> dict[str, np.ndarray]: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class TinyBackbone:
+    """What a tiny random-weight checkpoint is made of (``headhunt_jax.tiny_checkpoints`` gives
+    it fixed-seed random weights and writes it): its config, its tokenizer (a
+    ``tokenizers.Tokenizer``), its name, and files it keeps besides ({file name: text})."""
+
+    config: Any
+    tokenizer: Any
+    name: str
+    files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Family:
-    """A backbone family (see the module docstring for what each part does)."""
+    """A backbone family (the ``headhunt_jax.backbones`` docstring says what each part does)."""
 
     name: str  # recorded in converted checkpoints
     model_types: tuple[str, ...]  # config.json's model_type values it reads
@@ -50,21 +62,9 @@ class Family:
     processor: Callable[..., Processor] | None = None
     presets: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # The demo's tiny checkpoints, by name: (prompts, **options) -> TinyBackbone.
-    demo_backbones: Mapping[str, Callable[..., "TinyBackbone"]] = dataclasses.field(
+    demo_backbones: Mapping[str, Callable[..., TinyBackbone]] = dataclasses.field(
         default_factory=dict
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class TinyBackbone:
-    """What a tiny random-weight checkpoint is made of (``headhunt_jax.tiny_checkpoints`` gives
-    it fixed-seed random weights and writes it): its config, its tokenizer (a
-    ``tokenizers.Tokenizer``), its name, and files it keeps besides ({file name: text})."""
-
-    config: Any
-    tokenizer: Any
-    name: str
-    files: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 FAMILIES: dict[str, Family] = {}

@@ -1,1 +1,2 @@
-"""Flax linen ports of the backbones, one file per family."""
+"""What the backbone families share: the decoder, layers, stacked blocks, the vision kit and
+the tokenizer."""

@@ -30,7 +30,6 @@ ACTIVATIONS = {
     "silu": nn.silu,
     "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
 }
-NORMS = ("layer_norm", "rms_norm")
 
 
 def patch_kernel(module: nn.Module, name: str, shape, dtype):

@@ -27,6 +27,9 @@ _IMAGE_TOKEN = {"qwen2": 151667, "qwen3": 151671}
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
+    """InternViT, InternVL's vision tower (transformers' ``InternVLVisionConfig``); defaults are
+    InternViT-300M's."""
+
     hidden_size: int = 1024
     intermediate_size: int = 4096
     num_layers: int = 24

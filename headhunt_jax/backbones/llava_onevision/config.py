@@ -14,8 +14,9 @@ import re
 
 from headhunt_jax.models.decoder import DecoderConfig, qwen2_config
 
-# SigLIP activation names -> whether the GELU is the tanh approximation.
-GELU_TANH = {"gelu_pytorch_tanh": True, "gelu_new": True, "gelu": False}
+# The activations (transformers' names, ``models.vision.ACTIVATIONS``) of SigLIP's MLP and the
+# projector that are supported: GELU, exact or tanh-approximated.
+GELUS = ("gelu_pytorch_tanh", "gelu_new", "gelu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +56,8 @@ class SiglipConfig:
                 f"unsupported vision model_type {model_type!r} (expected siglip_vision_model)"
             )
         act = cfg.get("hidden_act", "gelu_pytorch_tanh")
-        if act not in GELU_TANH:
-            raise ValueError(
-                f"unsupported SigLIP hidden_act {act!r} (supported: {list(GELU_TANH)})"
-            )
+        if act not in GELUS:
+            raise ValueError(f"unsupported SigLIP hidden_act {act!r} (supported: {list(GELUS)})")
         if cfg.get("vision_use_head", True):
             raise ValueError(
                 "vision_use_head=true is not supported: LLaVA-OneVision never uses SigLIP's "
@@ -174,7 +173,7 @@ class LlavaOnevisionConfig:
                 f"({n} hidden states)"
             )
         act = cfg.get("projector_hidden_act", "gelu")
-        if act not in GELU_TANH:
+        if act not in GELUS:
             raise ValueError(f"unsupported projector_hidden_act {act!r}")
         pinpoints = cfg.get("image_grid_pinpoints")
         s = vision.image_size

@@ -5,6 +5,7 @@ reuse. (SmolLM2-135M's real weights: tests/test_generate.py, beside its other ch
 import numpy as np
 import pytest
 import torch
+from numerics import rel_err
 
 hf = pytest.importorskip("hf_reference")
 
@@ -12,10 +13,6 @@ import headhunt_jax as hh  # noqa: E402
 from headhunt_jax.features import features_prompts  # noqa: E402
 
 TOL = 1e-4
-
-
-def rel_err(got, want):
-    return float(np.abs(np.asarray(got) - want).max() / max(np.abs(want).max(), 1e-12))
 
 
 def reference_hidden(model, input_ids, **inputs):

@@ -19,6 +19,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from numerics import rel_err
 
 from headhunt_jax import probe
 from headhunt_jax.errors import InputError
@@ -69,11 +70,6 @@ def layers(seed, n=40, num_layers=6, dim=16, shifted=()):
         hidden[labels == 1, layer] += shift * direction / np.linalg.norm(direction)
     hidden += rng.normal(scale=5.0, size=(1, num_layers, dim))
     return hidden.astype(np.float32), labels
-
-
-def rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
 def assert_close(got, want):

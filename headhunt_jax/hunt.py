@@ -24,13 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
 # CRITERIA, the order of saliency's raw results, is read from here as well.
 from headhunt_jax.criteria import CRITERIA as CRITERIA
 from headhunt_jax.criteria import REGISTRY, score_heads
 from headhunt_jax.errors import InputError
-from headhunt_jax.sharding import check_labels, place_items
+from headhunt_jax.sharding import check_labels, map_items, place_items
 
 # Working memory of one head is a handful of [N, N] float32 arrays.
 _CHUNK_BYTES = 256 * 2**20
@@ -50,30 +49,16 @@ def _saliency(flat, is_anomaly, heads_per_chunk, mesh, criteria):
     over every axis of ``mesh`` along P; is_anomaly [N] bool; criteria: the C per-head functions
     (``REGISTRY``'s values; static, so that a changed registry compiles anew). Returns [P, C],
     zero where a class has fewer than 2 clips."""
-    axes = tuple(mesh.axis_names)
     n = is_anomaly.shape[0]
     # The clips sorted anomalies first (stable), as the original stacks them; the class sizes
     # are data, so one compilation serves every labelling of N clips.
     order = jnp.argsort(jnp.where(is_anomaly, 0, 1), stable=True)
     num_anomalies = jnp.sum(is_anomaly, dtype=jnp.int32)
 
-    def local(x, order, num_anomalies):  # x [N, P / devices, D]: this device's heads
-        def chunk(start):
-            block = jax.lax.dynamic_slice_in_dim(x, start, heads_per_chunk, axis=1)
-            return score_heads(jnp.swapaxes(block[order], 0, 1), num_anomalies, criteria)
+    def score(block, order, num_anomalies):  # block [N, heads, D] -> [heads, C]
+        return score_heads(jnp.swapaxes(block[order], 0, 1), num_anomalies, criteria)
 
-        starts = jnp.arange(0, x.shape[1], heads_per_chunk)
-        return jax.lax.map(chunk, starts).reshape(-1, len(criteria))
-
-    # GPUs and TPUs otherwise multiply float32 in TF32 / bfloat16 passes, far from 1e-5.
-    with jax.default_matmul_precision("highest"):
-        raw = jax.shard_map(
-            local,
-            mesh=mesh,
-            in_specs=(P(None, axes, None), P(), P()),
-            out_specs=P(axes),
-            check_vma=False,
-        )(flat, order, num_anomalies)
+    raw = map_items(score, flat, heads_per_chunk, mesh, order, num_anomalies)
     # The original gives 0 for every criterion when a class has fewer than 2 clips.
     return jnp.where(jnp.minimum(num_anomalies, n - num_anomalies) < 2, 0.0, raw)
 

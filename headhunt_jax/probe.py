@@ -49,10 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
 from headhunt_jax.errors import InputError
-from headhunt_jax.sharding import check_labels, place_items
+from headhunt_jax.sharding import check_labels, map_items, place_items
 
 CRITERIA = ("kl", "ldr", "entropy")
 
@@ -110,25 +109,8 @@ def _criteria(x, is_anomaly):
 def _layer_criteria(hidden, is_anomaly, num_layers, layers_per_chunk, mesh):
     """hidden [N, Lp, E] (Lp padded to a multiple of the devices' chunks), split over every axis
     of ``mesh`` along Lp; is_anomaly [N] bool. Returns the dict of [num_layers] criteria."""
-    axes = tuple(mesh.axis_names)
-
-    def local(x, is_anomaly):  # x [N, Lp / devices, E]: this device's layers
-        def chunk(start):
-            block = jax.lax.dynamic_slice_in_dim(x, start, layers_per_chunk, axis=1)
-            return jax.vmap(_criteria, in_axes=(1, None))(block, is_anomaly)
-
-        starts = jnp.arange(0, x.shape[1], layers_per_chunk)
-        return jax.lax.map(chunk, starts).reshape(-1, len(CRITERIA))
-
-    # GPUs and TPUs otherwise multiply float32 in TF32 / bfloat16 passes, far from 1e-5.
-    with jax.default_matmul_precision("highest"):
-        raw = jax.shard_map(
-            local,
-            mesh=mesh,
-            in_specs=(P(None, axes, None), P()),
-            out_specs=P(axes),
-            check_vma=False,
-        )(hidden, is_anomaly)
+    score = jax.vmap(_criteria, in_axes=(1, None))  # [N, layers, E] -> [layers, C]
+    raw = map_items(score, hidden, layers_per_chunk, mesh, is_anomaly)
     return dict(zip(CRITERIA, raw[:num_layers].T, strict=True))
 
 

@@ -177,3 +177,26 @@ def place_items(x, mesh: Mesh, per_chunk: int | None, default_per_chunk):
     spec = NamedSharding(mesh, PartitionSpec(None, tuple(mesh.axis_names), None))
     placed = jax.make_array_from_callback((n, padded, dim), spec, lambda i: x[:, index[i[1]]])
     return placed, per_chunk
+
+
+def map_items(score, x, per_chunk: int, mesh: Mesh, *shared):
+    """``score(block, *shared)`` -> [per_chunk, C] over every chunk of x [N, P, D] (placed by
+    ``place_items``: P split over all of the mesh's axes), each device scoring only its own
+    items, a chunk at a time (``lax.map``: memory is one chunk's); returns [P, C]. ``shared``:
+    arrays every device gets whole. Matmuls run at full float32 precision: GPUs and TPUs would
+    otherwise multiply float32 in TF32 / bfloat16 passes, far from 1e-5."""
+    axes = tuple(mesh.axis_names)
+
+    def local(x, *shared):  # x [N, P / devices, D]: this device's items
+        def chunk(start):
+            return score(jax.lax.dynamic_slice_in_dim(x, start, per_chunk, axis=1), *shared)
+
+        out = jax.lax.map(chunk, jax.numpy.arange(0, x.shape[1], per_chunk))
+        return out.reshape(-1, out.shape[-1])
+
+    specs = (PartitionSpec(None, axes, None), *(PartitionSpec() for _ in shared))
+    with jax.default_matmul_precision("highest"):
+        run = jax.shard_map(
+            local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(axes), check_vma=False
+        )
+        return run(x, *shared)

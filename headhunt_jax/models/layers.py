@@ -9,7 +9,7 @@ Axis letters, in einsum subscripts and in shapes ``[B, T, E]`` throughout the mo
 - T tokens (queries); S key positions (a cache's slots); P a prefix's positions;
 - E the decoder's hidden width; D a vision tower's (or a projector's input) width;
 - N query heads; K key/value heads; G query heads per key/value head; H head_dim;
-- M the MLP's inner width; V the vocabulary.
+- M the MLP's inner width; V the vocabulary; F a generic projection's output width (D -> F).
 """
 
 from collections.abc import Sequence

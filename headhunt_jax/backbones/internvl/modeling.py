@@ -32,11 +32,11 @@ class Projector(nn.Module):
         d, e = x.shape[-1], self.text_hidden
         x = LayerNorm(1e-5, axis_name="vision_mlp", dtype=self.dtype, name="norm")(x)
         x = Einsum(
-            "NTD,DE->NTE", (d, e), ("vision_mlp", "embed"), ("embed",), self.dtype, name="linear_1"
+            "ITD,DE->ITE", (d, e), ("vision_mlp", "embed"), ("embed",), self.dtype, name="linear_1"
         )(x)
         x = nn.gelu(x, approximate=False)
         return Einsum(
-            "NTD,DE->NTE", (e, e), ("mlp", "embed"), ("embed",), self.dtype, name="linear_2"
+            "ITD,DE->ITE", (e, e), ("mlp", "embed"), ("embed",), self.dtype, name="linear_2"
         )(x)
 
 

@@ -105,6 +105,18 @@ def test_head_features_with_the_backbone_as_an_argument(internvl):
         jax.jit(hh.head_features)(bb, ids[0], pixels)
 
 
+def test_hidden_features_under_jit_and_grad(internvl):
+    bb, ids, pixels = internvl
+    eager = hh.hidden_features(bb, ids, pixels, layers=(0, 1))
+    close(jax.jit(lambda px: hh.hidden_features(bb, ids, px, layers=(0, 1)))(pixels), eager)
+    f = lambda px: hh.hidden_features(bb, ids, px, layers=(1,))[:, 0, :8].sum()  # noqa: E731
+    grad = jax.grad(f)(pixels)
+    direction = np.random.default_rng(1).standard_normal(pixels.shape).astype(np.float32)
+    eps = 1e-2
+    fd = (f(pixels + eps * direction) - f(pixels - eps * direction)) / (2 * eps)
+    np.testing.assert_allclose(float(jnp.vdot(grad, direction)), float(fd), rtol=2e-3)
+
+
 def test_head_features_gradient_against_finite_differences(internvl):
     bb, ids, pixels = internvl
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from headhunt_jax import files
 from headhunt_jax.annotations import Events, Labels, labelled_videos
+from headhunt_jax.detector import Probe
 from headhunt_jax.errors import InputError
 from headhunt_jax.features import check_heads, gather_heads
 from headhunt_jax.hunt import (
@@ -193,14 +194,6 @@ def load_heads(path) -> np.ndarray:
 
 
 def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray) -> np.ndarray:
-    """[S, K * D]: the experts' features of a video, from an all-head or an expert-head store."""
-    spec = store.spec
-    if spec.heads is None:  # every head of every layer (extract's store_spec)
-        x = gather_heads(
-            video.features, check_heads(heads, video.features.shape[1:3], str(store.path))
-        )
-    elif [tuple(h) for h in spec.heads] == [tuple(map(int, h)) for h in heads]:
-        x = video.features
-    else:
-        raise InputError(f"{store.path}: holds the heads {list(spec.heads)}, not {heads.tolist()}")
-    return x.reshape(x.shape[0], -1)
+    """[S, K * D]: the experts' features of a video, from an all-head or an expert-head store
+    (``detector.Probe.features_of``)."""
+    return Probe("heads", heads).features_of(video.kinds(), store.spec, str(store.path))

@@ -29,14 +29,18 @@ def png(draw: Callable) -> bytes:
 
 
 def detector_facts(detector, backbone: str, **more) -> dict:
-    """A detector as a page states it: ``backbone`` (as given), then ``more`` (as given), its
-    expert heads, sigma and tau."""
-    return {
-        "backbone": backbone,
-        **more,
-        "expert heads (layer, head)": detector.expert_heads.tolist(),
-        "sigma, tau": f"{detector.sigma:g}, {detector.tau:g}",
+    """A detector as a page states it: ``backbone`` (as given), then ``more`` (as given), what
+    it reads (its expert heads, or the layer of a hidden-state probe), sigma and tau."""
+    return {"backbone": backbone, **more, **probe_facts(detector)} | {
+        "sigma, tau": f"{detector.sigma:g}, {detector.tau:g}"
     }
+
+
+def probe_facts(detector) -> dict:
+    """What a detector reads, as a page states it."""
+    if detector.layer is None:
+        return {"expert heads (layer, head)": detector.expert_heads.tolist()}
+    return {"probe": "hidden state (HiProbe-VAD)", "layer": detector.layer}
 
 
 def run_facts(detector_dir, model, detector) -> dict:

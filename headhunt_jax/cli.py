@@ -831,6 +831,12 @@ def _add_reproduce(sub):
         default="video",
         help="the unit heads are hunted and the scorer trained on (default video, the paper's)",
     )
+    p.add_argument(
+        "--probe",
+        default="heads",
+        help="heads (HeadHunt-VAD's expert heads), hidden (HiProbe-VAD's layer) or heads,hidden: "
+        "both side by side on one extraction, a column each in the report",
+    )
     _processor_arg(p)
     _report_arg(p)
     p.set_defaults(func=_reproduce)
@@ -854,6 +860,7 @@ def _reproduce(args):
         scorer=args.scorer,
         dtype=_dtype(args.dtype),
         processor_options=_processor_options(args),
+        probes=_kinds(args.probe),
     )
     say = (lambda *a: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     report = reproduce.reproduce(

@@ -70,6 +70,36 @@ def metrics_table(metrics: Mapping) -> dict[str, object]:
     return rows
 
 
+def probe_table(columns: Mapping[str, Mapping]) -> dict[str, dict[str, object]]:
+    """{row name: {probe: value}}: ``reproduce``'s probes side by side (its report's
+    ``probes``), a column a probe."""
+    rows: dict[str, dict[str, object]] = {}
+
+    def row(name, value):
+        for probe, column in columns.items():
+            rows.setdefault(name, {})[probe] = value(column)
+
+    row("frame-level ROC AUC", lambda c: c["frame_auc"])
+    row("frame-level AP", lambda c: c["frame_ap"])
+    row("video-level ROC AUC (max score)", lambda c: c["video_auc"])
+    row("video-level F1 (max score)", lambda c: c["video_f1"])
+    row("reads", lambda c: _reads(c))
+    row("sigma, tau", lambda c: f"{c['sigma']:g}, {c['tau']:g}")
+    row("scorer input (floats a segment)", lambda c: c["feature_dim"])
+    row("calibration features stored (bytes)", lambda c: c["calibration_store_bytes"])
+    row(
+        "own stages (s)",
+        lambda c: ", ".join(f"{k} {v}" for k, v in c["stage_seconds"].items()) or "n/a",
+    )
+    return rows
+
+
+def _reads(column: Mapping) -> str:
+    if column["probe"] == "heads":
+        return "heads " + " ".join(f"({a},{b})" for a, b in column["expert_heads"])
+    return f"hidden state of layer {column['layer']}"
+
+
 def detection_record(results: Sequence[dict], failures: Sequence) -> dict:
     """``detect``'s JSON: a summary (videos, anomalous ones, events, failed), each video's result
     (``detection.video_result``) and the failures (``extract.Failure`` s)."""
@@ -146,10 +176,12 @@ def write_evaluation_page(
     thumbnails,
     figures: Mapping,
     failures: Sequence = (),
+    comparison: Mapping | None = None,
 ) -> None:
     """A page of detections with their ground truth (``events`` by video key, ``labels`` by
     video id) and the headline figures of ``metrics`` (``metrics_table``); ``figures``:
-    {caption: PNG bytes or file}."""
+    {caption: PNG bytes or file}; ``comparison``: {row: {column: value}}, a table of columns
+    (``probe_table``)."""
     write_report(
         path,
         results,
@@ -161,4 +193,5 @@ def write_evaluation_page(
         thumbnails=thumbnails,
         plots=figures,
         failures=failures,
+        comparison=comparison,
     )

@@ -94,6 +94,8 @@ def _check_stores(stores: Sequence[FeatureStore]) -> None:
         raise InputError(f"hunting needs stores of at least 2 prompts, got {len(stores)}")
     first = stores[0].spec
     for s in stores:
+        if not s.spec.holds("heads"):
+            raise InputError(f"{s.path}: holds no head features (hunt it with --probe hidden)")
         if s.spec.heads is not None:
             raise InputError(f"{s.path}: holds expert heads only; hunting needs all heads")
         if s.spec.clip != first.clip:

@@ -376,7 +376,16 @@ def _add_extract(sub):
         required=True,
         help="feature store directory, one per --prompt (a rerun resumes it)",
     )
-    p.add_argument("--heads", help="heads JSON: store these expert heads only (default: all heads)")
+    p.add_argument(
+        "--heads",
+        help="heads JSON: store these expert heads only (default: all heads; the heads kind)",
+    )
+    p.add_argument(
+        "--features",
+        default="heads",
+        help="what to store of every segment, one forward for all: heads (every head's output, "
+        "HeadHunt-VAD), hidden (every layer's hidden state, HiProbe-VAD) or heads,hidden",
+    )
     p.add_argument(
         "--distributed",
         action="store_true",
@@ -412,6 +421,13 @@ def _process(args):
     return f"process {index} of {count}: ", distributed.starting()
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    """``--features`` (or ``--probe``) as the kinds of features it names, one line if wrong."""
+    from headhunt_jax.extract import check_kinds
+
+    return check_kinds(k.strip() for k in text.split(",") if k.strip())
+
+
 def _extract(args):
     from headhunt_jax.experts import load_heads
     from headhunt_jax.extract import extract_features
@@ -419,6 +435,9 @@ def _extract(args):
     empty = [i + 1 for i, p in enumerate(args.prompt) if not p.strip()]
     if empty:
         raise CliError(f"--prompt number {empty[0]} is empty: give the question to ask")
+    kinds = _kinds(args.features)
+    if args.heads and "heads" not in kinds:
+        raise CliError("--heads chooses expert heads of the heads kind; add heads to --features")
     if len(args.prompt) != len(args.out):
         raise CliError(
             f"{len(args.prompt)} --prompt but {len(args.out)} --out: give one store per prompt"
@@ -451,6 +470,7 @@ def _extract(args):
         clip=args.clip,
         processor_options=_processor_options(args),
         progress=not args.quiet,
+        kinds=kinds,
     )
     print(
         f"{process}{', '.join(map(str, report.stores))}: {len(report.written)} videos written, "
@@ -474,11 +494,20 @@ def _add_hunt(sub):
         help="temporal annotations (XD-Violence or UCF-Crime format) for segment labels",
     )
     _dataset_args(p, "all", "labels and events")
-    p.add_argument("--out", required=True, help="heads JSON")
+    p.add_argument(
+        "--probe",
+        choices=["heads", "hidden"],
+        default="heads",
+        help="heads: expert heads by RSS over the prompts (HeadHunt-VAD; two or more stores); "
+        "hidden: one layer's hidden state by DLSP (HiProbe-VAD; stores extracted with "
+        "--features hidden, the prompts' layer scores averaged)",
+    )
+    p.add_argument("--out", required=True, help="heads JSON (layers JSON with --probe hidden)")
     p.add_argument(
         "--plot",
         help="RSS heatmap PNG (default: next to --out, heads.png for heads.json); the other "
-        "figures (saliency criteria, head importance, t-SNE) go beside it",
+        "figures (saliency criteria, head importance, t-SNE) go beside it; with --probe hidden "
+        "the per-layer criteria PNG",
     )
     p.set_defaults(func=_hunt)
 
@@ -489,6 +518,8 @@ def _hunt(args):
 
     events, labels = _truth(args)
     stores = [FeatureStore(s) for s in args.stores]
+    if args.probe == "hidden":
+        return _hunt_layer(args, stores, events, labels)
     result = experts.hunt(
         stores, args.k, args.lam, events, args.max_clips, _local_mesh(), labels=labels
     )
@@ -502,10 +533,37 @@ def _hunt(args):
     )
 
 
+def _hunt_layer(args, stores, events, labels):
+    """``hunt --probe hidden``: DLSP's layer -> the layers JSON and its criteria figure."""
+    from headhunt_jax import experts, plots
+
+    result = experts.hunt_layer(stores, events, args.max_clips, _local_mesh(), labels=labels)
+    out = Path(args.out)
+    experts.write_layers(out, result, max_clips=args.max_clips)
+    png = plots.layer_criteria(result, Path(args.plot or out.with_suffix(".png")))
+    print(
+        f"layer {result.layer} (DLSP score {result.scores.max():.4f}, {experts.COMBINE_PROMPTS} "
+        f"over {len(stores)} prompts) -> {out}; figure: {png}"
+    )
+
+
 def _add_fit(sub):
     p = sub.add_parser("fit", help="train the scorer and calibrate the temporal locator")
-    p.add_argument("--store", required=True, help="feature store (all heads or the expert heads)")
-    p.add_argument("--heads", required=True, help="heads JSON from hunt")
+    p.add_argument(
+        "--store",
+        required=True,
+        help="feature store (all heads, the expert heads or hidden states)",
+    )
+    p.add_argument("--heads", help="heads JSON from hunt: a detector of these expert heads")
+    p.add_argument(
+        "--layers", help="layers JSON from hunt --probe hidden: a detector of its chosen layer"
+    )
+    p.add_argument(
+        "--probe",
+        choices=["heads", "hidden"],
+        help="what the detector reads (default: heads with --heads, hidden with --layers or --layer)",
+    )
+    p.add_argument("--layer", type=int, help="with --probe hidden: this layer's hidden state")
     p.add_argument("--annotations", help="temporal annotations for segment labels")
     _dataset_args(p, "all", "labels and events")
     _scorer_arg(p)
@@ -526,7 +584,6 @@ def _add_fit(sub):
 
 
 def _fit(args):
-    from headhunt_jax.experts import load_heads
     from headhunt_jax.fitting import fit
     from headhunt_jax.run_report import metric
     from headhunt_jax.store import FeatureStore
@@ -535,7 +592,7 @@ def _fit(args):
     validation = FeatureStore(args.validation) if args.validation else None
     detector = fit(
         FeatureStore(args.store),
-        load_heads(args.heads),
+        _fit_probe(args),
         events,
         args.scorer,
         validation,
@@ -557,6 +614,29 @@ def _fit(args):
         f"sigma {detector.sigma:g}, tau {detector.tau:g} from the {training['calibrated_on']}) "
         f"-> {args.out}"
     )
+
+
+def _fit_probe(args):
+    """The probe ``fit`` trains on: ``--heads``, or ``--layers``/``--layer`` (``--probe``
+    hidden); exactly one of them."""
+    from headhunt_jax.detector import Probe
+    from headhunt_jax.experts import load_heads, load_layer
+
+    given = [f for f in ("heads", "layers", "layer") if getattr(args, f) is not None]
+    if len(given) != 1:
+        raise CliError(
+            "give one of --heads (a heads probe), --layers or --layer (a hidden probe)"
+            + (f", not {' and '.join('--' + f for f in given)}" if given else "")
+        )
+    probe = args.probe or ("heads" if given == ["heads"] else "hidden")
+    if (probe == "heads") != (given == ["heads"]):
+        raise CliError(f"--probe {probe} does not go with --{given[0]}")
+    if args.heads:
+        return Probe("heads", load_heads(args.heads))
+    layer = load_layer(args.layers) if args.layers else args.layer
+    if layer < 0:
+        raise CliError(f"--layer must be a layer index >= 0, got {layer}")
+    return Probe.hidden(layer)
 
 
 def _scored(args, bb, detector, videos, root):
@@ -763,6 +843,12 @@ def _add_reproduce(sub):
         default="video",
         help="the unit heads are hunted and the scorer trained on (default video, the paper's)",
     )
+    p.add_argument(
+        "--probe",
+        default="heads",
+        help="heads (HeadHunt-VAD's expert heads), hidden (HiProbe-VAD's layer) or heads,hidden: "
+        "both side by side on one extraction, a column each in the report",
+    )
     _processor_arg(p)
     _report_arg(p)
     p.set_defaults(func=_reproduce)
@@ -786,6 +872,7 @@ def _reproduce(args):
         scorer=args.scorer,
         dtype=_dtype(args.dtype),
         processor_options=_processor_options(args),
+        probes=_kinds(args.probe),
     )
     say = (lambda *a: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     report = reproduce.reproduce(

@@ -1,6 +1,7 @@
 """Detection: videos -> each video's scores and events, as ``detect`` (and ``watch``) report them.
 
-``detect`` extracts the expert heads' features of the videos into a store (``extract``), and
+``detect`` extracts the features its detector's probe reads (``Detector.probe``: expert heads
+or a layer's hidden state) of the videos into a store (``extract``), and
 ``video_result`` turns a stored video into its detection record: segment scores
 (``detector_scores``), smoothed scores, events (``locator.localize``, each by ``event_fields``),
 the video's score and whether it holds an event.
@@ -14,7 +15,6 @@ import numpy as np
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.detector import Detector, detector_scores
 from headhunt_jax.errors import InputError
-from headhunt_jax.experts import expert_features
 from headhunt_jax.extract import Failure, extract_features
 from headhunt_jax.locator import localize, smooth
 from headhunt_jax.store import FeatureStore, VideoFeatures
@@ -68,13 +68,13 @@ def detect(
         videos,
         detector.prompt,
         work_dir,
-        heads=detector.expert_heads,
         root=root,
         batch_size=batch_size,
         processor_options=detector.processor_options,
         thumbnail_height=thumbnail_height,
         explainer=explainer,
         progress=progress,
+        **detector.probe.extraction(),
     )
     store = FeatureStore(report.store)
     done = set(report.written) | set(report.skipped)
@@ -122,7 +122,8 @@ def video_result(detector: Detector, store: FeatureStore, video: VideoFeatures) 
     """One video's detection: segment scores, smoothed scores, events (segments, frames [start,
     end), seconds, duration, peak score and segment), ``is_anomaly`` (an event was found) and
     ``video_score`` (the highest smoothed score)."""
-    scores = detector_scores(detector, expert_features(video, store, detector.expert_heads))
+    x = detector.features_of(video.kinds(), store.spec, str(store.path))
+    scores = detector_scores(detector, x)
     smoothed = np.asarray(smooth(scores, detector.sigma))
     meta = video.metadata
     events = []

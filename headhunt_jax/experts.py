@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from headhunt_jax import files
+from headhunt_jax import files, probe
 from headhunt_jax.annotations import Events, Labels, labelled_videos
+from headhunt_jax.detector import Probe
 from headhunt_jax.errors import InputError
 from headhunt_jax.features import check_heads, gather_heads
 from headhunt_jax.hunt import (
@@ -93,6 +94,8 @@ def _check_stores(stores: Sequence[FeatureStore]) -> None:
         raise InputError(f"hunting needs stores of at least 2 prompts, got {len(stores)}")
     first = stores[0].spec
     for s in stores:
+        if not s.spec.holds("heads"):
+            raise InputError(f"{s.path}: holds no head features (hunt it with --probe hidden)")
         if s.spec.heads is not None:
             raise InputError(f"{s.path}: holds expert heads only; hunting needs all heads")
         if s.spec.clip != first.clip:
@@ -193,14 +196,118 @@ def load_heads(path) -> np.ndarray:
 
 
 def expert_features(video: VideoFeatures, store: FeatureStore, heads: np.ndarray) -> np.ndarray:
-    """[S, K * D]: the experts' features of a video, from an all-head or an expert-head store."""
-    spec = store.spec
-    if spec.heads is None:  # every head of every layer (extract's store_spec)
-        x = gather_heads(
-            video.features, check_heads(heads, video.features.shape[1:3], str(store.path))
-        )
-    elif [tuple(h) for h in spec.heads] == [tuple(map(int, h)) for h in heads]:
-        x = video.features
-    else:
-        raise InputError(f"{store.path}: holds the heads {list(spec.heads)}, not {heads.tolist()}")
-    return x.reshape(x.shape[0], -1)
+    """[S, K * D]: the experts' features of a video, from an all-head or an expert-head store
+    (``detector.Probe.features_of``)."""
+    return Probe("heads", heads).features_of(video.kinds(), store.spec, str(store.path))
+
+
+# How the prompts' layer choices combine: HiProbe-VAD probes with one prompt; over M prompts the
+# chosen layer is the argmax of the mean of each prompt's DLSP scores (``probe.layer_scores``).
+COMBINE_PROMPTS = "mean of the per-prompt DLSP layer scores"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerResult:
+    """HiProbe-VAD's layer (``hunt_layer``): ``layer``, the chosen decoder layer; ``layers``:
+    the layers scored (the stores' hidden layers); ``scores`` [L]: the DLSP score of each, the
+    mean over the prompts of ``prompt_scores`` [M, L]; ``criteria``: {"kl", "ldr", "entropy"}
+    each [M, L], the raw criterion under each prompt."""
+
+    layer: int
+    layers: tuple[int, ...]
+    scores: np.ndarray
+    prompt_scores: np.ndarray
+    criteria: dict
+    backbone: str
+    prompts: tuple[str, ...]
+    stores: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "probe": "hidden",
+            "layer": self.layer,
+            "layers": list(self.layers),
+            "combine": COMBINE_PROMPTS,
+            "scores": np.round(self.scores, 6).tolist(),
+            "prompt_scores": np.round(self.prompt_scores, 6).tolist(),
+            "criteria": {k: np.round(v, 6).tolist() for k, v in self.criteria.items()},
+            "backbone": self.backbone,
+            "prompts": list(self.prompts),
+            "stores": list(self.stores),
+        }
+
+
+def _hidden_rows(stores: Sequence[FeatureStore], events, labels, max_clips):
+    """Each store's labelled hidden states [N, L, E] (the same rows of the same videos in every
+    store, at most ``max_clips``) and their labels [N]."""
+    first = stores[0].spec
+    reference = rows = None
+    out = []
+    for s in stores:
+        if not s.spec.holds("hidden"):
+            raise InputError(f"{s.path}: holds no hidden states (extract with --features hidden)")
+        if (s.spec.hidden_layers, s.spec.clip) != (first.hidden_layers, first.clip):
+            raise InputError(f"{s.path}: other hidden layers or clip unit than {stores[0].path}")
+        videos = labelled_videos(s, events, labels)
+        layout = [(v.video_id, v.num_segments) for v, _ in videos]
+        if reference is not None and layout != reference:
+            raise InputError(f"{s.path}: holds other videos or segments than {stores[0].path}")
+        reference = layout
+        y = np.concatenate([y for _, y in videos])
+        if len(np.unique(y)) < 2:
+            raise InputError(f"{s.path}: all segments have one label; probing needs both classes")
+        rows = clip_subset(y, max_clips) if rows is None else rows
+        out.append(np.concatenate([v.hidden for v, _ in videos])[rows])
+    return out, y[rows]
+
+
+def hunt_layer(
+    stores: Sequence[FeatureStore],
+    events: Events | None = None,
+    max_clips: int | None = 4000,
+    mesh=None,
+    labels: Labels | None = None,
+) -> LayerResult:
+    """HiProbe-VAD's Dynamic Layer Saliency Probing over the hidden states of one or more
+    stores of the same videos (one a prompt): each prompt's criteria (``probe.layer_saliency``)
+    and DLSP scores; the layer of the highest mean score (``COMBINE_PROMPTS``)."""
+    if not stores:
+        raise InputError("probing layers needs at least one store")
+    hidden, y = _hidden_rows(stores, events, labels, max_clips)
+    criteria, scores = [], []
+    for s, x in zip(stores, hidden, strict=True):
+        try:
+            crit = {k: np.asarray(v) for k, v in probe.layer_saliency(x, y, mesh=mesh).items()}
+        except InputError as e:
+            raise InputError(f"{s.path}: {e}") from None
+        criteria.append(crit)
+        scores.append(np.asarray(probe.layer_scores(crit)))
+    mean = np.mean(scores, axis=0)
+    layers = stores[0].spec.hidden_layers
+    return LayerResult(
+        layer=int(layers[int(np.argmax(mean))]),
+        layers=tuple(layers),
+        scores=mean,
+        prompt_scores=np.stack(scores),
+        criteria={k: np.stack([c[k] for c in criteria]) for k in probe.CRITERIA},
+        backbone=stores[0].spec.backbone,
+        prompts=tuple(s.spec.prompt for s in stores),
+        stores=tuple(str(s.path) for s in stores),
+    )
+
+
+def write_layers(path, result: LayerResult, **settings) -> None:
+    """The layers file of a hidden-state hunt (``LayerResult.to_json`` and ``settings``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result.to_json(), **settings}, indent=1))
+
+
+def load_layer(path) -> int:
+    """The chosen layer of a layers file (``write_layers``)."""
+    path = Path(path)
+    record = files.read_json(path, "a layers file")
+    layer = record.get("layer") if isinstance(record, dict) else None
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise InputError(f"{path}: not a layers file (no layer index)")
+    return layer

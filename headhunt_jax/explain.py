@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.detector import detector_scores
 from headhunt_jax.errors import InputError
-from headhunt_jax.extract import frame_seconds
-from headhunt_jax.features import gather_heads, heads_after_prefix, shared_prefix_length
+from headhunt_jax.extract import frame_seconds, split_kinds
+from headhunt_jax.features import heads_after_prefix, shared_prefix_length
 from headhunt_jax.generation import Prefix, generate, prefill
 from headhunt_jax.models.tokenizer import load_tokenizer
 from headhunt_jax.stream import EventTracker, OnlineSmoother
@@ -54,19 +54,24 @@ def text_prefix_length(bb: Backbone, prompt_ids: Sequence[np.ndarray]) -> int:
     return n
 
 
-def features_with_prefix(bb: Backbone, prompt_ids, prefix_length: int, layers, **vision):
-    """(the head features of ``prompt_ids`` [B, T] at ``layers``, [B, len(layers), N, H], as
-    ``head_features`` gives them; the ``Prefix`` of their first ``prefix_length`` tokens, every
-    layer): one pass over the prefix serves both."""
+def features_with_prefix(
+    bb: Backbone, prompt_ids, prefix_length: int, layers, kinds=("heads",), **vision
+):
+    """(the features of ``prompt_ids`` [B, T] at ``layers``, {kind: [B, len(layers), ...]} for
+    each of ``kinds``, as ``head_features`` and ``hidden_features`` give them; the ``Prefix`` of
+    their first ``prefix_length`` tokens, every layer): one pass over the prefix serves both."""
     ids = np.asarray(prompt_ids, np.int32)
     cache = prefill(bb, ids[:, :prefix_length], **vision)
     suffix = ids[:, prefix_length:]
     positions = jnp.asarray(cache.positions_after(suffix.shape[1]))
     layers = tuple(int(i) for i in layers)
+    suffix = jnp.asarray(suffix)
     feats = heads_after_prefix(
-        bb.model, bb.params, jnp.asarray(suffix), cache.keys, cache.values, positions, layers
+        bb.model, bb.params, suffix, cache.keys, cache.values, positions, layers, tuple(kinds)
     )
-    return np.asarray(feats), cache
+    if tuple(kinds) == ("heads",):
+        feats = {"heads": feats}
+    return {kind: np.asarray(value) for kind, value in feats.items()}, cache
 
 
 def answer(bb, cache: Prefix, questions, max_new_tokens, tokenizer) -> str | list[str]:
@@ -115,9 +120,9 @@ class Explainer:
         self._pending: dict[int, dict[int, object]] = defaultdict(dict)
         self._ids: dict[tuple, list[np.ndarray]] = {}
 
-    def batch_features(self, processor, input_ids, batch, spec) -> np.ndarray:
-        """The detection features of a batch (as ``extract.batch_features``: [1, B, K, D]),
-        keeping each real row's prefix and scoring it."""
+    def batch_features(self, processor, input_ids, batch, spec) -> dict:
+        """The detection features of a batch (as ``extract.batch_features``: {kind: [1, B,
+        ...]}), keeping each real row's prefix and scoring it."""
         (ids,) = input_ids
         frames, size = batch.pixels.shape[1], tuple(batch.pixels.shape[-2:])
         questions = self._question_ids(processor, frames, size)
@@ -125,9 +130,11 @@ class Explainer:
         seconds = [r.frame_seconds for r in batch.rows]
         seconds += seconds[-1:] * (len(batch.pixels) - len(seconds))  # padding rows
         vision = processor.vision_inputs(batch.pixels, np.asarray(seconds, np.float32))
-        feats, cache = features_with_prefix(self.bb, ids, n, spec.layers, **vision)
-        feats = gather_heads(feats[None], spec.heads, spec.layers)
-        scores = detector_scores(self.detector, feats[0].reshape(len(ids), -1))
+        layers = tuple(sorted({*spec.layers, *spec.hidden_layers}))
+        feats, cache = features_with_prefix(self.bb, ids, n, layers, spec.kinds, **vision)
+        feats = split_kinds({k: v[None] for k, v in feats.items()}, layers, spec)
+        x = self.detector.features_of({k: v[0] for k, v in feats.items()}, spec)
+        scores = detector_scores(self.detector, x)
         for i, row in enumerate(batch.rows):
             video = self.videos.get(row.video)
             if video is None:

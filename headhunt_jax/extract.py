@@ -1,4 +1,5 @@
-"""Extraction: videos -> per-segment head features in a :class:`~headhunt_jax.store.FeatureStore`.
+"""Extraction: videos -> per-segment head features (and, asked for, each layer's hidden state) in
+a :class:`~headhunt_jax.store.FeatureStore`.
 
 Segments of consecutive videos fill fixed-shape batches of ``batch_size`` segments (the last one
 padded with blank frames), so the backbone compiles once per run. A background thread decodes the
@@ -29,7 +30,14 @@ from tqdm.auto import tqdm
 
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.errors import InputError, check_terminated
-from headhunt_jax.features import check_heads, gather_heads, head_features, head_features_prompts
+from headhunt_jax.features import (
+    KINDS,
+    check_heads,
+    features_one_prompt,
+    features_prompts,
+    gather_heads,
+    layer_indices,
+)
 from headhunt_jax.store import FeatureStore, StoreSpec, VideoFeatures, processor_spec
 from headhunt_jax.video import (
     CLIPS,
@@ -127,9 +135,18 @@ def store_spec(
     clip: str = "segment",
     processor: tuple = (),
     processor_options: tuple = (),
+    kinds: Sequence[str] = ("heads",),
+    hidden_layers=None,
 ) -> StoreSpec:
-    """The spec of a store of ``bb``'s features for ``prompt`` (all heads when ``heads`` is None)."""
-    if heads is None:
+    """The spec of a store of ``bb``'s features for ``prompt``: of each of ``kinds`` ("heads":
+    all heads when ``heads`` is None, else those; "hidden": the hidden states of
+    ``hidden_layers``, all when None)."""
+    kinds = check_kinds(kinds)
+    if "heads" not in kinds:
+        if heads is not None:
+            raise InputError("expert heads are a choice of the heads kind, which is not extracted")
+        layers, pairs, shape = (), None, (0,)
+    elif heads is None:
         layers, pairs = tuple(range(bb.num_layers)), None
         shape = (bb.num_layers, bb.num_heads, bb.head_dim)
     else:
@@ -151,7 +168,31 @@ def store_spec(
         clip=clip,
         processor=processor,
         processor_options=processor_options,
+        kinds=kinds,
+        **_hidden_fields(bb, kinds, hidden_layers),
     )
+
+
+def check_kinds(kinds) -> tuple[str, ...]:
+    """The kinds of features asked for, in ``KINDS``' order; unknown or none: an InputError."""
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise InputError(
+            f"features must be one or more of {', '.join(KINDS)}, got {', '.join(kinds) or 'none'}"
+        )
+    return tuple(k for k in KINDS if k in kinds)
+
+
+def _hidden_fields(bb: Backbone, kinds, hidden_layers) -> dict:
+    """``StoreSpec``'s hidden_layers and hidden_shape (empty without the hidden kind)."""
+    if "hidden" not in kinds:
+        return {}
+    try:
+        layers = layer_indices(bb, hidden_layers)
+    except ValueError as e:
+        raise InputError(f"hidden layers: {e}") from None
+    return {"hidden_layers": layers, "hidden_shape": (len(layers), bb.text_config.hidden_size)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,24 +323,44 @@ def _expected_segments(paths: Sequence[Path], reader_kw: dict) -> int | None:
     return total
 
 
-def batch_features(bb, processor, input_ids, batch: Batch, spec: StoreSpec) -> np.ndarray:
-    """The stored features of a batch's segments under each prompt: float32 [prompts, batch,
-    *spec.feature_shape] (every head of ``spec.layers``, or the expert heads). ``input_ids``:
-    each prompt's ids [batch, T] for the batch's frame size."""
+def batch_features(bb, processor, input_ids, batch: Batch, spec: StoreSpec) -> dict:
+    """The stored features of a batch's segments under each prompt, one forward for every kind
+    of ``spec.kinds``: {"heads": float32 [prompts, batch, *spec.feature_shape] (every head of
+    ``spec.layers``, or the expert heads; [.., 0] when the store holds no heads), and with the
+    hidden kind "hidden": [prompts, batch, *spec.hidden_shape]}. ``input_ids``: each prompt's
+    ids [batch, T] for the batch's frame size."""
     seconds = [r.frame_seconds for r in batch.rows]
     seconds += seconds[-1:] * (len(batch.pixels) - len(seconds))  # padding rows
     vision = processor.vision_inputs(batch.pixels, np.asarray(seconds, np.float32))
+    layers = tuple(sorted({*spec.layers, *spec.hidden_layers}))
     if len(input_ids) == 1:
-        feats = head_features(bb, input_ids[0], layers=spec.layers, **vision)[None]
+        feats = features_one_prompt(bb, input_ids[0], vision, layers, spec.kinds)
+        feats = {kind: value[None] for kind, value in feats.items()}
     else:
-        feats = head_features_prompts(bb, input_ids, layers=spec.layers, **vision)
-    feats = np.asarray(feats)  # [prompts, batch, layers, heads, head_dim]
-    return feats if spec.heads is None else gather_heads(feats, spec.heads, spec.layers)
+        feats = features_prompts(bb, input_ids, layers=layers, kinds=spec.kinds, **vision)
+    return split_kinds({k: np.asarray(v) for k, v in feats.items()}, layers, spec)
+
+
+def split_kinds(feats: dict, layers, spec: StoreSpec) -> dict:
+    """A forward's {kind: [..., len(layers), ...]} over ``layers`` (the union of the spec's
+    heads and hidden layers) -> what the store keeps of each kind (``batch_features``)."""
+    out = {}
+    if "heads" in feats:
+        heads = feats["heads"]
+        if tuple(spec.layers) != tuple(layers):
+            heads = heads[..., [layers.index(i) for i in spec.layers], :, :]
+        out["heads"] = heads if spec.heads is None else gather_heads(heads, spec.heads, spec.layers)
+    else:
+        some = next(iter(feats.values()))
+        out["heads"] = np.zeros((*some.shape[:2], 0), np.float32)
+    if "hidden" in feats:
+        out["hidden"] = feats["hidden"][:, :, [layers.index(i) for i in spec.hidden_layers]]
+    return out
 
 
 def _write_video(stores, video_id, done, metadata, label) -> None:
-    """One finished video's rows ``done`` [(row, features [prompts, ...])] into every store
-    that lacks it (store m takes prompt m's features)."""
+    """One finished video's rows ``done`` [(row, {kind: features [prompts, ...]})] into every
+    store that lacks it (store m takes prompt m's features)."""
     thumbnails = tuple(r.thumbnail for r, _ in done)
     for m, store in enumerate(stores):
         if video_id in store:
@@ -307,7 +368,10 @@ def _write_video(stores, video_id, done, metadata, label) -> None:
         store.write(
             VideoFeatures(
                 video_id=video_id,
-                features=np.stack([f[m] for _, f in done]),
+                features=np.stack([f["heads"][m] for _, f in done]),
+                hidden=np.stack([f["hidden"][m] for _, f in done])
+                if "hidden" in done[0][1]
+                else None,
                 start_frames=np.asarray([r.start_frame for r, _ in done]),
                 end_frames=np.asarray([r.end_frame for r, _ in done]),
                 frame_indices=np.stack([r.frame_indices for r, _ in done]),
@@ -336,6 +400,8 @@ def extract_features(
     thumbnail_height: int | None = None,
     explainer=None,
     progress: bool = True,
+    kinds: Sequence[str] = ("heads",),
+    hidden_layers=None,
 ) -> ExtractionReport:
     """Head features of every segment of ``videos`` under ``prompt``, written to a feature store.
 
@@ -353,6 +419,9 @@ def extract_features(
     pixels high (``VideoFeatures.thumbnails``), made in the same decoding pass, for reports.
     ``explainer`` (``explain.Explainer``, one prompt): explain events as they are found, from
     the frames' keys and values of this pass.
+    ``kinds``: the features stored ("heads", "hidden" or both, one forward for all); ``heads``
+    applies to the heads kind; ``hidden_layers``: the layers whose hidden states are kept (all
+    when None).
     ``clip``: "segment" (a row per ``segment_length``-frame segment) or "video" (one row a video
     from ``frames_per_segment`` frames spread over the whole video, the original's unit for
     hunting and training; see :class:`~headhunt_jax.video.VideoReader`).
@@ -376,6 +445,8 @@ def extract_features(
             clip,
             processor_spec(processor.spec),
             processor_spec(processor_options or {}),
+            kinds,
+            hidden_layers,
         )
         for p in prompts
     ]
@@ -471,7 +542,7 @@ class _Extraction:
         else:
             feats = self.explainer.batch_features(self.processor, input_ids, batch, self.spec)
         for i, row in enumerate(batch.rows):
-            self.pending[row.video].append((row, feats[:, i]))
+            self.pending[row.video].append((row, {k: v[:, i] for k, v in feats.items()}))
         self.segments += len(batch.rows)
         self.batches += 1
 

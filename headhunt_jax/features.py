@@ -77,13 +77,16 @@ def _after(model, variables, prompt_ids, cache, positions, layers, vision, kinds
     return {kind: jnp.stack(parts) for kind, parts in out.items()}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layers"))
-def heads_after_prefix(model, params, ids, keys, values, positions, layers):
+@functools.partial(jax.jit, static_argnames=("model", "layers", "kinds"))
+def heads_after_prefix(model, params, ids, keys, values, positions, layers, kinds=KINDS[:1]):
     """``forward``'s per-prompt pass for ids [B, T] after a prefix whose keys and values of
-    every layer were computed already (``generation.prefill``): [B, len(layers), N, H]."""
+    every layer were computed already (``generation.prefill``): [B, len(layers), N, H]; with
+    ``kinds`` (static) other than ("heads",), {kind: [B, len(layers), ...]}."""
     variables, cache = {"params": params}, (keys, values)
-    out = _after(model, variables, (ids,), cache, (positions,), layers, {}, ("heads",))
-    return out["heads"][0]
+    out = _after(model, variables, (ids,), cache, (positions,), layers, {}, kinds)
+    if kinds == KINDS[:1]:
+        return out["heads"][0]
+    return {kind: value[0] for kind, value in out.items()}
 
 
 def vision_inputs(pixel_values=None, **inputs) -> dict:
@@ -162,7 +165,8 @@ def head_features(bb: Backbone, input_ids, pixel_values=None, layers=None, **inp
     dropped. The mesh must be this process's devices; several processes each extract their own
     videos.
     """
-    return _one_prompt(bb, input_ids, vision_inputs(pixel_values, **inputs), layers, "heads")
+    vision = vision_inputs(pixel_values, **inputs)
+    return features_one_prompt(bb, input_ids, vision, layers, ("heads",))["heads"]
 
 
 def hidden_features(bb: Backbone, input_ids, pixel_values=None, layers=None, **inputs):
@@ -171,16 +175,19 @@ def hidden_features(bb: Backbone, input_ids, pixel_values=None, layers=None, **i
     (entry l + 1 after layer l; the last layer's after the final norm).
 
     Inputs, ``layers`` (static), early exit, sharding and traceability as ``head_features``."""
-    return _one_prompt(bb, input_ids, vision_inputs(pixel_values, **inputs), layers, "hidden")
+    vision = vision_inputs(pixel_values, **inputs)
+    return features_one_prompt(bb, input_ids, vision, layers, ("hidden",))["hidden"]
 
 
-def _one_prompt(bb: Backbone, input_ids, vision: dict, layers, kind: str):
+def features_one_prompt(bb: Backbone, input_ids, vision: dict, layers, kinds=KINDS[:1]) -> dict:
+    """One prompt's features of each of ``kinds`` in one pass: {kind: float32 [B,
+    len(layers), ...]} (``head_features``, ``hidden_features``)."""
     check_inputs(bb, input_ids, vision)
     vision, positions = prepare_inputs(bb, [input_ids], vision)
     (ids,), placed, positions = place_batch(bb, [input_ids], vision, positions)
     layer_set = layer_indices(bb, layers)
-    out = forward(bb.model, bb.params, (ids,), placed, layer_set, None, positions, (kind,))
-    return out[kind][0, : len(input_ids)]
+    out = forward(bb.model, bb.params, (ids,), placed, layer_set, None, positions, tuple(kinds))
+    return {kind: value[0, : len(input_ids)] for kind, value in out.items()}
 
 
 def shared_prefix_length(prompt_ids: Sequence[np.ndarray], vision_token_ids=()) -> int:

@@ -1,4 +1,5 @@
-"""Fitting a detector: the scorer trained on the expert heads' features of a labelled store
+"""Fitting a detector: the scorer trained on its probe's features (expert heads, or one layer's
+hidden state: ``detector.Probe``) of a labelled store
 (labels: ``annotations.segment_labels``), optionally on part of its videos (``holdout_split``),
 and the locator's sigma and tau chosen on segment scores (``locator.calibrate``)."""
 
@@ -7,11 +8,9 @@ import dataclasses
 import numpy as np
 
 from headhunt_jax.annotations import Events, Labels, labelled_videos
-from headhunt_jax.detector import Detector, detector_scores
+from headhunt_jax.detector import Detector, Probe, detector_scores
 from headhunt_jax.errors import InputError
 from headhunt_jax.evaluation import binary_metrics
-from headhunt_jax.experts import expert_features
-from headhunt_jax.features import check_heads
 from headhunt_jax.locator import calibrate
 from headhunt_jax.scorer import fit_scorer
 from headhunt_jax.store import FeatureStore
@@ -27,10 +26,13 @@ _SAME_FEATURES = (
 )
 
 
-def _expert_data(store: FeatureStore, heads, events: Events | None, labels: Labels | None):
-    """Each labelled video's expert features [S, K * D] and row labels [S]."""
+def _expert_data(store: FeatureStore, probe: Probe, events: Events | None, labels: Labels | None):
+    """Each labelled video's probe features [S, F] and row labels [S]."""
     videos = labelled_videos(store, events, labels)
-    return [expert_features(v, store, heads) for v, _ in videos], [y for _, y in videos]
+    where = str(store.path)
+    return [probe.features_of(v.kinds(), store.spec, where) for v, _ in videos], [
+        y for _, y in videos
+    ]
 
 
 def holdout_split(video_labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +83,8 @@ def fit(
     holdout: float | None = None,
     seed: int = 0,
 ) -> Detector:
-    """A detector from the experts' features of ``store``'s videos (labels: ``segment_labels``).
+    """A detector from the features of ``store``'s videos (labels: ``segment_labels``) that
+    ``heads`` reads: expert heads int [K, 2], or a ``Probe`` (``Probe.hidden(layer)``).
 
     The scorer trains on every row, or with ``holdout`` on the videos left after holding out
     that fraction of each class (``holdout_split``, seeded), whose rows then give accuracy,
@@ -92,8 +95,8 @@ def fit(
     one clip a video has no segment scores of its own: without ``validation`` the locator keeps
     its defaults. ``Detector.training`` records which.
     """
-    heads = check_heads(heads)
-    xs, ys = _expert_data(store, heads, events, labels)
+    probe = heads if isinstance(heads, Probe) else Probe("heads", heads)
+    xs, ys = _expert_data(store, probe, events, labels)
     train, held = np.arange(len(xs)), np.zeros(0, int)
     if holdout is not None:
         train, held = holdout_split([y.max() for y in ys], holdout, seed)
@@ -102,8 +105,9 @@ def fit(
     )
     spec = store.spec
     detector = Detector(
-        heads,
+        probe.heads,
         scorer,
+        layer=probe.layer,
         backbone=spec.backbone,
         prompt=spec.prompt,
         backbone_fingerprint=spec.backbone_fingerprint,
@@ -114,6 +118,7 @@ def fit(
     )
     training = {
         "store": str(store.path),
+        "probe": probe.kind,
         "clip": spec.clip,
         "videos": len(train),
         "rows": int(sum(len(xs[i]) for i in train)),
@@ -126,7 +131,7 @@ def fit(
         training["holdout"] |= binary_metrics(truth, scores)
     if validation is not None:
         _check_validation(validation, store)
-        xs, ys = _expert_data(validation, heads, events, labels)
+        xs, ys = _expert_data(validation, probe, events, labels)
         training["calibrated_on"] = f"validation store {validation.path}"
     elif spec.clip != "segment":
         training["calibrated_on"] = "defaults (one clip a video, no segment scores)"

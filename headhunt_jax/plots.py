@@ -264,3 +264,29 @@ def hunt_figures(result, heatmap, prefix: str = "") -> dict[str, Path]:
     if result.sample is not None:
         written[HUNT_FIGURES["tsne"]] = tsne(result.sample, path("tsne"))
     return written
+
+
+LAYER_FIGURE = "DLSP criteria of every layer and the chosen one"
+
+
+def layer_criteria(result, path) -> Path:
+    """A hidden-state hunt's figure (``experts.LayerResult``): each DLSP criterion per layer
+    (KL, LDR, entropy; a line a prompt) and the DLSP score (mean over prompts, each prompt's
+    faint), the chosen layer marked."""
+    plt = _pyplot()
+    layers = np.asarray(result.layers)
+    names = {"kl": "KL (anomaly sensitivity)", "ldr": "LDR (separability)", "entropy": "entropy"}
+    panels = [(names[k], np.asarray(v)) for k, v in result.criteria.items()]
+    panels.append(("DLSP score", np.asarray(result.prompt_scores)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0))
+    for ax, (title, values) in zip(np.atleast_1d(axes), panels, strict=True):
+        for m, row in enumerate(values):
+            ax.plot(layers, row, marker="o", ms=2.5, alpha=0.5, label=f"prompt {m + 1}")
+        if title == "DLSP score":
+            ax.plot(layers, result.scores, color="black", lw=2, label="mean")
+        ax.axvline(result.layer, color=ANOMALY, ls="--", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("layer")
+    np.atleast_1d(axes)[-1].legend(fontsize=6)
+    fig.suptitle(f"chosen layer {result.layer}", fontsize=9)
+    return _save(fig, path)

@@ -158,6 +158,22 @@ def _metrics(metrics: Mapping[str, object]) -> str:
     return f'<section id="metrics"><h2>Metrics</h2><table>{rows}</table></section>'
 
 
+def _comparison(rows: Mapping[str, Mapping[str, object]]) -> str:
+    """A table of columns (e.g. one a probe), a row a figure."""
+    columns = list(dict.fromkeys(c for values in rows.values() for c in values))
+    head = "".join(f'<th scope="col">{_e(c)}</th>' for c in columns)
+    body = "".join(
+        f"<tr><th>{_e(name)}</th>"
+        + "".join(f'<td class="num">{_e(_fmt(values.get(c)))}</td>' for c in columns)
+        + "</tr>"
+        for name, values in rows.items()
+    )
+    return (
+        '<section id="probes"><h2>Probes side by side</h2><table>'
+        f"<thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table></section>"
+    )
+
+
 def _summary(results, labels) -> str:
     heads = [
         ("video", "text", "video"),
@@ -410,6 +426,7 @@ def write_report(
     thumbnails: Mapping[str, Sequence[bytes]] | None = None,
     plots: Mapping[str, bytes | str | Path] | None = None,
     failures: Sequence = (),
+    comparison: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Path:
     """Writes the page (see the module docstring) to ``path`` and returns it.
 
@@ -417,7 +434,8 @@ def write_report(
     of the annotated events, ``labels``: {video id: 0/1}, where known; ``thumbnails``: {video id:
     a JPEG a segment}; ``plots``: {caption: PNG bytes or file}; ``facts`` (the run: detector,
     backbone, sigma, tau) and ``metrics`` (name: value): shown as given; ``failures``:
-    ``extract.Failure`` s (or dicts with ``path`` and ``problem``).
+    ``extract.Failure`` s (or dicts with ``path`` and ``problem``); ``comparison``: {row:
+    {column: value}}, shown as a table of columns after the metrics (``reproduce``'s probes).
     """
     truth, labels, thumbnails = truth or {}, labels or {}, thumbnails or {}
     anomalous = sum(r["is_anomaly"] for r in results)
@@ -431,6 +449,8 @@ def write_report(
     )
     if metrics:
         body.append(_metrics(metrics))
+    if comparison:
+        body.append(_comparison(comparison))
     body.append(f'<section id="summary"><h2>Videos</h2>{_summary(results, labels)}</section>')
     if plots:
         figures = "".join(

@@ -31,12 +31,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from headhunt_jax import __version__, detection, experts, files, fitting, plots, run_report
 from headhunt_jax.datasets import VideoItem, calibration_subset, load_dataset
-from headhunt_jax.detector import Detector
+from headhunt_jax.detector import Detector, Probe
 from headhunt_jax.errors import InputError
 from headhunt_jax.evaluation import evaluate, frame_curves
 from headhunt_jax.extract import Failure, extract_features, video_ids
@@ -62,14 +63,19 @@ class Protocol:
     dtype: str = "float32"
     # the backbone processor's options (e.g. Qwen2.5-VL's mode); recorded only when given
     processor_options: dict = dataclasses.field(default_factory=dict)
+    # the probes run side by side on one extraction ("heads", "hidden"); recorded when not heads
+    probes: tuple[str, ...] = ("heads",)
 
 
 def _check_protocol(out: Path, protocol: Protocol) -> None:
     path = out / "protocol.json"
     wanted = dataclasses.asdict(protocol)
     wanted["prompts"] = list(protocol.prompts)
+    wanted["probes"] = list(protocol.probes)
     if not protocol.processor_options:  # as run directories made before the field have it
         del wanted["processor_options"]
+    if protocol.probes == ("heads",):  # likewise
+        del wanted["probes"]
     if path.exists():
         have = files.read_json(path, "a run's protocol")
         diffs = [
@@ -197,7 +203,9 @@ def reproduce(
     """Runs (or continues) the protocol in ``out_dir``; returns the report (also written to
     ``report.json``). ``load_backbone`` is called at most once, and only when a stage has
     features to compute. ``html``: also write the page of ``report.write_report`` there (the
-    test videos' thumbnails are kept when their features are extracted in this run)."""
+    test videos' thumbnails are kept when their features are extracted in this run).
+    ``protocol.probes``: each probe's detector is hunted, fitted and evaluated on the same
+    extractions (each extraction stage computes every probe's features in one pass)."""
     out = Path(out_dir)
     _check_protocol(out, protocol)
     stages = _Stages(out, say)
@@ -207,27 +215,32 @@ def reproduce(
     run = _Run(protocol, out, splits, load_backbone, batch_size, progress)
     _record_splits(out / "splits.json", run.ids)
     stores = _calibration(run, stages)
-    heads = _hunt(run, stages, stores)
-    validation = _validation(run, stages, heads)
-    detector = _fit(run, stages, stores[0], heads, validation)
-    store = _test(run, stages, detector, thumbnails=bool(html))
-    return _evaluate(run, stages, heads, detector, store, html)
+    probes = {name: _HUNTS[name](run, stages, stores) for name in protocol.probes}
+    validation = _validation(run, stages, probes)
+    detectors = {
+        name: _fit(run, stages, stores[0], probe, validation) for name, probe in probes.items()
+    }
+    store = _test(run, stages, detectors, thumbnails=bool(html))
+    return _evaluate(run, stages, detectors, store, html)
 
 
 def _calibration(run: _Run, stages: _Stages) -> list[FeatureStore]:
-    """Stage 2: every head's features of the calibration videos, a store a prompt."""
+    """Stage 2: every head's features (and every layer's hidden state, for a hidden probe) of
+    the calibration videos, a store a prompt."""
     prompts = run.protocol.prompts
     outs = [run.out / "features" / "calibration" / f"p{m + 1}" for m in range(len(prompts))]
     stages.run(
         "calibration",
         _stored(outs, run.ids["calibration"]),
-        lambda: run.features("calibration", prompts, outs, clip=run.protocol.clip),
+        lambda: run.features(
+            "calibration", prompts, outs, clip=run.protocol.clip, kinds=run.protocol.probes
+        ),
     )
     return [FeatureStore(s) for s in outs]
 
 
-def _hunt(run: _Run, stages: _Stages, stores: list[FeatureStore]):
-    """Stage 3: the expert heads and the hunt's figures; -> the heads [K, 2]."""
+def _hunt(run: _Run, stages: _Stages, stores: list[FeatureStore]) -> Probe:
+    """Stage 3: the expert heads and the hunt's figures."""
     protocol, heads_file = run.protocol, run.out / "heads.json"
 
     def hunt():
@@ -238,72 +251,113 @@ def _hunt(run: _Run, stages: _Stages, stores: list[FeatureStore]):
         plots.hunt_figures(result, run.out / "rss_heatmap.png")
 
     stages.run("hunt", heads_file.exists(), hunt)
-    return experts.load_heads(heads_file)
+    return Probe("heads", experts.load_heads(heads_file))
 
 
-def _validation(run: _Run, stages: _Stages, heads) -> Path:
-    """Stage 4: the experts' features of the validation videos' segments (first prompt)."""
+def _hunt_layer(run: _Run, stages: _Stages, stores: list[FeatureStore]) -> Probe:
+    """Stage 3, hidden probe: DLSP's layer over the prompts -> ``layers.json``, ``layers.png``."""
+    layers_file = run.out / "layers.json"
+
+    def hunt():
+        result = experts.hunt_layer(stores, max_clips=run.protocol.max_clips, labels=run.labels)
+        experts.write_layers(layers_file, result, max_clips=run.protocol.max_clips)
+        plots.layer_criteria(result, run.out / "layers.png")
+
+    stages.run("hunt_hidden", layers_file.exists(), hunt)
+    return Probe.hidden(experts.load_layer(layers_file))
+
+
+_HUNTS = {"heads": _hunt, "hidden": _hunt_layer}
+
+
+def _extraction(probes) -> dict:
+    """``extract_features``' arguments for every probe's features in one pass."""
+    kw = {"kinds": tuple(p.kind for p in probes)}
+    for p in probes:
+        kw |= {k: v for k, v in p.extraction().items() if k != "kinds"}
+    return kw
+
+
+def _validation(run: _Run, stages: _Stages, probes: dict) -> Path:
+    """Stage 4: every probe's features of the validation videos' segments (first prompt)."""
     validation = run.out / "features" / "validation"
     stages.run(
         "validation",
         _stored([validation], run.ids["validation"]),
-        lambda: run.features("validation", run.protocol.prompts[0], validation, heads=heads),
+        lambda: run.features(
+            "validation", run.protocol.prompts[0], validation, **_extraction(probes.values())
+        ),
     )
     return validation
 
 
-def _fit(run: _Run, stages: _Stages, store: FeatureStore, heads, validation: Path) -> Detector:
+def _detector_dir(run: _Run, probe: str) -> Path:
+    return run.out / ("detector" if probe == "heads" else f"detector_{probe}")
+
+
+def _suffix(probe: str) -> str:
+    """What a probe's stages and files are named with: none for heads (as before)."""
+    return "" if probe == "heads" else f"_{probe}"
+
+
+def _fit(run: _Run, stages: _Stages, store: FeatureStore, probe: Probe, validation) -> Detector:
     """Stage 5: the scorer on the calibration videos, sigma and tau on the validation ones."""
-    detector_dir = run.out / "detector"
+    detector_dir = _detector_dir(run, probe.kind)
 
     def fit():
         detector = fitting.fit(
             store,
-            heads,
+            probe,
             kind=run.protocol.scorer,
             validation=FeatureStore(validation),
             labels=run.labels,
         )
         detector.save(detector_dir, overwrite=True)
 
-    stages.run("fit", (detector_dir / "commit_success.txt").exists(), fit)
+    done = (detector_dir / "commit_success.txt").exists()
+    stages.run("fit" + _suffix(probe.kind), done, fit)
     return Detector.load(detector_dir)
 
 
-def _test(run: _Run, stages: _Stages, detector: Detector, thumbnails: bool) -> FeatureStore:
-    """Stage 6: the experts' features of the test videos' segments (with thumbnails for the
-    page)."""
+def _test(run: _Run, stages: _Stages, detectors: dict, thumbnails: bool) -> FeatureStore:
+    """Stage 6: every probe's features of the test videos' segments, one pass (with thumbnails
+    for the page)."""
     test = run.out / "features" / "test"
+    first = next(iter(detectors.values()))
 
     def test_features():
-        detection.check_compatible(run.backbone(), detector)
+        for detector in detectors.values():
+            detection.check_compatible(run.backbone(), detector)
         run.features(
             "test",
-            detector.prompt,
+            first.prompt,
             test,
-            heads=detector.expert_heads,
             thumbnail_height=THUMBNAIL_HEIGHT if thumbnails else None,
+            **_extraction(d.probe for d in detectors.values()),
         )
 
     stages.run("test", _stored([test], run.ids["test"]), test_features)
     return FeatureStore(test)
 
 
-def _evaluate(run: _Run, stages: _Stages, heads, detector: Detector, store: FeatureStore, html):
-    """Stage 7: the test videos' detections and metrics, the report, its figures and page."""
-    out, protocol, events = run.out, run.protocol, run.events
-    results = detection.detections(detector, store, [i for i in run.ids["test"] if i in store])
-    if not results:
-        raise InputError(f"{run.root}: no test video could be read")
-    (out / "detections.json").write_text(json.dumps(results, indent=1))
-    metrics = evaluate(results, events, sigma=detector.sigma, labels=run.labels)
-    per_video, video_level = metrics.pop("per_video"), metrics.pop("video_level")
-    (out / "per_video.json").write_text(json.dumps(per_video, indent=1))
+def _evaluate(run: _Run, stages: _Stages, detectors: dict, store: FeatureStore, html):
+    """Stage 7: each probe's detections and metrics on the test videos, the report (the first
+    probe's figures at its top, every probe's in ``probes``), its figures and page."""
+    out, protocol = run.out, run.protocol
+    ids = [i for i in run.ids["test"] if i in store]
+    columns, outcomes = {}, {}
+    for name, detector in detectors.items():
+        results, metrics = _probe_outcome(run, name, detector, store, ids)
+        outcomes[name] = (results, metrics)
+        columns[name] = _probe_column(run, stages, name, detector, metrics)
+    first = next(iter(detectors))
+    results, metrics = outcomes[first]
+    detector = detectors[first]
     report = {
         "dataset": protocol.dataset,
-        "frame_level": metrics,
-        "video_level": video_level,
-        "expert_heads": heads.tolist(),
+        "frame_level": {k: v for k, v in metrics.items() if k != "video_level"},
+        "video_level": metrics["video_level"],
+        **detector.probe.describe(),
         "sigma": detector.sigma,
         "tau": detector.tau,
         "prompts": list(protocol.prompts),
@@ -314,24 +368,80 @@ def _evaluate(run: _Run, stages: _Stages, heads, detector: Detector, store: Feat
         "training": detector.training,
         "failures": [dataclasses.asdict(f) for f in run.failures],
         "stages": stages.summary(),
+        "probes": columns,
         "protocol": dataclasses.asdict(protocol),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    curves = frame_curves(results, events, sigma=detector.sigma)
-    plots.roc_pr(curves, out / "roc_pr.png", metrics["roc_auc"], metrics["average_precision"])
-    by_id = run_report.labels_by_video(results, run.labels)
-    plots.score_summary(results, out / "scores.png", by_id)
     if html:
-        both = {**metrics, "video_level": video_level}
-        _page(html, run, detector, results, store, by_id, both)
+        by_id = run_report.labels_by_video(results, run.labels)
+        _page(html, run, detector, results, store, by_id, metrics, columns)
     return report
 
 
-def _page(html, run: _Run, detector, results, store, labels, metrics):
-    """The run's HTML page: every figure in the run's folder, the test videos' detections."""
+def _probe_outcome(run: _Run, name: str, detector: Detector, store: FeatureStore, ids):
+    """One probe's detections and metrics (with ``video_level``) on the test videos, written as
+    ``detections{suffix}.json``, ``per_video{suffix}.json``, ``roc_pr{suffix}.png`` and
+    ``scores{suffix}.png``."""
+    out, events, suffix = run.out, run.events, _suffix(name)
+    results = detection.detections(detector, store, ids)
+    if not results:
+        raise InputError(f"{run.root}: no test video could be read")
+    (out / f"detections{suffix}.json").write_text(json.dumps(results, indent=1))
+    metrics = evaluate(results, events, sigma=detector.sigma, labels=run.labels)
+    (out / f"per_video{suffix}.json").write_text(json.dumps(metrics.pop("per_video"), indent=1))
+    curves = frame_curves(results, events, sigma=detector.sigma)
+    roc, ap = metrics["roc_auc"], metrics["average_precision"]
+    plots.roc_pr(curves, out / f"roc_pr{suffix}.png", roc, ap)
+    by_id = run_report.labels_by_video(results, run.labels)
+    plots.score_summary(results, out / f"scores{suffix}.png", by_id)
+    return results, metrics
+
+
+def _probe_column(run: _Run, stages: _Stages, name: str, detector, metrics) -> dict:
+    """A probe's column of the report: its metrics, what it reads, its stages' times (the
+    extraction stages are shared by every probe) and the size of its features."""
+    video = metrics["video_level"]["max"]
+    suffix = _suffix(name)
+    times = stages.summary()
+    own = {s: times[s]["seconds"] for s in (f"hunt{suffix}", f"fit{suffix}") if s in times}
+    return {
+        **detector.probe.describe(),
+        "frame_auc": metrics["roc_auc"],
+        "frame_ap": metrics["average_precision"],
+        "video_auc": video["roc_auc"],
+        "video_f1": video["f1"],
+        "sigma": detector.sigma,
+        "tau": detector.tau,
+        "stage_seconds": own,
+        "feature_dim": int(detector.scorer.feature_dim),
+        "calibration_store_bytes": _stored_bytes(run.out / "features" / "calibration", name),
+        "detector": str(_detector_dir(run, name).relative_to(run.out)),
+    }
+
+
+def _stored_bytes(folder: Path, kind: str) -> int:
+    """Bytes the features of ``kind`` take in the stores under ``folder`` (their arrays as
+    stored in the video files; read from the files' directories, not the arrays)."""
+    entry = {"heads": "features.npy", "hidden": "hidden.npy"}[kind]
+    total = 0
+    for path in folder.rglob("*.npz"):
+        with zipfile.ZipFile(path) as z:
+            if entry in z.namelist():
+                total += z.getinfo(entry).file_size
+    return total
+
+
+def _page(html, run: _Run, detector, results, store, labels, metrics, columns):
+    """The run's HTML page: every figure in the run's folder, the first probe's detections of
+    the test videos, and a column a probe."""
     out, protocol = run.out, run.protocol
     captions = {"rss_heatmap": "Robust saliency score of every head", **plots.HUNT_FIGURES}
-    captions |= {"roc_pr": run_report.ROC_PR, "scores": run_report.SCORES}
+    captions |= {"layers": plots.LAYER_FIGURE}
+    for name in columns:
+        suffix = _suffix(name)
+        note = f" ({name} probe)" if len(columns) > 1 else ""
+        captions |= {f"roc_pr{suffix}": run_report.ROC_PR + note}
+        captions |= {f"scores{suffix}": run_report.SCORES + note}
     run_report.write_evaluation_page(
         html,
         results,
@@ -346,6 +456,7 @@ def _page(html, run: _Run, detector, results, store, labels, metrics):
         thumbnails=detection.thumbnails(store, [r["video"] for r in results]),
         figures={c: out / f"{n}.png" for n, c in captions.items() if (out / f"{n}.png").exists()},
         failures=run.failures,
+        comparison=run_report.probe_table(columns) if len(columns) > 1 else None,
     )
 
 
@@ -364,6 +475,15 @@ def _record_splits(path: Path, ids: dict[str, list[str]]) -> None:
         path.write_text(json.dumps(ids, indent=1))
 
 
+def _probe_line(name: str, column: dict) -> str:
+    reads = column.get("expert_heads", column.get("layer"))
+    what = "expert heads" if name == "heads" else "layer"
+    return (
+        f"{name}: {what} {reads}, frame-level ROC AUC {column['frame_auc']:.4f}, AP "
+        f"{column['frame_ap']:.4f}, sigma {column['sigma']:g}, tau {column['tau']:g}"
+    )
+
+
 def summary(report: dict) -> str:
     """A few lines for the terminal."""
     frame, video = report["frame_level"], report["video_level"]["max"]
@@ -371,7 +491,7 @@ def summary(report: dict) -> str:
         f"{report['dataset']} test, {frame['num_videos']} videos: frame-level ROC AUC "
         f"{frame['roc_auc']:.4f}, AP {frame['average_precision']:.4f}; video-level (max) ROC AUC "
         f"{run_report.metric(video['roc_auc'])}, F1 {video['f1']:.4f}",
-        f"expert heads {report['expert_heads']}, sigma {report['sigma']:g}, tau {report['tau']:g}",
+        *(_probe_line(name, column) for name, column in report["probes"].items()),
         "stages: "
         + ", ".join(
             f"{n} {s['seconds']} s" + (" (reused)" if s["reused"] else "")

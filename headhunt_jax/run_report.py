@@ -29,14 +29,18 @@ def png(draw: Callable) -> bytes:
 
 
 def detector_facts(detector, backbone: str, **more) -> dict:
-    """A detector as a page states it: ``backbone`` (as given), then ``more`` (as given), its
-    expert heads, sigma and tau."""
-    return {
-        "backbone": backbone,
-        **more,
-        "expert heads (layer, head)": detector.expert_heads.tolist(),
-        "sigma, tau": f"{detector.sigma:g}, {detector.tau:g}",
+    """A detector as a page states it: ``backbone`` (as given), then ``more`` (as given), what
+    it reads (its expert heads, or the layer of a hidden-state probe), sigma and tau."""
+    return {"backbone": backbone, **more, **probe_facts(detector)} | {
+        "sigma, tau": f"{detector.sigma:g}, {detector.tau:g}"
     }
+
+
+def probe_facts(detector) -> dict:
+    """What a detector reads, as a page states it."""
+    if detector.layer is None:
+        return {"expert heads (layer, head)": detector.expert_heads.tolist()}
+    return {"probe": "hidden state (HiProbe-VAD)", "layer": detector.layer}
 
 
 def run_facts(detector_dir, model, detector) -> dict:
@@ -64,6 +68,36 @@ def metrics_table(metrics: Mapping) -> dict[str, object]:
         rows["video-level ROC AUC (max score)"] = video["roc_auc"]
         rows["video-level F1 (max score)"] = video["f1"]
     return rows
+
+
+def probe_table(columns: Mapping[str, Mapping]) -> dict[str, dict[str, object]]:
+    """{row name: {probe: value}}: ``reproduce``'s probes side by side (its report's
+    ``probes``), a column a probe."""
+    rows: dict[str, dict[str, object]] = {}
+
+    def row(name, value):
+        for probe, column in columns.items():
+            rows.setdefault(name, {})[probe] = value(column)
+
+    row("frame-level ROC AUC", lambda c: c["frame_auc"])
+    row("frame-level AP", lambda c: c["frame_ap"])
+    row("video-level ROC AUC (max score)", lambda c: c["video_auc"])
+    row("video-level F1 (max score)", lambda c: c["video_f1"])
+    row("reads", lambda c: _reads(c))
+    row("sigma, tau", lambda c: f"{c['sigma']:g}, {c['tau']:g}")
+    row("scorer input (floats a segment)", lambda c: c["feature_dim"])
+    row("calibration features stored (bytes)", lambda c: c["calibration_store_bytes"])
+    row(
+        "own stages (s)",
+        lambda c: ", ".join(f"{k} {v}" for k, v in c["stage_seconds"].items()) or "n/a",
+    )
+    return rows
+
+
+def _reads(column: Mapping) -> str:
+    if column["probe"] == "heads":
+        return "heads " + " ".join(f"({a},{b})" for a, b in column["expert_heads"])
+    return f"hidden state of layer {column['layer']}"
 
 
 def detection_record(results: Sequence[dict], failures: Sequence) -> dict:
@@ -142,10 +176,12 @@ def write_evaluation_page(
     thumbnails,
     figures: Mapping,
     failures: Sequence = (),
+    comparison: Mapping | None = None,
 ) -> None:
     """A page of detections with their ground truth (``events`` by video key, ``labels`` by
     video id) and the headline figures of ``metrics`` (``metrics_table``); ``figures``:
-    {caption: PNG bytes or file}."""
+    {caption: PNG bytes or file}; ``comparison``: {row: {column: value}}, a table of columns
+    (``probe_table``)."""
     write_report(
         path,
         results,
@@ -157,4 +193,5 @@ def write_evaluation_page(
         thumbnails=thumbnails,
         plots=figures,
         failures=failures,
+        comparison=comparison,
     )

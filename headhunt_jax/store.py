@@ -3,10 +3,11 @@
 Layout::
 
     store.json            what every file holds: backbone, prompt, clip unit, segment shape,
-                          heads, dtype
+                          heads, dtype, the kinds of features (heads; hidden states)
     backbone.json         where the backbone was loaded from (not part of the settings: a moved
                           checkpoint leaves the features valid)
-    <video file>.npz      one video: features float32 [num_segments, *feature_shape], the
+    <video file>.npz      one video: features float32 [num_segments, *feature_shape] (and with
+                          the hidden kind, ``hidden`` [num_segments, *hidden_shape]), the
                           segments' frame ranges and sampled frames, and a JSON ``meta`` entry
                           (video id, source path, fps, frame counts, short flag, label); when
                           extracted with thumbnails, a JPEG a segment (``thumbnails``, the
@@ -63,6 +64,11 @@ class StoreSpec:
     feature row covers: "segment" (consecutive ``segment_length``-frame windows, the inference
     unit) or "video" (one row a video, ``frames_per_segment`` frames spread over all of it, the
     original's unit for hunting and training; ``segment_length`` is then unused).
+    ``kinds``: the features each row holds (``features.KINDS``): "heads" (described above) and/or
+    "hidden", each decoder layer's hidden state at the last position (HiProbe-VAD's), of
+    ``hidden_layers``, [len(hidden_layers), hidden] a segment (``hidden_shape``). A store without
+    the heads kind has ``layers`` (), ``heads`` None and ``feature_shape`` (0,). Stores written
+    before the field hold heads only.
     """
 
     backbone: str
@@ -82,6 +88,13 @@ class StoreSpec:
     processor: tuple[tuple[str, Any], ...] = ()
     # The options the processor was built with (``Backbone.processor(**options)``), sorted pairs.
     processor_options: tuple[tuple[str, Any], ...] = ()
+    kinds: tuple[str, ...] = ("heads",)
+    hidden_layers: tuple[int, ...] = ()
+    hidden_shape: tuple[int, ...] = ()
+
+    def holds(self, kind: str) -> bool:
+        """Whether the store's rows hold features of ``kind`` ("heads" or "hidden")."""
+        return kind in self.kinds
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -101,6 +114,9 @@ class StoreSpec:
         d["layers"] = tuple(d["layers"])
         d["heads"] = None if d["heads"] is None else tuple(tuple(h) for h in d["heads"])
         d["feature_shape"] = tuple(d["feature_shape"])
+        for name in ("kinds", "hidden_layers", "hidden_shape"):
+            if name in d:
+                d[name] = tuple(d[name])
         d["processor"] = _frozen(d.get("processor", {}))
         d["processor_options"] = _frozen(d.get("processor_options", {}))
         return cls(**d)
@@ -110,7 +126,14 @@ class StoreSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_ADDED_FIELDS = {"clip": "segment", "processor": (), "processor_options": ()}
+_ADDED_FIELDS = {
+    "clip": "segment",
+    "processor": (),
+    "processor_options": (),
+    "kinds": ("heads",),
+    "hidden_layers": (),
+    "hidden_shape": (),
+}
 
 
 def _frozen(spec) -> tuple[tuple[str, Any], ...]:
@@ -133,7 +156,8 @@ class VideoFeatures:
     [start_frames[s], end_frames[s]) and sampled ``frame_indices[s]`` (int64 [frames_per_segment]).
     ``label``: 1 for an anomalous video, 0 for a normal one, None when unknown. ``thumbnails``:
     one small JPEG a segment (its middle sampled frame, ``VideoReader(thumbnail_height=...)``),
-    or None when extracted without.
+    or None when extracted without. ``hidden``: float32 [num_segments, *hidden_shape], the
+    hidden states of the store's ``hidden_layers``, or None when the store holds none.
     """
 
     video_id: str
@@ -144,6 +168,13 @@ class VideoFeatures:
     metadata: VideoMetadata
     label: int | None = None
     thumbnails: tuple[bytes, ...] | None = None
+    hidden: np.ndarray | None = None
+
+    def kinds(self) -> dict[str, np.ndarray]:
+        """{kind: features [num_segments, ...]}: "heads" (``features``) and "hidden" where
+        held."""
+        held = {"heads": self.features}
+        return held if self.hidden is None else held | {"hidden": self.hidden}
 
     @property
     def num_segments(self) -> int:
@@ -303,6 +334,15 @@ class FeatureStore:
             # A unicode array, so reading never needs pickle.
             "meta": np.asarray(json.dumps(meta, ensure_ascii=False)),
         }
+        if self.spec.holds("hidden"):
+            want = (n, *self.spec.hidden_shape)
+            hidden = video.hidden
+            if hidden is None or hidden.shape != want or hidden.dtype != np.float32:
+                got = "none" if hidden is None else f"{hidden.dtype} {list(hidden.shape)}"
+                raise ValueError(
+                    f"{video.video_id}: hidden states must be float32 {list(want)}, got {got}"
+                )
+            arrays["hidden"] = hidden
         if video.thumbnails is not None:
             if len(video.thumbnails) != n:
                 raise ValueError(
@@ -327,6 +367,7 @@ class FeatureStore:
                 arrays = {k: f[k] for k in ("features", "start_frames", "end_frames")}
                 frame_indices = f["frame_indices"]
                 thumbnails = _thumbnails(f) if "thumbnails" in f else None
+                hidden = f.get("hidden")
         except (
             OSError,
             EOFError,
@@ -352,6 +393,7 @@ class FeatureStore:
             metadata=VideoMetadata(**meta["metadata"]),
             label=meta["label"],
             thumbnails=thumbnails,
+            hidden=hidden,
             **arrays,
         )
 

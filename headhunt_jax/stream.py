@@ -485,7 +485,8 @@ class EventTracker:
 
 
 class SegmentScorer:
-    """Anomaly scores of segments as ``detect`` computes them: the detector's expert features,
+    """Anomaly scores of segments as ``detect`` computes them: the features of the detector's
+    probe (``Detector.features_of``),
     ``batch_size`` segments a forward (``extract.batch_features``; a short batch is padded with
     blank segments, so one shape a frame size), scored by ``detector.detector_scores``.
     ``reader_kw``: what a ``VideoReader`` needs to cut and preprocess segments for it."""
@@ -498,13 +499,16 @@ class SegmentScorer:
         self.processor = bb.processor(None, **detector.processor_options)
         size = self.processor.frames["image_size"]
         self.image_size = None if callable(size) else size  # None: each video at its own size
+        probe = detector.probe.extraction()
         self.spec = store_spec(
             bb,
             detector.prompt,
-            detector.expert_heads,
+            probe.get("heads"),
             self.image_size or 0,
             FRAMES_PER_SEGMENT,
             SEGMENT_LENGTH,
+            kinds=probe["kinds"],
+            hidden_layers=probe.get("hidden_layers"),
         )
         self.reader_kw = dict(
             **self.processor.frames,
@@ -541,7 +545,8 @@ class SegmentScorer:
             rows.append(Row(i, seg.start_frame, seg.end_frame, seg.frame_indices, times))
         ids = self._prompt_ids(shape[-2:])
         feats = batch_features(self.bb, self.processor, ids, Batch(pixels, rows, []), self.spec)
-        x = feats[0].reshape(self.batch_size, -1)  # the padding rows too: one shape
+        # the padding rows too: one shape
+        x = self.detector.features_of({k: v[0] for k, v in feats.items()}, self.spec)
         return detector_scores(self.detector, x)[: len(segments)]
 
 

@@ -119,3 +119,34 @@ def test_detect_explains_events_from_the_kept_keys_and_values(setup, tmp_path):
     assert all(isinstance(e["explanation"], str) for e in events)
     # memory: no video's keys and values are left once it ended
     assert not explainer.videos
+
+
+def test_a_hidden_state_detector_scores_alike_in_detect_explain_and_watch(setup, tmp_path):
+    """A detector of one layer's hidden state extracts only that layer, and detection, the
+    explaining pass and watch's scorer give it the same scores."""
+    from headhunt_jax import detection, stream
+    from headhunt_jax.detector import Detector
+    from headhunt_jax.scorer import fit_scorer
+    from headhunt_jax.store import FeatureStore
+
+    bb, processor, *_ = setup
+    clip = write_clip(tmp_path / "clip.mp4", 48 * 4, seed=5)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, bb.text_config.hidden_size)).astype(np.float32)
+    scorer = fit_scorer(x, (x[:, 0] > 0).astype(int))
+    detector = Detector(
+        None, scorer, sigma=1.0, tau=0.5, backbone=bb.name, prompt=QUESTIONS[1], layer=2
+    )
+    plain, _ = detection.detect(bb, detector, [clip], tmp_path / "plain", progress=False)
+    spec = FeatureStore(tmp_path / "plain").spec
+    assert spec.kinds == ("hidden",) and spec.hidden_layers == (2,) and spec.layers == ()
+    want = plain[0]["segment_scores"]
+    explainer = explain.Explainer(bb, detector, QUESTIONS[0], NEW)
+    got, _ = detection.detect(
+        bb, detector, [clip], tmp_path / "explained", explainer=explainer, progress=False
+    )
+    np.testing.assert_allclose(got[0]["segment_scores"], want, atol=1e-5)
+    with VideoReader(clip, **processor.frames) as reader:
+        segments = [(s, reader.fps) for s in reader]
+    watched = stream.SegmentScorer(bb, detector, len(segments))(segments)
+    np.testing.assert_allclose(watched, want, atol=1e-5)

@@ -160,9 +160,9 @@ def test_resume_after_an_interruption_recomputes_only_the_rest(
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return features.head_features(*args, **kwargs)
+        return features.features_one_prompt(*args, **kwargs)
 
-    monkeypatch.setattr(extract, "head_features", dies_on_second_batch)
+    monkeypatch.setattr(extract, "features_one_prompt", dies_on_second_batch)
     run = dict(root=root, labels=LABELS, batch_size=BATCH, progress=False, **SEGMENT)
     with pytest.raises(KeyboardInterrupt):
         extract_features(bb, paths, PROMPT, tmp_path, **run)

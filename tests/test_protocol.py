@@ -158,6 +158,72 @@ def test_reproduce_on_ucf_crime(model, ucf, prompts, tmp_path):
     assert all("Testing" in v or "Videos/" in v for v in splits["test"])
 
 
+def test_reproduce_both_probes_on_one_extraction(model, xd, prompts, tmp_path):
+    """HeadHunt-VAD's heads and HiProbe-VAD's layer side by side: one extraction a split, a
+    column a probe in report.json and on the page (rendered by Chromium), every stage reused
+    when run again."""
+    import headless
+    import numpy as np
+    from PIL import Image
+
+    out, page = tmp_path / "run", tmp_path / "run.html"
+    args = [
+        "reproduce", "xd_violence", "--root", xd, "--model", model, "--out", out,
+        "--prompts", prompts, "--calibration-fraction", 0.5, "--k", 3, "--probe", "heads,hidden",
+    ]  # fmt: skip
+    first = cli(*args, "--quiet", "--report", page)
+    report = json.loads((out / "report.json").read_text())
+    columns = report["probes"]
+    assert list(columns) == ["heads", "hidden"] and "hidden: layer" in first.stdout
+    for name, column in columns.items():
+        assert column["frame_auc"] > 0.7, (name, column)
+    layers = json.loads((out / "layers.json").read_text())
+    assert columns["hidden"]["layer"] == layers["layer"] and len(layers["scores"]) == 4
+    assert len(columns["heads"]["expert_heads"]) == 3 and report["probe"] == "heads"
+    assert columns["hidden"]["stage_seconds"].keys() == {"hunt_hidden", "fit_hidden"}
+    assert all(c["calibration_store_bytes"] > 0 for c in columns.values())
+    assert (out / "layers.png").exists() and (out / "roc_pr_hidden.png").exists()
+    written = {p: p.stat().st_mtime_ns for p in sorted((out / "features").rglob("*.npz"))}
+    second = cli(*args)
+    assert second.stderr.count("already done") == 7, second.stderr
+    assert {p: p.stat().st_mtime_ns for p in sorted((out / "features").rglob("*.npz"))} == written
+    again = json.loads((out / "report.json").read_text())
+    assert again["probes"] == columns and all(s["reused"] for s in again["stages"].values())
+    dom = headless.dump_dom(page)
+    assert 'id="probes"' in dom and "Probes side by side" in dom
+    assert f"{columns['hidden']['frame_auc']:.4f}" in dom and "hidden state of layer" in dom
+    shot = headless.screenshot(page, tmp_path / "run.png", size=(1000, 1600))
+    assert np.asarray(Image.open(shot).convert("L")).std() > 10  # not a blank page
+
+
+def test_hidden_probe_step_by_step(model, xd, tmp_path):
+    data = ["--dataset", "xd_violence", "--root", xd]
+    stores = [tmp_path / "p1", tmp_path / "p2"]
+    cli(
+        "extract", "--model", model, *data, "--split", "train", "--features", "heads,hidden",
+        "--prompt", PROMPTS[0], "--out", stores[0], "--prompt", PROMPTS[1], "--out", stores[1],
+        "--quiet",
+    )  # fmt: skip
+    run = cli("hunt", *stores, *data, "--probe", "hidden", "--out", tmp_path / "layers.json")
+    layer = json.loads((tmp_path / "layers.json").read_text())["layer"]
+    assert f"layer {layer}" in run.stdout and (tmp_path / "layers.png").exists()
+    cli("hunt", *stores, *data, "--k", 3, "--out", tmp_path / "heads.json")  # the same stores
+    cli("fit", "--store", stores[0], "--layers", tmp_path / "layers.json", *data,
+        "--out", tmp_path / "detector")  # fmt: skip
+    test = sorted((xd / "test").glob("*label_B*.mp4"))[:2]
+    run = cli("detect", "--detector", tmp_path / "detector", *test, "--out", tmp_path / "d.json")
+    record = json.loads((tmp_path / "d.json").read_text())
+    assert record["summary"]["videos"] == 2 and record["videos"][0]["segment_scores"]
+    bad = cli("fit", "--store", stores[0], "--heads", tmp_path / "heads.json", "--layer", "1",
+              "--out", tmp_path / "x", check=False)  # fmt: skip
+    assert bad.returncode == 1 and "give one of --heads" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    bad = cli("extract", "--model", model, *data, "--features", "heads,tails",
+              "--prompt", "p", "--out", tmp_path / "y", check=False)  # fmt: skip
+    assert bad.returncode == 1 and "features must be one or more of heads, hidden" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def _stored_meta(store):
     import numpy as np
 

@@ -20,7 +20,7 @@ from numerics import rel_err
 from safetensors.numpy import load_file
 
 import headhunt_jax as hh
-from headhunt_jax import backbone, synthetic
+from headhunt_jax import backbone, features, synthetic
 from headhunt_jax.detector import Detector
 
 hf = pytest.importorskip("hf_reference")
@@ -38,9 +38,9 @@ def test_parity_with_the_original_code(llm):
     assert bb.config.text.qk_norm == (llm == "qwen3")
     ids, pixels = ref["input_ids"], ref["pixel_values"]
     assert ids.shape[0] == 2 and pixels.shape[0] == 6
-    features = hh.head_features(bb, ids, pixels)
-    assert features.shape == ref["features"].shape
-    assert rel_err(features, ref["features"]) <= TOL
+    got = hh.head_features(bb, ids, pixels)
+    assert got.shape == ref["features"].shape
+    assert rel_err(got, ref["features"]) <= TOL
     assert rel_err(features.logits(bb, ids, pixels), ref["logits"]) <= TOL
 
 

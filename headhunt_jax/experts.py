@@ -121,23 +121,12 @@ def hunt(
     (``saliency`` and the rest are traceable and check shapes only while traced)."""
     _check_stores(stores)
     combined, criteria = [], []
-    reference = rows = None
-    for s in stores:
-        videos = labelled_videos(s, events, labels)
-        layout = [(v.video_id, v.num_segments) for v, _ in videos]
-        if reference is not None and layout != reference:
-            raise InputError(f"{s.path}: holds other videos or segments than {stores[0].path}")
-        reference = layout
-        y = np.concatenate([y for _, y in videos])
-        if len(np.unique(y)) < 2:
-            raise InputError(f"{s.path}: all segments have one label; hunting needs both classes")
-        rows = clip_subset(y, max_clips) if rows is None else rows
-        x = np.concatenate([v.features for v, _ in videos])[rows]
+    for s, x, y in _labelled_rows(stores, events, labels, max_clips, "features", "hunting"):
         try:
-            check_saliency_inputs(x, y[rows])
+            check_saliency_inputs(x, y)
         except InputError as e:
             raise InputError(f"{s.path}: {e}") from None
-        scores = saliency(x, y[rows], mesh=mesh)
+        scores = saliency(x, y, mesh=mesh)
         combined.append(np.asarray(scores["combined"]))
         criteria.append({name: np.asarray(scores[name]) for name in CRITERIA})
     combined = np.stack(combined)
@@ -152,7 +141,7 @@ def hunt(
         stores[0].spec.backbone,
         tuple(s.spec.prompt for s in stores),
         {name: np.stack([c[name] for c in criteria]) for name in CRITERIA},
-        head_sample(x, y[rows], heads, rss, stores[-1].spec.prompt),
+        head_sample(x, y, heads, rss, stores[-1].spec.prompt),
     )
 
 
@@ -241,13 +230,21 @@ def _hidden_rows(stores: Sequence[FeatureStore], events, labels, max_clips):
     """Each store's labelled hidden states [N, L, E] (the same rows of the same videos in every
     store, at most ``max_clips``) and their labels [N]."""
     first = stores[0].spec
-    reference = rows = None
-    out = []
     for s in stores:
         if not s.spec.holds("hidden"):
             raise InputError(f"{s.path}: holds no hidden states (extract with --features hidden)")
         if (s.spec.hidden_layers, s.spec.clip) != (first.hidden_layers, first.clip):
             raise InputError(f"{s.path}: other hidden layers or clip unit than {stores[0].path}")
+    out = list(_labelled_rows(stores, events, labels, max_clips, "hidden", "probing"))
+    return [x for _, x, _ in out], out[-1][2]
+
+
+def _labelled_rows(stores: Sequence[FeatureStore], events, labels, max_clips, kind, job):
+    """(store, its rows of ``kind`` ("features" or "hidden") [N, ...], their labels [N]) for each
+    store: the same rows (at most ``max_clips``, ``clip_subset``) of the same labelled videos in
+    every store, else an InputError naming the store (``job``: what needs both classes)."""
+    reference = rows = None
+    for s in stores:
         videos = labelled_videos(s, events, labels)
         layout = [(v.video_id, v.num_segments) for v, _ in videos]
         if reference is not None and layout != reference:
@@ -255,10 +252,9 @@ def _hidden_rows(stores: Sequence[FeatureStore], events, labels, max_clips):
         reference = layout
         y = np.concatenate([y for _, y in videos])
         if len(np.unique(y)) < 2:
-            raise InputError(f"{s.path}: all segments have one label; probing needs both classes")
+            raise InputError(f"{s.path}: all segments have one label; {job} needs both classes")
         rows = clip_subset(y, max_clips) if rows is None else rows
-        out.append(np.concatenate([v.hidden for v, _ in videos])[rows])
-    return out, y[rows]
+        yield s, np.concatenate([getattr(v, kind) for v, _ in videos])[rows], y[rows]
 
 
 def hunt_layer(

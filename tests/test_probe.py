@@ -13,12 +13,11 @@ with 8 simulated CPU devices. To run them directly:
 
 import functools
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from meshes import run_on_8_devices
 from numerics import rel_err
 
 from headhunt_jax import probe
@@ -202,14 +201,7 @@ def test_bad_shapes_and_criteria_raise():
 
 @pytest.mark.skipif(EIGHT_DEVICES, reason="already on 8 devices")
 def test_on_8_simulated_devices():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "on_mesh"]
-    run = subprocess.run(
-        [*cmd, __file__], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert run.returncode == 0 and "skipped" not in run.stdout, run.stdout[-6000:] + run.stderr
+    run_on_8_devices(__file__)
 
 
 @on_mesh

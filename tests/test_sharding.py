@@ -9,14 +9,13 @@ device already differ by ~3e-6 between a batch of 3 and one sample at a time.
 """
 
 import os
-import subprocess
-import sys
 
 import flax
 import jax
 import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
+from meshes import run_on_8_devices
 from numerics import rel_err
 
 import headhunt_jax as hh
@@ -34,14 +33,7 @@ on_mesh = pytest.mark.skipif(
 
 @pytest.mark.skipif(EIGHT_DEVICES, reason="already on 8 devices")
 def test_on_8_simulated_devices():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "on_mesh"]
-    run = subprocess.run(
-        [*cmd, __file__], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert run.returncode == 0 and "skipped" not in run.stdout, run.stdout[-6000:] + run.stderr
+    run_on_8_devices(__file__)
 
 
 # --- rules (no devices needed) ------------------------------------------------------------------

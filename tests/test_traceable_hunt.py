@@ -10,13 +10,12 @@ and order the float32 sums differently; a constant labelling is folded into it.)
 
 import functools
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from meshes import run_on_8_devices
 from numerics import rel_err
 
 import headhunt_jax as hh
@@ -272,14 +271,7 @@ def test_pipeline_and_cli_check_values_at_the_edge(tmp_path, capsys):
 
 @pytest.mark.skipif(EIGHT_DEVICES, reason="already on 8 devices")
 def test_on_8_simulated_devices():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "on_mesh"]
-    run = subprocess.run(
-        [*cmd, __file__], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert run.returncode == 0 and "skipped" not in run.stdout, run.stdout[-6000:] + run.stderr
+    run_on_8_devices(__file__)
 
 
 @on_mesh

@@ -1,6 +1,7 @@
 """The frozen backbone: loading it (HF checkpoints, Hub ids or converted ones) and saving it
 converted. The forward API (head features, logits) is ``headhunt_jax.features``."""
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from headhunt_jax import backbones, files, hub, sharding, weights
+from headhunt_jax import backbones, files, hub, paths, sharding, weights
 from headhunt_jax.models.decoder import DecoderConfig
 from headhunt_jax.models.layers import ATTENTION_IMPLS
 
@@ -26,7 +27,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["params"],
-    meta_fields=["model", "name", "path", "mesh", "hub_ref"],
+    meta_fields=["model", "name", "path", "mesh", "hub_ref", "origin"],
 )
 @dataclasses.dataclass(frozen=True)
 class Backbone:
@@ -35,7 +36,8 @@ class Backbone:
     ``path`` is the checkpoint directory (tokenizer files live there); ``name`` identifies the
     backbone in detector bundles. ``mesh``: the devices the parameters are sharded over (by
     ``sharding.RULES``); None: one device. ``hub_ref``: ``org/name@commit`` when it was loaded
-    by a Hub id (``hub.resolve``), which names the same snapshot again.
+    by a Hub id (``hub.resolve``), which names the same snapshot again. ``origin``: the URL of
+    a checkpoint read from a bucket (``path`` is then its local copy).
 
     A pytree: the parameters are its leaves, everything else is static, so a backbone passes
     into the user's ``jax.jit`` and ``jax.grad`` as an argument (``bb.params`` included).
@@ -47,6 +49,7 @@ class Backbone:
     path: Path | None = None
     mesh: Mesh | None = None
     hub_ref: str | None = None
+    origin: str | None = None
 
     @property
     def config(self):
@@ -220,7 +223,7 @@ def load_backbone(
     path = source.path
     if (path / CONVERTED_CONFIG).exists():
         bb = _load_converted(path, dtype, name or source.repo_id, attention, mesh)
-        return dataclasses.replace(bb, hub_ref=source.hub_ref)
+        return dataclasses.replace(bb, hub_ref=source.hub_ref, origin=source.origin)
     cfg = _read_config(path)
     model = make_model(config_from_hf(cfg, path), dtype, attention)
     tied = model.cfg.text.tie_word_embeddings
@@ -243,8 +246,9 @@ def load_backbone(
         stack=_stacker(shardings),
     )
     params = flax.traverse_util.unflatten_dict(flat, sep="/")
-    name = name or source.repo_id or cfg.get("_name_or_path") or path.name
-    return Backbone(model, params, name, path, mesh, source.hub_ref)
+    where = paths.of(source.origin) if source.origin else path
+    name = name or source.repo_id or cfg.get("_name_or_path") or where.name
+    return Backbone(model, params, name, path, mesh, source.hub_ref, source.origin)
 
 
 def _flat_shardings(model: nn.Module, mesh: Mesh | None) -> dict:
@@ -273,6 +277,12 @@ def save_converted(bb: Backbone, out) -> Path:
     """Writes the parameters with orbax plus a small JSON config; copies the tokenizer and
     processor files; then ``sha256.json``, the hash of each of those files
     (``files.write_manifest``), which loading checks."""
+    if paths.is_url(out):  # orbax's own drivers reach gs:// only: written here, then uploaded
+        with contextlib.suppress(FileNotFoundError):
+            (paths.of(out) / files.MANIFEST).unlink()  # an upload cut short leaves no manifest
+        with paths.staged(out, last=files.MANIFEST) as local:
+            save_converted(bb, local)
+        return paths.of(out)
     import orbax.checkpoint as ocp
 
     out = Path(out).absolute()

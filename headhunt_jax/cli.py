@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-from headhunt_jax import errors
+from headhunt_jax import errors, paths
 from headhunt_jax.errors import UserError
 from headhunt_jax.watch import add_watch_command
 
@@ -109,7 +109,7 @@ def _detector(args):
             raise CliError(
                 f"pass --model: the backbone the detector was fitted on ({detector.backbone})"
             )
-        if not Path(path).is_dir():
+        if not paths.of(path).is_dir():
             raise CliError(
                 f"{args.detector}: the backbone it was fitted on is no longer at {path}; pass "
                 "--model with its directory"
@@ -127,6 +127,10 @@ def _dtype(dtype: str) -> str:
     return dtype
 
 
+def _absolute(line: str) -> bool:
+    return paths.is_url(line) or Path(line).is_absolute()
+
+
 def _video_list(items) -> tuple[list[Path], Path | None]:
     """Video paths from directories, list files (one path a line) or video files; the root that
     ids are relative to when a single directory is given."""
@@ -134,7 +138,7 @@ def _video_list(items) -> tuple[list[Path], Path | None]:
     from headhunt_jax.video import VIDEO_EXTENSIONS
 
     videos, root = [], None
-    for item in map(Path, items):
+    for item in map(paths.of, items):
         if not item.exists():
             raise CliError(f"{item}: no such file or directory")
         if item.is_dir():
@@ -148,9 +152,7 @@ def _video_list(items) -> tuple[list[Path], Path | None]:
 
             lines = [line.strip() for line in files.read_lines(item, "a video list")]
             videos += [
-                Path(line) if Path(line).is_absolute() else item.parent / line
-                for line in lines
-                if line
+                paths.of(line) if _absolute(line) else item.parent / line for line in lines if line
             ]
         else:
             videos.append(item)
@@ -259,7 +261,7 @@ def _dataset_args(p, split_default=None, what="the videos"):
     p.add_argument(
         "--dataset", choices=DATASETS, help=f"{what} from a dataset's layout (with --root)"
     )
-    p.add_argument("--root", type=Path, help="the dataset's folder, as downloaded")
+    p.add_argument("--root", type=paths.of, help="the dataset's folder, as downloaded")
     p.add_argument(
         "--split",
         choices=["train", "test", "calibration", "all"],
@@ -341,7 +343,7 @@ def _add_convert(sub):
         help="a HF checkpoint directory (config.json + safetensors) or a Hub id (org/name or "
         "org/name@revision)",
     )
-    p.add_argument("out", type=Path, help="output directory")
+    p.add_argument("out", type=paths.of, help="output directory")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.set_defaults(func=_convert)
 
@@ -523,9 +525,9 @@ def _hunt(args):
     result = experts.hunt(
         stores, args.k, args.lam, events, args.max_clips, _local_mesh(), labels=labels
     )
-    out = Path(args.out)
+    out = paths.of(args.out)
     experts.write_heads(out, result, k=args.k, lam=args.lam)
-    png = Path(args.plot or out.with_suffix(".png"))
+    png = paths.of(args.plot or out.with_suffix(".png"))
     figures = plots.hunt_figures(result, png, prefix=f"{png.stem}_")
     print(
         f"expert heads (layer, head), best first: {result.heads.tolist()} -> {out}; figures: "
@@ -538,9 +540,9 @@ def _hunt_layer(args, stores, events, labels):
     from headhunt_jax import experts, plots
 
     result = experts.hunt_layer(stores, events, args.max_clips, _local_mesh(), labels=labels)
-    out = Path(args.out)
+    out = paths.of(args.out)
     experts.write_layers(out, result, max_clips=args.max_clips)
-    png = plots.layer_criteria(result, Path(args.plot or out.with_suffix(".png")))
+    png = plots.layer_criteria(result, paths.of(args.plot or out.with_suffix(".png")))
     print(
         f"layer {result.layer} (DLSP score {result.scores.max():.4f}, {experts.COMBINE_PROMPTS} "
         f"over {len(stores)} prompts) -> {out}; figure: {png}"
@@ -739,21 +741,22 @@ def _detect(args):
         attribution.peak_attribution(bb, detector, results, progress=not args.quiet)
     record = run_report.detection_record(results, failures)
     if args.per_video:
-        folder = Path(args.per_video)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = paths.mkdir(args.per_video)
         for r in results:
-            (folder / (quote(r["video"], safe="") + ".json")).write_text(json.dumps(r, indent=1))
+            paths.write_text(
+                folder / (quote(r["video"], safe="") + ".json"), json.dumps(r, indent=1)
+            )
     if args.out or args.per_video:
         if args.out:
-            Path(args.out).write_text(json.dumps(record, indent=1))
+            paths.write_text(args.out, json.dumps(record, indent=1))
         _print_detections(results, record["summary"])
     else:
         print(json.dumps(record, indent=1))
     if args.plot:
-        Path(args.plot).mkdir(parents=True, exist_ok=True)
+        folder = paths.mkdir(args.plot)
         for r in results:
             # Percent-encoded ids keep videos of one name in different folders apart.
-            plots.timeline(r, Path(args.plot) / (quote(r["video"], safe="") + ".png"))
+            plots.timeline(r, folder / (quote(r["video"], safe="") + ".png"))
     if args.report:
         facts = run_report.run_facts(args.detector, args.model, detector)
         run_report.write_detection_page(args.report, results, facts, thumbnails, failures)
@@ -794,9 +797,9 @@ def _evaluate(args):
     per_video = metrics.pop("per_video")
     report = run_report.evaluation_record(args.dataset, args.split, metrics, failures)
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        paths.write_text(args.out, json.dumps(report, indent=1))
     if args.per_video:
-        Path(args.per_video).write_text(json.dumps(per_video, indent=1))
+        paths.write_text(args.per_video, json.dumps(per_video, indent=1))
     video = metrics["video_level"]["max"]
     print(
         f"{args.dataset} {args.split}: frame-level ROC AUC {report['auc']:.4f}, AP {report['ap']:.4f} "
@@ -829,9 +832,11 @@ def _add_reproduce(sub):
         "evaluation on the test split (rerun to continue)",
     )
     p.add_argument("dataset", choices=DATASETS)
-    p.add_argument("--root", type=Path, required=True, help="the dataset's folder, as downloaded")
+    p.add_argument(
+        "--root", type=paths.of, required=True, help="the dataset's folder, as downloaded"
+    )
     _backbone_args(p)
-    p.add_argument("--out", type=Path, required=True, help="run directory (rerun to continue)")
+    p.add_argument("--out", type=paths.of, required=True, help="run directory (rerun to continue)")
     p.add_argument("--prompts", help="prompts file (default: the five of data/prompts.json)")
     p.add_argument("--calibration-fraction", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
@@ -885,7 +890,7 @@ def _reproduce(args):
         html=args.report,
     )
     print(reproduce.summary(report))
-    print(f"-> {Path(args.out) / 'report.json'}" + (f", {args.report}" if args.report else ""))
+    print(f"-> {paths.of(args.out) / 'report.json'}" + (f", {args.report}" if args.report else ""))
     return 1 if report["failures"] else 0
 
 
@@ -911,11 +916,11 @@ def _demo(args):
     report = run_demo(args.out, seed=args.seed, progress=not args.quiet, backbone=args.backbone)
     print(
         f"frame-level ROC AUC {report['auc']:.3f}, AP {report['ap']:.3f} on {report['num_videos']} "
-        f"held-out videos in {report['seconds']} s -> {Path(args.out) / 'report.json'}"
+        f"held-out videos in {report['seconds']} s -> {paths.of(args.out) / 'report.json'}"
     )
     print(
         "score a video of your own with the demo's detector and backbone: headhunt-jax detect "
-        f"--detector {Path(args.out) / 'detector'} VIDEO.mp4"
+        f"--detector {paths.of(args.out) / 'detector'} VIDEO.mp4"
     )
 
 
@@ -948,12 +953,9 @@ def _compile_cache(enabled: bool) -> None:
     later run: in ``HEADHUNT_CACHE_DIR`` or the user's cache folder."""
     if not enabled:
         return
-    import os
-
     import jax
 
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "headhunt-jax"
-    folder = Path(os.environ.get("HEADHUNT_CACHE_DIR", default)) / "jax"
+    folder = paths.cache_dir() / "jax"
     jax.config.update("jax_compilation_cache_dir", str(folder))
     # Every program, however quick to compile: a run's many small ones (scorer, smoothing,
     # metrics) add up to a second of a warm `detect` on the demo (3.5 s with JAX's 0.5 s floor).
@@ -968,12 +970,19 @@ def _check_values(args) -> None:
         )
 
 
+def _urls(args) -> list[str]:
+    """The URLs among a command's arguments (to name in a bucket's error)."""
+    values = [v for v in vars(args).values() if v is not None]
+    flat = [x for v in values for x in (v if isinstance(v, list | tuple) else [v])]
+    return [str(x) for x in flat if paths.is_url(x)]
+
+
 def _kept(args) -> str:
     """What an interrupted command leaves, and how to go on."""
     from headhunt_jax.store import SPEC_FILE, FeatureStore
 
     if args.command == "extract":
-        stores = [Path(out) for out in args.out if (Path(out) / SPEC_FILE).exists()]
+        stores = [out for out in args.out if (paths.of(out) / SPEC_FILE).exists()]
         counts = ", ".join(f"{len(FeatureStore(s))} videos in {s}" for s in stores)
         return (
             f"kept {counts or 'nothing yet'} (a video being written is dropped whole); rerun "
@@ -1014,8 +1023,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("headhunt-jax: interrupted", file=sys.stderr)
         return 130
-    except (UserError, *_PATH_ERRORS) as e:
-        print(f"headhunt-jax {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        # A bucket's client failing (no credentials, no bucket, a missing object, a denied
+        # write) is told in one line naming the URL, as the operating system's word on a path is.
+        line = None if isinstance(e, UserError) else paths.problem(e, _urls(args))
+        if line is None and not isinstance(e, (UserError, *_PATH_ERRORS)):
+            raise
+        print(f"headhunt-jax {args.command}: error: {line or e}", file=sys.stderr)
         return 1
     finally:
         if sys.unraisablehook is hook:  # another hook wrapped it (files.quiet_abandoned_reads)

@@ -10,11 +10,10 @@ values at the edge.
 import dataclasses
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from headhunt_jax import files, probe
+from headhunt_jax import files, paths, probe
 from headhunt_jax.annotations import Events, Labels, labelled_videos
 from headhunt_jax.detector import Probe
 from headhunt_jax.errors import InputError
@@ -162,15 +161,14 @@ def head_sample(x, labels, heads, rss, prompt: str) -> HeadSample:
 def write_heads(path, result: HuntResult, **settings) -> None:
     """The heads file of a hunt: ``HuntResult.to_json`` and the ``settings`` it ran with (k,
     lam), as ``load_heads`` reads it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**result.to_json(), **settings}, indent=1))
+    path = paths.mkdir(paths.of(path).parent) / paths.of(path).name
+    paths.write_text(path, json.dumps({**result.to_json(), **settings}, indent=1))
 
 
 def load_heads(path) -> np.ndarray:
     """Expert heads [K, 2] from a ``hunt`` JSON file ("heads") or a published one
     ("expert_heads", as in checkpoints/)."""
-    path = Path(path)
+    path = paths.of(path)
     record = files.read_json(path, "a heads file")
     try:
         heads = np.asarray(
@@ -294,14 +292,13 @@ def hunt_layer(
 
 def write_layers(path, result: LayerResult, **settings) -> None:
     """The layers file of a hidden-state hunt (``LayerResult.to_json`` and ``settings``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**result.to_json(), **settings}, indent=1))
+    path = paths.mkdir(paths.of(path).parent) / paths.of(path).name
+    paths.write_text(path, json.dumps({**result.to_json(), **settings}, indent=1))
 
 
 def load_layer(path) -> int:
     """The chosen layer of a layers file (``write_layers``)."""
-    path = Path(path)
+    path = paths.of(path)
     record = files.read_json(path, "a layers file")
     layer = record.get("layer") if isinstance(record, dict) else None
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:

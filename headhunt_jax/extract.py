@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from headhunt_jax import paths
 from headhunt_jax.backbone import Backbone
 from headhunt_jax.errors import InputError, check_terminated
 from headhunt_jax.features import (
@@ -91,25 +92,25 @@ class ExtractionReport:
 
 def list_videos(root: str | Path, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:
     """Video files under ``root`` (recursively, by extension, case-insensitive), sorted."""
-    root = Path(root)
+    root = paths.of(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
     wanted = {e.lower() for e in extensions}
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in wanted and p.is_file())
 
 
-def video_ids(paths: Sequence[str | Path], root: str | Path | None = None) -> list[str]:
+def video_ids(videos: Sequence[str | Path], root: str | Path | None = None) -> list[str]:
     """Stable, unique ids: each path relative to ``root`` ('/'-separated), or its file name.
 
     Raises InputError (a ValueError) for a path outside ``root`` or two paths with the same id.
     """
     ids: dict[str, Path] = {}
-    for p in map(Path, paths):
+    for p in map(paths.of, videos):
         if root is None:
             vid = p.name
         else:
             try:
-                vid = PurePath(p.absolute().relative_to(Path(root).absolute())).as_posix()
+                vid = _relative(p, paths.of(root))
             except ValueError:
                 raise InputError(f"{p}: not under the video root {root}") from None
         if vid in ids:
@@ -117,6 +118,15 @@ def video_ids(paths: Sequence[str | Path], root: str | Path | None = None) -> li
             raise InputError(f"{ids[vid]} and {p} have the same video id {vid!r}{hint}")
         ids[vid] = p
     return list(ids)
+
+
+def _relative(p, root) -> str:
+    """``p`` relative to ``root``, '/'-separated (a ValueError when it is not under it)."""
+    if paths.is_url(p) or paths.is_url(root):
+        if not (paths.is_url(p) and paths.is_url(root)):
+            raise ValueError(f"{p} is not under {root}")
+        return p.relative_to(root).as_posix()
+    return PurePath(p.absolute().relative_to(root.absolute())).as_posix()
 
 
 def expert_layers(heads) -> tuple[int, ...]:
@@ -226,11 +236,11 @@ def frame_seconds(indices: np.ndarray, fps: float) -> float:
     return float(max(span, 1) / fps)
 
 
-def _batches(paths: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> Iterator[Batch]:
+def _batches(videos: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> Iterator[Batch]:
     """Batches of segments in reading order; a segment of another frame size than the batch
     being filled (a processor that keeps each video's size) starts a new batch."""
     pixels, rows, closed = None, [], []
-    for n, path in enumerate(paths):
+    for n, path in enumerate(videos):
         try:
             with VideoReader(path, **reader_kw) as reader:
                 for seg in reader:
@@ -306,13 +316,13 @@ def _prefetch(make: Callable[[], Iterator], depth: int = 1) -> Iterator:
         thread.join()
 
 
-def _expected_segments(paths: Sequence[Path], reader_kw: dict) -> int | None:
+def _expected_segments(videos: Sequence[Path], reader_kw: dict) -> int | None:
     """Segments the containers state, or None if one does not say (unreadable files count 0).
 
     Opening a container reads only its header, so this costs little next to decoding.
     """
     total = 0
-    for path in paths:
+    for path in videos:
         try:
             with VideoReader(path, **reader_kw) as reader:
                 if reader.expected_segments is None:
@@ -450,14 +460,14 @@ def extract_features(
         )
         for p in prompts
     ]
-    paths = [Path(p) for p in videos]
-    ids = video_ids(paths, root)
+    videos = [paths.of(p) for p in videos]
+    ids = video_ids(videos, root)
     stores = [FeatureStore.create(d, spec) for d, spec in zip(out_dirs, specs, strict=True)]
     for store in stores:
-        store.record_backbone(bb.path, bb.hub_ref)
+        store.record_backbone(bb.origin or bb.path, bb.hub_ref)
 
     stored = {v for v in ids if all(v in store for store in stores)}
-    todo = [(v, p) for v, p in zip(ids, paths, strict=True) if v not in stored]
+    todo = [(v, p) for v, p in zip(ids, videos, strict=True) if v not in stored]
     reader_kw = dict(
         **processor.frames,
         frames_per_segment=frames_per_segment,
@@ -520,9 +530,9 @@ class _Extraction:
 
     def compute(self, batch_size: int, reader_kw: dict, progress: bool) -> None:
         """Decodes (in a thread, one batch ahead), computes and writes every video of ``todo``."""
-        paths = [p for _, p in self.todo]
-        total = _expected_segments(paths, reader_kw) if progress else None
-        make = lambda: _batches(paths, batch_size, np.dtype(self.bb.dtype), reader_kw)
+        videos = [p for _, p in self.todo]
+        total = _expected_segments(videos, reader_kw) if progress else None
+        make = lambda: _batches(videos, batch_size, np.dtype(self.bb.dtype), reader_kw)
         with (
             tqdm(total=total, unit="segment", desc="extract", disable=not progress) as bar,
             contextlib.closing(_prefetch(make)) as stream,

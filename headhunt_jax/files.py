@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from headhunt_jax import paths
 from headhunt_jax.errors import InputError, UserError
 
 MANIFEST = "sha256.json"
@@ -65,7 +66,7 @@ def _fail(error, path, problem: str, what: str | None = None):
 
 def read_bytes(path, what: str | None = None, error=InputError) -> bytes:
     """The bytes of a file; a missing one is a ``MissingFile`` naming it."""
-    path = Path(path)
+    path = paths.of(path)
     try:
         return path.read_bytes()
     except FileNotFoundError:

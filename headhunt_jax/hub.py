@@ -9,9 +9,11 @@ bars; its cache and environment apply (``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OF
 
 import dataclasses
 import os
+import posixpath
 import re
 from pathlib import Path
 
+from headhunt_jax import paths
 from headhunt_jax.errors import InputError
 
 # What a converted checkpoint keeps of the original besides its weights: the tokenizer and the
@@ -51,11 +53,13 @@ class HubError(InputError):
 @dataclasses.dataclass(frozen=True)
 class Source:
     """A backbone's files: ``path``, the local directory; for a Hub id also ``repo_id`` and
-    ``revision``, the commit its snapshot was resolved to."""
+    ``revision``, the commit its snapshot was resolved to; for a folder on a bucket, ``origin``,
+    its URL (``path`` is then its local copy)."""
 
     path: Path
     repo_id: str | None = None
     revision: str | None = None
+    origin: str | None = None
 
     @property
     def hub_ref(self) -> str | None:
@@ -75,7 +79,10 @@ def resolve(model, progress: bool = True) -> Source:
     """A checkpoint named by a path or a Hub id -> its ``Source``.
 
     A path that exists is taken as it is; otherwise a Hub id is looked up in the cache and
-    fetched when the Hub is reachable. Anything else is a missing directory."""
+    fetched when the Hub is reachable. A URL (``paths``) is copied into the local cache once
+    for each content. Anything else is a missing directory."""
+    if paths.is_url(model):
+        return Source(paths.local_copy(model), origin=str(paths.of(model)))
     path = Path(model)
     parsed = None if path.exists() else parse_hub_id(model)
     if parsed is None:
@@ -122,7 +129,16 @@ def _snapshot(repo_id: str, revision: str | None, progress: bool) -> str:
 
 def relative_to(path, base) -> str:
     """``path`` as recorded in a file under ``base``: relative when it lies beside or inside
-    ``base`` (so that the folder holding both can move), absolute otherwise."""
+    ``base`` (so that the folder holding both can move), absolute otherwise. On a bucket, the
+    same within one bucket (a path and a URL are never relative to each other)."""
+    if paths.is_url(path) or paths.is_url(base):
+        path, base = str(paths.of(path)), str(paths.of(base))
+        if not (
+            paths.is_url(path) and paths.is_url(base) and paths.bucket(path) == paths.bucket(base)
+        ):
+            return path if paths.is_url(path) else str(Path(path).absolute())
+        rel = posixpath.relpath(path.split("://", 1)[1], base.split("://", 1)[1])
+        return rel if not rel.startswith("../..") else path
     path, base = Path(path).absolute(), Path(base).absolute()
     rel = os.path.relpath(path, base)
     return rel if not rel.startswith(os.pardir + os.sep + os.pardir) else str(path)
@@ -130,4 +146,11 @@ def relative_to(path, base) -> str:
 
 def from_record(recorded: str, base) -> str:
     """The inverse of ``relative_to``: a recorded path, relative ones taken from ``base``."""
+    if paths.is_url(recorded):
+        return recorded
+    if paths.is_url(base):
+        if Path(recorded).is_absolute():
+            return recorded
+        scheme, rest = str(paths.of(base)).split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, recorded))}"
     return os.path.normpath(Path(base).absolute() / recorded)

@@ -24,10 +24,12 @@ the CLI prints.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -54,7 +56,10 @@ def is_url(p) -> bool:
 
 
 def _is_upath(p) -> bool:
-    return type(p).__module__.startswith("upath.") and getattr(p, "protocol", "") not in ("", "file")
+    return type(p).__module__.startswith("upath.") and getattr(p, "protocol", "") not in (
+        "",
+        "file",
+    )
 
 
 def of(p) -> Path:
@@ -91,13 +96,17 @@ def bucket(p) -> str:
     return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
+def check_bucket(p) -> None:
+    """A ``RemoteError`` when the bucket of the URL ``p`` does not exist."""
+    if not of(bucket(p)).exists():
+        raise RemoteError(f"{bucket(p)}: no such bucket (for {p})")
+
+
 def mkdir(p) -> Path:
     """A folder, made with its parents when local; on a bucket only the bucket is checked."""
     p = of(p)
     if is_url(p):
-        root = of(bucket(p))
-        if not root.exists():
-            raise RemoteError(f"{bucket(p)}: no such bucket (for {p})")
+        check_bucket(p)
     else:
         p.mkdir(parents=True, exist_ok=True)
     return p
@@ -145,37 +154,64 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HEADHUNT_CACHE_DIR", default))
 
 
-def local_copy(p, fingerprint: bytes = b"") -> Path:
-    """A local folder holding the remote folder ``p`` (downloaded into the cache once for a
-    given ``fingerprint`` of its content); a local ``p`` is returned as it is."""
+def local_copy(p) -> Path:
+    """A local folder holding the folder ``p``: ``p`` itself when local; for a URL, a copy in
+    the cache (``HEADHUNT_CACHE_DIR``, else the user's cache folder), downloaded once for each
+    content of the remote folder (its files' names, sizes and ETags)."""
     p = of(p)
     if not is_url(p):
         return p
-    key = hashlib.sha256(str(p).encode() + b"\0" + fingerprint).hexdigest()[:24]
+    listing = p.fs.find(p.path, detail=True)
+    if not listing:
+        raise FileNotFoundError(f"{p}: no such directory")
+    rows = sorted(
+        (name, info.get("size"), str(info.get("ETag") or info.get("mtime") or ""))
+        for name, info in listing.items()
+    )
+    key = hashlib.sha256(repr((str(p), rows)).encode()).hexdigest()[:24]
     target = cache_dir() / "remote" / key
     if (target / ".complete").exists():
         return target
     tmp = target.with_name(f"{key}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir(parents=True)
     try:
-        p.fs.get(p.path.rstrip("/") + "/", str(tmp) + "/", recursive=True)
+        root = p.path.rstrip("/") + "/"
+        for name, _, _ in rows:
+            local = tmp / name[len(root) :]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            p.fs.get_file(name, str(local))
         (tmp / ".complete").write_text(str(p))
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(OSError):  # another process placed it first
             os.replace(tmp, target)
-        except OSError:  # another process placed it first
-            pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def upload(local: Path, p) -> Path:
-    """Copies the local folder ``local`` to ``p`` (a URL), file by file."""
+@contextlib.contextmanager
+def staged(p, last: str | None = None):
+    """Writing a folder: yields ``p`` itself when local; for a URL, a local temporary folder
+    whose files are uploaded to ``p`` when the block ends without an error (``last``: see
+    ``upload``)."""
     p = of(p)
+    if not is_url(p):
+        yield p
+        return
     mkdir(p)
-    for f in sorted(Path(local).rglob("*")):
-        if f.is_file():
-            p.fs.put_file(str(f), (p / f.relative_to(local).as_posix()).path)
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+        upload(Path(tmp), p, last)
+
+
+def upload(local: Path, p, last: str | None = None) -> Path:
+    """Copies the local folder ``local`` to ``p`` (a URL), file by file; ``last`` (a file name
+    at its root, a manifest) after every other."""
+    p = of(p)
+    files = sorted(f for f in Path(local).rglob("*") if f.is_file())
+    files.sort(key=lambda f: f.relative_to(local).as_posix() == last)
+    for f in files:
+        p.fs.put_file(str(f), (p / f.relative_to(local).as_posix()).path)
+    p.fs.invalidate_cache(p.path)
     return p
 
 

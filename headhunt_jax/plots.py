@@ -2,14 +2,17 @@
 saliency beside it, the heads' importance, t-SNE of the experts' features against a layer's, a
 video's score timeline, the scores of many videos, and the frame-level ROC and PR curves.
 
-Each function writes to ``path`` (a file name or a binary file object, as matplotlib's
-``savefig`` takes) and returns it.
+Each function writes to ``path`` (a local path or a ``paths`` URL, written whole; or a binary
+file object, as matplotlib's ``savefig`` takes) and returns it.
 """
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from headhunt_jax import paths
 
 NORMAL, ANOMALY, OTHER = "tab:blue", "tab:red", "tab:gray"
 
@@ -83,9 +86,14 @@ def timeline(result: dict, path, truth: Sequence[tuple[int, int]] = ()) -> Path:
 def _save(fig, path):
     plt = _pyplot()
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
+    if isinstance(path, str | Path) or paths.is_url(path):  # a file, on a disk or a bucket
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=110, format="png")
+        plt.close(fig)
+        return paths.write_bytes(path, buffer.getvalue())
+    fig.savefig(path, dpi=110, format="png")  # a file object
     plt.close(fig)
-    return Path(path) if isinstance(path, str | Path) else path
+    return path
 
 
 def _scaled(values) -> np.ndarray:
@@ -248,7 +256,7 @@ def hunt_figures(result, heatmap, prefix: str = "") -> dict[str, Path]:
     """A hunt's figures (``experts.HuntResult``): the RSS heatmap at ``heatmap`` and, in its
     folder, ``{prefix}saliency_criteria.png``, ``{prefix}head_importance.png`` and
     ``{prefix}tsne.png`` (when the result kept a sample). Returns {caption: path}."""
-    heatmap = Path(heatmap)
+    heatmap = paths.of(heatmap)
     folder = heatmap.parent
     written = {
         "Robust saliency score of every head": rss_heatmap(result.rss, result.heads, heatmap)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from headhunt_jax import paths
+
 # Thumbnails shown across a video besides the events' peaks.
 STRIP = 8
 # The height of the thumbnails that extraction keeps for a report, in pixels (about 3 KB a JPEG).
@@ -135,7 +137,7 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 def _png(picture) -> bytes:
     """A figure given as PNG bytes or a PNG file's path."""
-    return picture if isinstance(picture, bytes) else Path(picture).read_bytes()
+    return picture if isinstance(picture, bytes) else paths.of(picture).read_bytes()
 
 
 def _fmt(value) -> str:
@@ -479,7 +481,6 @@ def write_report(
         + "".join(body)
         + f"<script>{_SCRIPT}</script></body></html>\n"
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+    path = paths.of(path)
+    paths.mkdir(path.parent)
+    return paths.write_text(path, page)

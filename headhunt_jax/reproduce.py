@@ -35,7 +35,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from headhunt_jax import __version__, detection, experts, files, fitting, plots, run_report
+from headhunt_jax import __version__, detection, experts, files, fitting, paths, plots, run_report
 from headhunt_jax.datasets import VideoItem, calibration_subset, load_dataset
 from headhunt_jax.detector import Detector, Probe
 from headhunt_jax.errors import InputError
@@ -86,8 +86,8 @@ def _check_protocol(out: Path, protocol: Protocol) -> None:
                 f"{out}: made with other settings ({'; '.join(diffs)}); use another --out"
             )
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(wanted, indent=1))
+        paths.mkdir(out)
+        paths.write_text(path, json.dumps(wanted, indent=1))
 
 
 def protocol_splits(protocol: Protocol) -> tuple[dict[str, tuple[VideoItem, ...]], list[str]]:
@@ -128,7 +128,7 @@ class _Stages:
         start = time.perf_counter()
         result = work()
         self.times[name] = round(time.perf_counter() - start, 2)
-        self.path.write_text(json.dumps(self.times, indent=1))
+        paths.write_text(self.path, json.dumps(self.times, indent=1))
         return result
 
     def summary(self) -> dict:
@@ -162,7 +162,7 @@ class _Run:
     _backbone: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
-        self.root = Path(self.protocol.root)
+        self.root = paths.of(self.protocol.root)
         self.paths = {name: [item.path for item in items] for name, items in self.splits.items()}
         self.ids = {name: video_ids(p, self.root) for name, p in self.paths.items()}
         self.labels = {item.key: item.label for items in self.splits.values() for item in items}
@@ -206,7 +206,7 @@ def reproduce(
     test videos' thumbnails are kept when their features are extracted in this run).
     ``protocol.probes``: each probe's detector is hunted, fitted and evaluated on the same
     extractions (each extraction stage computes every probe's features in one pass)."""
-    out = Path(out_dir)
+    out = paths.of(out_dir)
     _check_protocol(out, protocol)
     stages = _Stages(out, say)
     splits, warnings = protocol_splits(protocol)
@@ -314,7 +314,7 @@ def _fit(run: _Run, stages: _Stages, store: FeatureStore, probe: Probe, validati
         )
         detector.save(detector_dir, overwrite=True)
 
-    done = (detector_dir / "commit_success.txt").exists()
+    done = (detector_dir / files.MANIFEST).exists()  # a bundle's manifest is written last
     stages.run("fit" + _suffix(probe.kind), done, fit)
     return Detector.load(detector_dir)
 
@@ -371,7 +371,7 @@ def _evaluate(run: _Run, stages: _Stages, detectors: dict, store: FeatureStore, 
         "probes": columns,
         "protocol": dataclasses.asdict(protocol),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    paths.write_text(out / "report.json", json.dumps(report, indent=1))
     if html:
         by_id = run_report.labels_by_video(results, run.labels)
         _page(html, run, detector, results, store, by_id, metrics, columns)
@@ -386,9 +386,11 @@ def _probe_outcome(run: _Run, name: str, detector: Detector, store: FeatureStore
     results = detection.detections(detector, store, ids)
     if not results:
         raise InputError(f"{run.root}: no test video could be read")
-    (out / f"detections{suffix}.json").write_text(json.dumps(results, indent=1))
+    paths.write_text(out / f"detections{suffix}.json", json.dumps(results, indent=1))
     metrics = evaluate(results, events, sigma=detector.sigma, labels=run.labels)
-    (out / f"per_video{suffix}.json").write_text(json.dumps(metrics.pop("per_video"), indent=1))
+    paths.write_text(
+        out / f"per_video{suffix}.json", json.dumps(metrics.pop("per_video"), indent=1)
+    )
     curves = frame_curves(results, events, sigma=detector.sigma)
     roc, ap = metrics["roc_auc"], metrics["average_precision"]
     plots.roc_pr(curves, out / f"roc_pr{suffix}.png", roc, ap)
@@ -472,7 +474,7 @@ def _record_splits(path: Path, ids: dict[str, list[str]]) -> None:
                 "used; use another --out"
             )
     else:
-        path.write_text(json.dumps(ids, indent=1))
+        paths.write_text(path, json.dumps(ids, indent=1))
 
 
 def _probe_line(name: str, column: dict) -> str:

@@ -16,30 +16,36 @@ Layout::
 A video's file name is its id (the video's path relative to a root, or its file name) with every
 character outside ``[A-Za-z0-9_.~-]`` percent-encoded, so ids map to names one to one and back.
 
-Every file is written to a unique ``*.tmp`` name in the same directory, flushed to disk and then
-renamed into place, so a name ending in ``.npz`` is always a complete file and a killed writer
-leaves at most a ``.tmp`` file, which readers never look at. Each process writes only the videos
-it was given, under names no other process uses; ``store.json`` has the same content for every
-writer of a store, so whichever rename lands last changes nothing. Each video file records a digest
-of ``store.json``, so a file from a store of other settings is refused instead of mixed in.
+The store may be a local directory or a folder on a bucket (any ``paths`` URL). Each file is
+written whole or not at all (``paths.write_bytes``): locally through a unique ``*.tmp`` name,
+fsync and a rename, so a name ending in ``.npz`` is always a complete file and a killed writer
+leaves at most a ``.tmp`` file, which readers never look at; on a bucket as one object upload.
+On a bucket, where there is no atomic rename, a video counts as done only once its commit marker
+``done/<video file>`` (an empty object) exists, written after its ``.npz`` object is complete:
+``video_ids`` lists ``done/``, and a writer killed between the two leaves a file that is never
+read and is overwritten when the video is extracted again. Each process writes only the videos
+it was given (``shard_videos``), under names no other process uses; ``store.json`` has the same
+content for every writer of a store, so whichever write lands last changes nothing, and a writer
+with other settings reads back a description that differs from its own and is refused. Each
+video file records a digest of ``store.json``, so a file from a store of other settings is
+refused instead of mixed in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
-import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote, unquote
 
 import numpy as np
 
-from headhunt_jax import files
+from headhunt_jax import files, paths
 from headhunt_jax.errors import UserError
 from headhunt_jax.video import VideoMetadata
 
@@ -47,6 +53,7 @@ FORMAT_VERSION = 1
 SPEC_FILE = "store.json"
 BACKBONE_FILE = "backbone.json"
 SUFFIX = ".npz"
+DONE = "done"  # on a bucket: the commit markers' folder
 
 
 class StoreError(UserError):
@@ -207,25 +214,6 @@ def _thumbnails(f) -> tuple[bytes, ...]:
     return tuple(data[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True))
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Writes ``path`` through a unique temporary file in its directory and a rename."""
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    # The rename itself is only durable once the directory entry is.
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _read_spec(path: Path) -> StoreSpec:
     record = files.read_json(path, "a feature store description", error=StoreError)
     try:
@@ -250,21 +238,25 @@ class FeatureStore:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = paths.of(path)
+        self.remote = paths.is_url(self.path)
         spec_file = self.path / SPEC_FILE
         if not spec_file.exists():
+            if self.remote:
+                paths.check_bucket(self.path)
             raise StoreError(f"{self.path}: not a feature store (no {SPEC_FILE})")
         self.spec = _read_spec(spec_file)
         self._digest = self.spec.digest()
 
     @classmethod
     def create(cls, path: str | Path, spec: StoreSpec) -> FeatureStore:
-        path = Path(path)
+        path = paths.of(path)
         spec_file = path / SPEC_FILE
         if not spec_file.exists():
-            path.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(spec.to_json(), indent=2, ensure_ascii=False).encode()
-            _atomic_write(spec_file, lambda f: f.write(text))
+            paths.mkdir(path)
+            paths.write_bytes(
+                spec_file, json.dumps(spec.to_json(), indent=2, ensure_ascii=False).encode()
+            )
         # Read back: another writer may have put its own description there first.
         store = cls(path)
         found = store.spec
@@ -291,19 +283,31 @@ class FeatureStore:
         return files.read_json(file, "the store's backbone record", error=StoreError)
 
     def record_backbone(self, path, hub_ref: str | None = None) -> None:
-        record = {"path": str(Path(path).absolute())}
+        where = path if paths.is_url(path) else Path(path).absolute()
+        record = {"path": str(where)}
         if hub_ref:
             record["hub"] = hub_ref
-        text = json.dumps(record).encode()
-        _atomic_write(self.path / BACKBONE_FILE, lambda f: f.write(text))
+        paths.write_bytes(self.path / BACKBONE_FILE, json.dumps(record).encode())
+
+    def _names(self) -> list[str]:
+        """The file names of the complete videos (on a bucket: those with a commit marker)."""
+        if not self.remote:
+            return [p.name for p in self.path.iterdir() if p.name.endswith(SUFFIX)]
+        done = self.path / DONE
+        done.fs.invalidate_cache(done.path)  # other hosts may have written since the last listing
+        if not done.exists():
+            return []
+        return [p.name for p in done.iterdir() if p.name.endswith(SUFFIX)]
 
     def video_ids(self) -> list[str]:
         """Ids of the complete videos, sorted."""
-        names = (p.name for p in self.path.iterdir() if p.name.endswith(SUFFIX))
-        return sorted(unquote(n[: -len(SUFFIX)]) for n in names)
+        return sorted(unquote(n[: -len(SUFFIX)]) for n in self._names())
+
+    def _done(self, name: str):
+        return self.path / DONE / name if self.remote else self.path / name
 
     def __contains__(self, video_id: str) -> bool:
-        return (self.path / file_name(video_id)).exists()
+        return self._done(file_name(video_id)).exists()
 
     def __len__(self) -> int:
         return len(self.video_ids())
@@ -351,18 +355,23 @@ class FeatureStore:
             arrays["thumbnails"] = np.frombuffer(b"".join(video.thumbnails), np.uint8)
             arrays["thumbnail_ends"] = np.cumsum([len(j) for j in video.thumbnails], dtype=np.int64)
         path = self.path / file_name(video.video_id)
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
-        # Only this process writes this video, so any other temporary of it is a killed run's.
-        for stale in self.path.glob(f"{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        paths.write_bytes(path, buffer.getbuffer())
+        if self.remote:
+            paths.write_bytes(self._done(path.name), b"")
+        else:
+            # Only this process writes this video, so any other temporary of it is a killed run's.
+            for stale in self.path.glob(f"{path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         return path
 
     def read(self, video_id: str) -> VideoFeatures:
         path = self.path / file_name(video_id)
-        if not path.exists():
+        if not self._done(path.name).exists():
             raise KeyError(f"{path}: no features for video {video_id!r} in this store")
         try:
-            with np.load(path) as f:
+            with np.load(io.BytesIO(path.read_bytes()) if self.remote else path) as f:
                 meta = json.loads(str(f["meta"]))
                 arrays = {k: f[k] for k in ("features", "start_frames", "end_frames")}
                 frame_indices = f["frame_indices"]

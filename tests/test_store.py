@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 
+from headhunt_jax import paths
 from headhunt_jax import store as st
 from headhunt_jax.store import FeatureStore, StoreError, StoreSpec, VideoFeatures
 from headhunt_jax.video import VideoMetadata
@@ -119,7 +120,7 @@ def test_interrupted_writes_never_read_as_complete(tmp_path, monkeypatch):
     def killed(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(st.os, "replace", killed)
+    monkeypatch.setattr(paths.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         store.write(video("late.mp4", 1))
     monkeypatch.undo()
@@ -164,3 +165,43 @@ def test_several_writers_share_a_store(tmp_path):
     assert len(store) == 12 and store.spec == SPEC
     assert_same(store.read("w2/1.mp4"), video("w2/1.mp4", 2, seed=2))
     assert not list((tmp_path / "shared").glob("*.tmp"))
+
+
+def test_a_store_on_a_bucket_reads_what_a_local_one_does(bucket, tmp_path):
+    local = FeatureStore.create(tmp_path, SPEC)
+    remote = FeatureStore.create(f"{bucket}/run/store", SPEC)
+    for v in (video("a/b c.mp4", 3, label=1, seed=1), video("x.mp4", 2, label=0, seed=2)):
+        local.write(v)
+        remote.write(v)
+    again = FeatureStore(f"{bucket}/run/store")  # a second reader: no state shared
+    assert again.video_ids() == local.video_ids() == ["a/b c.mp4", "x.mp4"]
+    assert "x.mp4" in again and "y.mp4" not in again
+    for got, want in zip(
+        again.load().__dict__.values(), local.load().__dict__.values(), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(StoreError, match="other features"):
+        FeatureStore.create(f"{bucket}/run/store", dataclasses.replace(SPEC, prompt="other"))
+
+
+def test_on_a_bucket_a_video_counts_only_once_committed(bucket):
+    """A writer killed between a video's object and its commit marker leaves an object that no
+    reader takes for features; writing the video again commits it."""
+    store = FeatureStore.create(bucket, SPEC)
+    store.write(video("done.mp4", 2))
+    orphan = paths.of(bucket) / st.file_name("cut.mp4")
+    paths.write_bytes(orphan, b"PK\x03\x04 half a file")
+    assert FeatureStore(bucket).video_ids() == ["done.mp4"]
+    assert "cut.mp4" not in store
+    with pytest.raises(KeyError, match="no features for video 'cut.mp4'"):
+        store.read("cut.mp4")
+    store.write(video("cut.mp4", 1))
+    assert FeatureStore(bucket).video_ids() == ["cut.mp4", "done.mp4"]
+    assert store.read("cut.mp4").num_segments == 1
+
+
+def test_a_store_in_a_missing_bucket_is_one_line(s3_server):
+    with pytest.raises(paths.RemoteError, match=r"s3://no-such-bucket-1: no such bucket"):
+        FeatureStore.create("s3://no-such-bucket-1/store", SPEC)
+    with pytest.raises(paths.RemoteError, match=r"s3://no-such-bucket-1: no such bucket"):
+        FeatureStore("s3://no-such-bucket-1/store")

@@ -7,18 +7,20 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from headhunt_jax import backbone, distributed, files
+from headhunt_jax import backbone, distributed, files, paths
 from headhunt_jax.extract import extract_features, list_videos
-from headhunt_jax.store import FeatureStore
+from headhunt_jax.store import FeatureStore, file_name
 
 hf = pytest.importorskip("hf_reference")
 write_clip = pytest.importorskip("test_extract").write_clip
@@ -100,12 +102,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_processes(
-    args: list, devices: int = 1, own_args=None, code=lambda i: WORKER
-) -> list[tuple[int, str, str]]:
-    """Runs two processes of a run on a localhost coordinator, each with ``devices`` CPU devices
-    of its own; ``own_args(i)``: arguments of process i only; ``code(i)``: what process i runs.
-    -> (status, stdout, stderr) each."""
+def _start_processes(args: list, devices: int = 1, own_args=None, code=lambda i: WORKER):
+    """Starts two processes of a run on a localhost coordinator, each with ``devices`` CPU
+    devices of its own; ``own_args(i)``: arguments of process i only; ``code(i)``: what process
+    i runs."""
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
@@ -113,7 +113,7 @@ def _run_processes(
         HEADHUNT_NUM_PROCESSES="2",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
     )
-    procs = [
+    return [
         subprocess.Popen(
             [
                 sys.executable,
@@ -129,6 +129,11 @@ def _run_processes(
         )
         for i in range(2)
     ]
+
+
+def _run_processes(args: list, devices: int = 1, own_args=None, code=lambda i: WORKER):
+    """``_start_processes``, waited for: -> (status, stdout, stderr) each."""
+    procs = _start_processes(args, devices, own_args, code)
     try:
         outputs = [p.communicate(timeout=180) for p in procs]
         return [(p.returncode, *output) for p, output in zip(procs, outputs, strict=True)]
@@ -268,3 +273,61 @@ def test_a_process_that_crashes_while_starting_stops_the_others_with_one_line(
     )
     assert "Traceback" in err1 and err1.strip().endswith("RuntimeError: out of host memory")
     assert not shared.exists()
+
+
+# Process 1 is killed (SIGKILL) between a video's object and its commit marker: the store on the
+# bucket then holds an object that must never be read as features.
+KILLED_WORKER = f"""
+import os, signal
+from headhunt_jax import paths
+write = paths.write_bytes
+def killed(path, data):
+    if "/done/" in str(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write(path, data)
+paths.write_bytes = killed
+{WORKER}
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_extract_one_store_on_a_bucket_killed_and_rerun(
+    tmp_path, cluster_inputs, bucket, monkeypatch
+):
+    """Both processes read the converted backbone from the bucket and write one store there;
+    process 1 is killed mid-video and the run is started again: the store is one local
+    process's, and the killed video's uncommitted object was never listed."""
+    monkeypatch.setenv("HEADHUNT_CACHE_DIR", str(tmp_path / "cache"))
+    model = f"{bucket}/converted"
+    paths.upload(cluster_inputs["converted"], model)
+    store = f"{bucket}/run/store"
+    args = _extract_args(model, cluster_inputs["videos"], store)
+    procs = _start_processes(args, code=lambda i: KILLED_WORKER if i == 1 else WORKER)
+    try:
+        procs[1].communicate(timeout=180)
+        assert procs[1].returncode == -signal.SIGKILL, procs[1].stderr
+        # Process 0 does its share, then waits for the dead one at JAX's shutdown barrier until
+        # the heartbeat times out: the test does not wait for that (a scheduler would not).
+        share0, share1 = (distributed.shard_videos(sorted(CLIPS), i, 2) for i in range(2))
+        deadline = time.monotonic() + 120
+        while not set(share0) <= set(FeatureStore(store).video_ids()):
+            assert time.monotonic() < deadline and procs[0].poll() is None
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    listed = FeatureStore(store).video_ids()
+    assert listed == sorted(share0)  # none of the killed process's videos counts as done
+    uncommitted = [p.name for p in paths.of(store).iterdir() if p.name.endswith(".npz")]
+    assert file_name(share1[0]) in uncommitted
+    again = _run_processes(args)
+    for status, _, err in again:
+        assert status == 0, err[-4000:]
+    got, want = FeatureStore(store), FeatureStore(cluster_inputs["single"])
+    assert got.spec == want.spec and got.video_ids() == want.video_ids()
+    got_arrays, want_arrays = got.load(), want.load()
+    err = np.abs(got_arrays.features - want_arrays.features).max()
+    assert err <= TOL * np.abs(want_arrays.features).max()
+    for field in ("labels", "video_ids", "segments"):
+        np.testing.assert_array_equal(getattr(got_arrays, field), getattr(want_arrays, field))

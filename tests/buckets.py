@@ -26,29 +26,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """The endpoint URL of a moto server, stopped at the end of the session; the process
-    environment points at it while it runs."""
-    pytest.importorskip("s3fs")
+def start_server(**env) -> tuple[subprocess.Popen, str]:
+    """A moto server on a free port (``env``: moto's settings) -> (process, endpoint URL)."""
     port = _free_port()
     exe = Path(sys.executable).with_name("moto_server")
     server = subprocess.Popen(
         [str(exe), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
             urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
-            break
+            return server, endpoint
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
                 raise RuntimeError("moto_server did not start") from None
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The endpoint URL of a moto server, stopped at the end of the session; the process
+    environment points at it while it runs."""
+    pytest.importorskip("s3fs")
+    server, endpoint = start_server()
     saved = {k: os.environ.get(k) for k in [*ENV, "AWS_ENDPOINT_URL"]}
     os.environ.update(ENV, AWS_ENDPOINT_URL=endpoint)
     try:

@@ -1,6 +1,7 @@
 """Detectors, converted backbones and stores round-trip through a bucket (a real S3-compatible
 server, tests/buckets.py), and a bucket's failures are one line naming the URL."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from buckets import ENV, start_server
 from test_detector import HEADS, head_features, scores, trained_detector
 
 from headhunt_jax import backbone, paths, tiny_checkpoints
@@ -70,3 +72,39 @@ def test_the_cli_says_a_buckets_failure_in_one_line(bucket, tmp_path):
     assert nokeys.returncode == 1 and "Traceback" not in nokeys.stderr, nokeys.stderr
     assert nokeys.stderr.strip().count("\n") == 0, nokeys.stderr
     assert f"{bucket}/store: no credentials" in nokeys.stderr
+
+
+def test_a_denied_write_is_one_line(tmp_path):
+    """A server that checks permissions (moto's, after its first requests): a user allowed to
+    read only converts a backbone into the bucket."""
+    boto3 = pytest.importorskip("boto3")
+    server, endpoint = start_server(INITIAL_NO_AUTH_ACTION_COUNT="4")
+    try:
+        kw = dict(endpoint_url=endpoint, region_name="us-east-1", **_keys(ENV))
+        boto3.client("s3", **kw).create_bucket(Bucket="read-only")
+        iam = boto3.client("iam", **kw)
+        iam.create_user(UserName="reader")
+        read_only = {"Effect": "Allow", "Action": ["s3:Get*", "s3:List*"], "Resource": "*"}
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [read_only]})
+        iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=policy)
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        local = tiny_checkpoints.write("internvl3", tmp_path / "tiny", ["Anything odd?"])
+        env = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        }
+        denied = cli("convert", local, "s3://read-only/tiny", env=env)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert denied.returncode == 1 and "Traceback" not in denied.stderr, denied.stderr
+    assert denied.stderr.strip().count("\n") == 0, denied.stderr
+    assert "headhunt-jax convert: error: s3://read-only/tiny: access denied" in denied.stderr
+
+
+def _keys(env):
+    return {
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+    }

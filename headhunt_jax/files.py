@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import sys
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -151,18 +150,6 @@ def sha256_file(path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def remove_manifest(root) -> None:
     """Before a directory is written again: a write cut short then leaves no stale manifest,
     and is told as files missing or changed only if a new manifest was written."""
@@ -184,7 +171,7 @@ def write_manifest(root, files: Iterable | None = None) -> Path:
         }
     record = {"format": MANIFEST_FORMAT, "files": listed}
     path = root / MANIFEST
-    _atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    paths.write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return path
 
 

@@ -77,3 +77,56 @@ def bucket(s3_server) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A Google Cloud Storage emulator (``gcp-storage-emulator``, in memory) for the session,
+    reached by gcsfs through ``STORAGE_EMULATOR_HOST``; gcsfs's probe of a bucket's type (a gRPC
+    call the emulator does not answer) is turned off with its own setting, read when gcsfs is
+    imported."""
+    if "gcsfs" in sys.modules:
+        pytest.skip("gcsfs was imported before its settings could be given")
+    exe = Path(sys.executable).with_name("gcp-storage-emulator")
+    if not exe.exists():
+        pytest.skip("gcp-storage-emulator is not installed")
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(exe), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"STORAGE_EMULATOR_HOST": endpoint, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/storage/v1/b?project=test", timeout=1)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError("gcp-storage-emulator did not start") from None
+            time.sleep(0.2)
+    try:
+        yield endpoint
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server) -> str:
+    """A new empty bucket on the emulator: its ``gs://`` URL."""
+    import gcsfs
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    gcsfs.GCSFileSystem(skip_instance_cache=True).mkdir(name)
+    return f"gs://{name}"

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from buckets import bucket, s3_server  # noqa: F401  (fixtures)
+from buckets import bucket, gcs_bucket, gcs_server, s3_server  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")

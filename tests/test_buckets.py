@@ -108,3 +108,23 @@ def _keys(env):
         "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
         "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
     }
+
+
+def test_a_store_and_a_detector_on_google_cloud_storage(gcs_bucket, tmp_path, monkeypatch):
+    """The same code through gcsfs, against the Cloud Storage emulator."""
+    monkeypatch.setenv("HEADHUNT_CACHE_DIR", str(tmp_path / "cache"))
+    from test_store import SPEC, video
+
+    from headhunt_jax.store import FeatureStore
+
+    store = FeatureStore.create(f"{gcs_bucket}/store", SPEC)
+    store.write(video("a.mp4", 3, label=1))
+    store.write(video("b/c.mp4", 2, label=0, seed=1))
+    again = FeatureStore(f"{gcs_bucket}/store")
+    assert again.video_ids() == ["a.mp4", "b/c.mp4"]
+    np.testing.assert_array_equal(again.read("a.mp4").features, video("a.mp4", 3).features)
+    detector = trained_detector()
+    detector.save(f"{gcs_bucket}/detector")
+    features, _ = head_features(5, seed=4)
+    loaded = Detector.load(f"{gcs_bucket}/detector")
+    np.testing.assert_array_equal(scores(loaded, features), scores(detector, features))

@@ -228,3 +228,29 @@ def _stored_meta(store):
     import numpy as np
 
     return [json.loads(str(np.load(p)["meta"])) for p in sorted(Path(store).glob("*.npz"))]
+
+
+def test_reproduce_from_and_into_a_bucket_equals_a_local_run(model, xd, prompts, tmp_path, bucket):
+    """The dataset, the backbone and the run folder on a bucket (a real S3-compatible server):
+    the same heads, scores and metrics as the same run on local paths."""
+    import s3fs
+
+    s3fs.S3FileSystem().put(str(xd), f"{bucket}/XD", recursive=True)
+    s3fs.S3FileSystem().put(str(model), f"{bucket}/backbone", recursive=True)
+    common = ["--prompts", prompts, "--calibration-fraction", 0.5, "--k", 3, "--quiet"]
+    local, remote = tmp_path / "run", f"{bucket}/run"
+    cli("reproduce", "xd_violence", "--root", xd, "--model", model, "--out", local, *common)
+    run = cli(
+        "reproduce", "xd_violence", "--root", f"{bucket}/XD", "--model", f"{bucket}/backbone",
+        "--out", remote, *common,
+    )  # fmt: skip
+    assert f"{remote}/report.json" in run.stdout
+    fs = s3fs.S3FileSystem()
+    read = lambda name: json.loads(fs.cat(f"{remote}/{name}"))
+    want, got = json.loads((local / "report.json").read_text()), read("report.json")
+    assert got["expert_heads"] == want["expert_heads"]
+    assert got["frame_level"] == want["frame_level"] and got["videos"] == want["videos"]
+    assert read("detections.json") == json.loads((local / "detections.json").read_text())
+    assert fs.exists(f"{remote}/detector/sha256.json") and fs.exists(f"{remote}/roc_pr.png")
+    # Nothing was written beside the bucket as a local folder named after the URL.
+    assert not Path("s3:").exists()

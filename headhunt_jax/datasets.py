@@ -180,9 +180,21 @@ def _some(names: Iterable[object]) -> str:
 
 def _check_root(root: str | Path, dataset: str) -> Path:
     root = paths.of(root)
+    if paths.is_url(root):
+        _forget_listings(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such directory (the {dataset} root)")
     return root
+
+
+def _forget_listings(root: Path) -> None:
+    """Drops the listings at and under a bucket's ``root`` that its file system cached (s3fs and
+    gcsfs keep them for the life of the process), so that a listing sees what is there now."""
+    fs, prefix = root.fs, root.path.rstrip("/")
+    fs.invalidate_cache(prefix)
+    cached = getattr(fs, "dircache", {})
+    for key in [k for k in cached if k.startswith(prefix + "/")]:
+        cached.pop(key, None)
 
 
 def _wanted(split: str) -> tuple[str, ...]:

@@ -166,3 +166,18 @@ def test_a_whole_video_clip_from_a_bucket_in_two_passes_closes_its_streams(
     _, (expected,) = read_all(video, image_size=32, clip="video")
     np.testing.assert_array_equal(clip.pixels, expected.pixels)
     assert len(opened) == 2 and all(f.closed for f in opened)
+
+
+def test_a_listing_sees_what_the_bucket_holds_now(xd, bucket):
+    """The listings that s3fs cached in an earlier listing do not hide a folder that another
+    client (its own s3fs instance here, another process in practice) added since."""
+    url = f"{bucket}/XD"
+    fs = s3fs.S3FileSystem()
+    for name in ("test", "annotations.txt"):
+        fs.put(str(xd / name), f"{url}/{name}".removeprefix("s3://"), recursive=True)
+    assert len(xd_violence(url, "test")) == 2
+    with pytest.raises(DatasetError, match="no train/ folder"):
+        xd_violence(url, "train")
+    other = s3fs.S3FileSystem(skip_instance_cache=True)
+    other.put(f"{xd}/train/", f"{url}/train/".removeprefix("s3://"), recursive=True)
+    assert described(xd_violence(url, "all"), url) == described(xd_violence(xd, "all"), xd)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headhunt_jax import paths
 from headhunt_jax.errors import InputError
 from headhunt_jax.files import read_lines
 from headhunt_jax.store import FeatureStore, VideoFeatures
@@ -66,7 +67,7 @@ def _frame_pairs(path, line_number, line, fields):
 
 
 def _parse(path, min_fields, frame_fields_from, what):
-    path = Path(path)
+    path = paths.of(path)
     annotations = {}
     for line_number, line in enumerate(read_lines(path, "an annotation file"), start=1):
         fields = line.split()
@@ -100,8 +101,9 @@ def parse_xd_violence_annotations(path):
 
 def read_annotations(path) -> dict[str, list[tuple[int, int]]]:
     """An XD-Violence ``annotations.txt`` or a UCF-Crime temporal annotation file (told apart by
-    the second field: a class name in UCF-Crime's) -> {video key: [(start, end), ...]}."""
-    path = Path(path)
+    the second field: a class name in UCF-Crime's) -> {video key: [(start, end), ...]}.
+    ``path``: a local file or a URL."""
+    path = paths.of(path)
     lines = read_lines(path, "an annotation file")
     first = next((line.split() for line in lines if line.strip()), None)
     if first is not None and len(first) > 1 and not first[1].lstrip("-").isdigit():

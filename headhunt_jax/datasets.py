@@ -5,6 +5,11 @@ Each function walks a dataset root and returns a :class:`DatasetListing`: its vi
 warnings that did not stop the listing. Nothing is decoded; only file names and the annotation
 and split-list files are read.
 
+A root, an annotation file or a split list may be a URL (``s3://``, ``gs://``;
+:mod:`headhunt_jax.paths`): a bucket is walked as a folder, its videos found in one recursive
+listing of the video folder, and the items' paths stay URLs (:class:`VideoItem`'s ``path`` a
+``UPath``, which :class:`~headhunt_jax.video.VideoReader` reads).
+
 UCF-Crime (``ucf_crime``)::
 
     ROOT/Videos/<Class>/<name>.mp4    any depth, the class is the video's folder; a folder whose
@@ -71,6 +76,7 @@ from typing import Literal
 
 import numpy as np
 
+from headhunt_jax import paths
 from headhunt_jax.annotations import (
     parse_ucf_crime_annotations,
     parse_xd_violence_annotations,
@@ -173,10 +179,22 @@ def _some(names: Iterable[object]) -> str:
 
 
 def _check_root(root: str | Path, dataset: str) -> Path:
-    root = Path(root)
+    root = paths.of(root)
+    if paths.is_url(root):
+        _forget_listings(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such directory (the {dataset} root)")
     return root
+
+
+def _forget_listings(root: Path) -> None:
+    """Drops the listings at and under a bucket's ``root`` that its file system cached (s3fs and
+    gcsfs keep them for the life of the process), so that a listing sees what is there now."""
+    fs, prefix = root.fs, root.path.rstrip("/")
+    fs.invalidate_cache(prefix)
+    cached = getattr(fs, "dircache", {})
+    for key in [k for k in cached if k.startswith(prefix + "/")]:
+        cached.pop(key, None)
 
 
 def _wanted(split: str) -> tuple[str, ...]:
@@ -196,6 +214,7 @@ def _child_dir(parent: Path, name: str) -> Path | None:
 
 
 def _video_files(folder: Path) -> list[Path]:
+    # One recursive listing on a bucket, whose entries' kinds it caches for is_file.
     return sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
     )
@@ -204,7 +223,7 @@ def _video_files(folder: Path) -> list[Path]:
 def _find_file(explicit: str | Path | None, names: Sequence[str], folders: Sequence[Path]):
     """``explicit`` (which must exist) or the one file of ``names`` in ``folders``; else None."""
     if explicit is not None:
-        explicit = Path(explicit)
+        explicit = paths.of(explicit)
         if not explicit.is_file():
             raise DatasetError(f"{explicit}: no such file")
         return explicit
@@ -262,7 +281,7 @@ def _ucf_split_lists(root: Path, split_lists) -> dict[str, Path] | None:
     if split_lists is not None:
         if set(split_lists) != set(SPLITS):
             raise ValueError(f"split_lists needs 'train' and 'test', got {sorted(split_lists)}")
-        lists = {s: Path(split_lists[s]) for s in SPLITS}
+        lists = {s: paths.of(split_lists[s]) for s in SPLITS}
         missing = [str(p) for p in lists.values() if not p.is_file()]
         if missing:
             raise DatasetError(f"no such split list: {_some(missing)}")
@@ -496,11 +515,11 @@ def _xd_class(key: str) -> str:
 def _xd_files(folders: dict[str, Path], wanted) -> dict[str, list[Path]]:
     """The video files of each wanted split, refused when a split has none or two share a name."""
     files = {s: _video_files(folders[s]) for s in wanted}
-    for s, paths in files.items():
-        if not paths:
+    for s, videos in files.items():
+        if not videos:
             raise DatasetError(f"{folders[s]}: no videos in the {s} split")
         by_key = defaultdict(list)
-        for p in paths:
+        for p in videos:
             by_key[video_key(p.name)].append(p.relative_to(folders[s]))
         repeated = [f"{k} ({', '.join(map(str, v))})" for k, v in by_key.items() if len(v) > 1]
         if repeated:
@@ -582,7 +601,7 @@ def xd_violence(
     files = _xd_files(folders, wanted)
     labels = {}
     unlabelled = []
-    for p in (p for paths in files.values() for p in paths):
+    for p in (p for videos in files.values() for p in videos):
         try:
             labels[p] = xd_violence_label(p.name)
         except ValueError:
@@ -607,8 +626,8 @@ def xd_violence(
             events=tuple(events.get(video_key(p.name), ())) if s == "test" else (),
             split=s,
         )
-        for s, paths in files.items()
-        for p in paths
+        for s, videos in files.items()
+        for p in videos
     ]
     return _listing("xd_violence", root, split, items, warnings)
 

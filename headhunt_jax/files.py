@@ -64,14 +64,19 @@ def _fail(error, path, problem: str, what: str | None = None):
 
 
 def read_bytes(path, what: str | None = None, error=InputError) -> bytes:
-    """The bytes of a file; a missing one is a ``MissingFile`` naming it."""
+    """The bytes of a file, local or at a URL (``paths.of``); a missing one is a
+    ``MissingFile`` naming it."""
     path = paths.of(path)
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise MissingFile(f"{path}: no such file{_expected(what)}") from None
     except IsADirectoryError:
         raise _fail(error, path, "a directory, not a file", what) from None
+    # A bucket reads a key prefix (a folder) as an empty object.
+    if not data and paths.is_url(path) and path.is_dir():
+        raise _fail(error, path, "a directory, not a file", what)
+    return data
 
 
 def decode_text(data: bytes, path, what: str | None = None, error=InputError) -> str:

@@ -39,6 +39,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from headhunt_jax import paths
 from headhunt_jax.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,6 +59,10 @@ STATED_FRAMES_SLACK = 2
 # A container's declared duration may exceed the decoded frames by a frame's length, a B-frame
 # delay or rounding; half a second is well above those and below one 48-frame segment at 96 fps.
 TRUNCATION_TOLERANCE_S = 0.5
+
+# PyAV's reads of a video from a bucket: larger than its 32 KiB default, so that the decoder asks
+# the read-ahead stream (``paths.open_for_reading``) for fewer, bigger pieces.
+URL_BUFFER_SIZE = 1 << 20
 
 
 class VideoError(UserError):
@@ -266,9 +271,12 @@ class VideoReader:
     Either way the clip is built after the video has been decoded to its end, with the same checks
     as the segments, and ``metadata`` is set before the clip is yielded.
 
+    ``path``: a local file or a URL (``s3://``, ``gs://``; :mod:`headhunt_jax.paths`), read
+    through a read-ahead stream and kept as given (``self.path``: a ``UPath``).
+
     ``container``: an input PyAV has already opened (a live stream, a pipe, a file object) to read
-    instead of the file at ``path``, which then only names it; the reader closes it. Segments
-    only: a whole-video clip may need a second pass.
+    instead of the file at ``path``, which then only names it (a URL such as ``rtsp://`` as it
+    is); the reader closes it. Segments only: a whole-video clip may need a second pass.
     """
 
     def __init__(
@@ -296,7 +304,8 @@ class VideoReader:
         ]:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        self.path = Path(path)
+        # A name of an open container stays as given (an rtsp:// URL is no fsspec path).
+        self.path = path if container is not None and paths.is_url(path) else paths.of(path)
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.frames_per_segment = frames_per_segment
@@ -305,16 +314,12 @@ class VideoReader:
         self.thumbnail_height = thumbnail_height
         self.metadata: VideoMetadata | None = None
         self._started = False
+        self._file = None  # the stream a URL is read through, closed with the container
 
         if container is not None:
             self._attach(container)
-        elif not self.path.exists():
-            raise VideoError(self.path, "no such file")
-        elif not self.path.is_file():
-            raise VideoError(self.path, "not a regular file")
-        elif self.path.stat().st_size == 0:
-            raise VideoError(self.path, "empty file")
         else:
+            self._check_file()
             self._open()
         stream = self._stream
 
@@ -331,12 +336,42 @@ class VideoReader:
         else:
             self.expected_segments = None
 
+    def _check_file(self) -> None:
+        """A :class:`VideoError` unless ``path`` is a non-empty file (an object on a bucket: one
+        request for its size and kind)."""
+        if paths.is_url(self.path):
+            try:
+                info = self.path.fs.info(self.path.path)
+            except FileNotFoundError:
+                raise VideoError(self.path, "no such file or object") from None
+            kind, size = info.get("type"), info.get("size")
+        elif not self.path.exists():
+            raise VideoError(self.path, "no such file")
+        else:
+            kind = "file" if self.path.is_file() else "other"
+            size = self.path.stat().st_size if kind == "file" else None
+        if kind != "file":
+            raise VideoError(self.path, "not a regular file")
+        if size == 0:
+            raise VideoError(self.path, "empty file")
+
     def _open(self) -> None:
-        """Open the file's container and its best video stream, ready to decode from the start."""
+        """Open the file's container and its best video stream, ready to decode from the start.
+
+        A URL is read through a read-ahead stream (``paths.open_for_reading``); a local file by
+        FFmpeg itself."""
         try:
-            container = av.open(str(self.path))
+            if paths.is_url(self.path):
+                self._file = paths.open_for_reading(self.path)
+                container = av.open(self._file, buffer_size=URL_BUFFER_SIZE)
+            else:
+                container = av.open(str(self.path))
         except av.FFmpegError as err:
+            self._close_file()
             raise VideoError(self.path, f"not a readable video file ({err})") from err
+        except BaseException:
+            self._close_file()
+            raise
         self._attach(container)
 
     def _attach(self, container: av.container.InputContainer) -> None:
@@ -344,6 +379,7 @@ class VideoReader:
         stream = container.streams.best("video")
         if stream is None or stream.codec_context is None:
             container.close()
+            self._close_file()
             problem = "no video stream" if stream is None else "no decoder for its video codec"
             raise VideoError(self.path, problem)
         # FFmpeg conceals damaged pictures and carries on by default; a detector must not score
@@ -359,7 +395,15 @@ class VideoReader:
 
     def close(self) -> None:
         """Release the file; idempotent."""
-        self._container.close()
+        try:
+            self._container.close()
+        finally:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
 
     def __iter__(self) -> Iterator[Segment]:
         if self._started:
@@ -505,7 +549,7 @@ class VideoReader:
         if needed <= held.keys():
             return held, total
         held.clear()  # the first pass's frames go before the second pass decodes any
-        self._container.close()
+        self.close()
         self._open()
         held, again = self._held_frames(needed)
         if again != total:

@@ -442,7 +442,9 @@ def extract_features(
     size = processor.frames["image_size"]
     image_size = 0 if callable(size) else size  # 0: each video at its own size (the spec's rule)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    out_dirs = [out_dir] if isinstance(out_dir, str | Path) else list(out_dir)
+    out_dirs = (
+        [out_dir] if isinstance(out_dir, str | Path) or paths.is_url(out_dir) else list(out_dir)
+    )
     _check_settings(batch_size, prompts, out_dirs, clip, explainer)
     specs = [
         store_spec(

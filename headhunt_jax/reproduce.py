@@ -427,7 +427,7 @@ def _stored_bytes(folder: Path, kind: str) -> int:
     entry = {"heads": "features.npy", "hidden": "hidden.npy"}[kind]
     total = 0
     for path in folder.rglob("*.npz"):
-        with zipfile.ZipFile(path) as z:
+        with paths.open_for_reading(path) as f, zipfile.ZipFile(f) as z:
             if entry in z.namelist():
                 total += z.getinfo(entry).file_size
     return total

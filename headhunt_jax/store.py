@@ -21,7 +21,7 @@ written whole or not at all (``paths.write_bytes``): locally through a unique ``
 fsync and a rename, so a name ending in ``.npz`` is always a complete file and a killed writer
 leaves at most a ``.tmp`` file, which readers never look at; on a bucket as one object upload.
 On a bucket, where there is no atomic rename, a video counts as done only once its commit marker
-``done/<video file>`` (an empty object) exists, written after its ``.npz`` object is complete:
+``done/<video file name without .npz>`` (an empty object) exists, written after its ``.npz`` object is complete:
 ``video_ids`` lists ``done/``, and a writer killed between the two leaves a file that is never
 read and is overwritten when the video is extracted again. Each process writes only the videos
 it was given (``shard_videos``), under names no other process uses; ``store.json`` has the same
@@ -297,14 +297,17 @@ class FeatureStore:
         done.fs.invalidate_cache(done.path)  # other hosts may have written since the last listing
         if not done.exists():
             return []
-        return [p.name for p in done.iterdir() if p.name.endswith(SUFFIX)]
+        return [p.name + SUFFIX for p in done.iterdir() if p.name]
 
     def video_ids(self) -> list[str]:
         """Ids of the complete videos, sorted."""
         return sorted(unquote(n[: -len(SUFFIX)]) for n in self._names())
 
     def _done(self, name: str):
-        return self.path / DONE / name if self.remote else self.path / name
+        """What says the video file ``name`` is complete: on a bucket its marker (``done/``
+        and the file's name without ``.npz``, so that no marker passes for a video file), else
+        the file itself."""
+        return self.path / DONE / name.removesuffix(SUFFIX) if self.remote else self.path / name
 
     def __contains__(self, video_id: str) -> bool:
         return self._done(file_name(video_id)).exists()

@@ -369,12 +369,14 @@ class FeatureStore:
                 stale.unlink(missing_ok=True)
         return path
 
-    def read(self, video_id: str) -> VideoFeatures:
+    def read(self, video_id: str, _data: bytes | None = None) -> VideoFeatures:
         path = self.path / file_name(video_id)
-        if not self._done(path.name).exists():
+        if _data is None and not self._done(path.name).exists():
             raise KeyError(f"{path}: no features for video {video_id!r} in this store")
+        if _data is None and self.remote:
+            _data = path.read_bytes()
         try:
-            with np.load(io.BytesIO(path.read_bytes()) if self.remote else path) as f:
+            with np.load(path if _data is None else io.BytesIO(_data)) as f:
                 meta = json.loads(str(f["meta"]))
                 arrays = {k: f[k] for k in ("features", "start_frames", "end_frames")}
                 frame_indices = f["frame_indices"]
@@ -409,6 +411,20 @@ class FeatureStore:
             **arrays,
         )
 
+    def _fetched(self, ids: list[str]) -> list[VideoFeatures]:
+        """The videos ``ids`` of a store on a bucket, their objects fetched concurrently after
+        one listing of the commit markers."""
+        done = set(self.video_ids())
+        for v in ids:
+            if v not in done:
+                raise KeyError(
+                    f"{self.path / file_name(v)}: no features for video {v!r} in this store"
+                )
+        keys = [(self.path / file_name(v)).path for v in ids]
+        blobs = self.path.fs.cat(keys) if keys else {}
+        blobs = blobs if isinstance(blobs, dict) else {keys[0]: blobs}
+        return [self.read(v, blobs[k]) for v, k in zip(ids, keys, strict=True)]
+
     def load(
         self, video_ids: Iterable[str] | None = None, *, require_labels: bool = False
     ) -> FeatureArrays:
@@ -417,7 +433,7 @@ class FeatureStore:
         ``require_labels``: raise, naming them, if any of the videos has no label.
         """
         ids = self.video_ids() if video_ids is None else sorted(video_ids)
-        videos = [self.read(v) for v in ids]
+        videos = self._fetched(ids) if self.remote else [self.read(v) for v in ids]
         unlabelled = [v.video_id for v in videos if v.label is None]
         if require_labels and unlabelled:
             raise StoreError(f"{self.path}: videos without a label: {', '.join(unlabelled)}")

@@ -14,6 +14,7 @@ import json
 import os
 import types
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -107,8 +108,9 @@ def _batch(rng, rows, prompt=(7, 8, 9)):
 # --- vision tower and positions ---------------------------------------------------------------
 
 TOWER_GRIDS = {
-    # a 6 x 10 and a 4 x 4 grid on the 4 x 4 position table, and a video of three frames
+    # a 6 x 10 and a 4 x 4 grid on the 4 x 4 position table, in one row of frames
     "images": ([[1, 6, 10], [1, 4, 4]], False),
+    # a video of three frames, each in a row of its own
     "video": ([[3, 4, 6]], True),
 }
 
@@ -116,9 +118,9 @@ TOWER_GRIDS = {
 @pytest.mark.parametrize("case", list(TOWER_GRIDS))
 def test_vision_tower_matches_transformers(qwen, case):
     """Merged tokens and both DeepStack levels: transformers' ``pooler_output`` and
-    ``deepstack_features``; the frames in one row and in rows of their own alike."""
+    ``deepstack_features``."""
     model, bb, _ = qwen
-    grid, video = TOWER_GRIDS[case]
+    grid, own_rows = TOWER_GRIDS[case]
     grid = np.asarray(grid)
     pixels = np.random.default_rng(1).standard_normal((int(grid.prod(-1).sum()), PATCH_DIM))
     pixels = pixels.astype(np.float32)
@@ -130,26 +132,18 @@ def test_vision_tower_matches_transformers(qwen, case):
         for _ in range(t):
             frames.append((h, w, pixels[start : start + h * w]))
             start += h * w
+    rows = [[f] for f in frames] if own_rows else [frames]
+    lay = vision.frame_layout(bb.config.vision, rows)
+    b, f, slots, _ = lay["pixels"].shape
+    names = ("pixels", "segments", "positions", "pos_index", "pos_weight")
+    args = [lay[k].reshape(b * f, slots, *lay[k].shape[3:]) for k in names]
     tower = vision.Qwen3VLVisionTower(bb.config.vision)
-    for rows in ([frames], [[f] for f in frames]):
-        lay = vision.frame_layout(bb.config.vision, rows)
-        b, f, slots, d = lay["pixels"].shape
-        flat = [lay[k].reshape(b * f, slots, -1) for k in ("pixels", "positions", "pos_index")]
-        merged, deep = tower.apply(
-            {"params": bb.params["visual"]},
-            flat[0],
-            lay["segments"].reshape(b * f, slots),
-            flat[1],
-            flat[2],
-            lay["pos_weight"].reshape(b * f, slots, 4),
-        )
-        got = [np.asarray(x).reshape(b, -1, x.shape[-1]) for x in (merged, *deep)]
-        counts = [sum(h * w for h, w, _ in row) // 4 for row in rows]
-        got = [
-            np.concatenate([g[r, lay["restore"][r, : counts[r]]] for r in range(b)]) for g in got
-        ]
-        for level, (g, w) in enumerate(zip(got, want, strict=True)):
-            assert g.shape == w.shape and rel_err(g, w) <= TOL, (case, level, rel_err(g, w))
+    merged, deep = jax.jit(tower.apply)({"params": bb.params["visual"]}, *args)
+    counts = [sum(h * w for h, w, _ in row) // 4 for row in rows]
+    for level, (g, w) in enumerate(zip((merged, *deep), want, strict=True)):
+        g = np.asarray(g).reshape(b, -1, g.shape[-1])
+        g = np.concatenate([g[r, lay["restore"][r, : counts[r]]] for r in range(b)])
+        assert g.shape == w.shape and rel_err(g, w) <= TOL, (level, rel_err(g, w))
 
 
 def _hf_rope(ids, mask=None, image_grid=None, video_grid=None):
@@ -217,24 +211,27 @@ MODEL_CASES = {
 
 @pytest.mark.parametrize("case", list(MODEL_CASES))
 def test_features_and_logits_match_transformers(qwen, case):
+    """Head features of every layer (those under DeepStack included), hidden states and logits;
+    in one case also early exit inside the DeepStack layers."""
     model, bb, _ = qwen
     rows = MODEL_CASES[case]
     ids, inputs = _batch(np.random.default_rng(3), rows)
     hf_inputs = {**inputs, "mm_token_type_ids": _types(ids), "attention_mask": np.ones_like(ids)}
     want, want_logits = hf.reference_head_features(model, ids, **hf_inputs)
-    got = np.asarray(hh.head_features(bb, ids, **hf_inputs))  # the processor's output, unchanged
+    # the processor's output, unchanged; heads and hidden states from one pass
+    got = features.features_one_prompt(bb, ids, hf_inputs, None, ("heads", "hidden"))
+    heads = np.asarray(got["heads"])
     logits = np.asarray(features.logits(bb, ids, **inputs))
-    err, logit_err = rel_err(got, want), rel_err(logits, want_logits)
-    print(f"qwen3-vl {case}: features {err:.2e}, logits {logit_err:.2e}")
-    assert got.shape == want.shape == (len(rows), 3, 4, 16)
-    assert err <= TOL and logit_err <= TOL
-    for layer in range(3):  # every layer's heads, the ones under DeepStack included
-        assert rel_err(got[:, layer], want[:, layer]) <= TOL, layer
-    for layers in [(0,), (0, 1)]:  # early exit inside the DeepStack layers
-        part = np.asarray(hh.head_features(bb, ids, layers=layers, **inputs))
-        assert rel_err(part, want[:, list(layers)]) <= TOL, layers
-    hidden = np.asarray(hh.hidden_features(bb, ids, **inputs))
+    errs = [rel_err(heads[:, layer], want[:, layer]) for layer in range(3)]
+    logit_err = rel_err(logits, want_logits)
+    print(f"qwen3-vl {case}: features by layer {errs}, logits {logit_err:.2e}")
+    assert heads.shape == want.shape == (len(rows), 3, 4, 16)
+    assert max(errs) <= TOL and logit_err <= TOL
+    hidden = np.asarray(got["hidden"])
     assert rel_err(hidden, reference_hidden(model, ids, **hf_inputs)) <= TOL
+    if case == "batch_2":  # early exit after layer 1, DeepStack's last
+        part = np.asarray(hh.head_features(bb, ids, layers=(0, 1), **inputs))
+        assert rel_err(part, want[:, :2]) <= TOL
 
 
 def test_prefix_reuse_equals_full_passes(qwen):
@@ -292,13 +289,11 @@ def test_greedy_decoding_matches_transformers(qwen):
     video = {k: v for k, v in inputs.items() if "video" in k}
     head = np.asarray([_sample(rng, rows[1], ())])
     cache = prefill(bb, head, **video)
-    for question in ([8, 9], [10, 11, 12]):
-        whole = np.concatenate([head, [question]], axis=1)
-        full = generate(bb, whole, 12, eos_token_id=(), **video)
-        reused = generate(bb, np.asarray([question]), 12, eos_token_id=(), prefix=cache)
-        np.testing.assert_array_equal(reused.tokens, full.tokens)
-        want = _torch_generate(model, whole, np.ones_like(whole), 12, **video)
-        np.testing.assert_array_equal(full.tokens, want)
+    question = [10, 11, 12]
+    whole = np.concatenate([head, [question]], axis=1)
+    reused = generate(bb, np.asarray([question]), 12, eos_token_id=(), prefix=cache)
+    want = _torch_generate(model, whole, np.ones_like(whole), 12, **video)
+    np.testing.assert_array_equal(reused.tokens, want)
 
 
 def test_converted_checkpoint_gives_the_same_features(qwen, tmp_path):

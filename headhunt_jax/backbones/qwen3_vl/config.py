@@ -292,9 +292,9 @@ _SMALL_TOWER = dict(
 )
 
 # Shapes of Qwen/Qwen3-VL-2B-Instruct, -4B-Instruct and -8B-Instruct (config.json), for
-# benchmarks: no weights. Written from the published files as remembered, not read from a kept
-# copy (tests/test_released_configs.py has none for these): the decoders' widths, depths and MLP
-# sizes are those of Qwen3-1.7B / 4B / 8B, with which Qwen3-VL shares its language model.
+# benchmarks: no weights. Checked against copies of those config.json files quoted in public
+# code, not against the files themselves (tests/fixtures/released_configs keeps none of them, so
+# their parameter counts are not checked against the checkpoints' stated sizes).
 PRESETS = {
     "Qwen3-VL-2B": Qwen3VLConfig(
         Qwen3VLVisionConfig(**_SMALL_TOWER, out_hidden_size=2048),

@@ -255,6 +255,37 @@ def test_prefix_reuse_equals_full_passes(qwen):
             assert rel_err(got[m], want[:, list(layers)]) <= TOL, (layers, m)
 
 
+@pytest.mark.slow
+def test_heads_after_a_prefilled_prefix_and_traced_pixels(qwen):
+    """``features_with_prefix`` (``generation.prefill`` of the frames, with their DeepStack
+    tokens, then ``heads_after_prefix``) equals transformers' full pass; and the pixels may be
+    traced: the jitted features equal the eager ones and the gradient a finite difference."""
+    import jax.numpy as jnp
+
+    from headhunt_jax.explain import features_with_prefix
+
+    model, bb, _ = qwen
+    rng = np.random.default_rng(10)
+    rows = [[("image", (1, 4, 6)), ("video", (2, 4, 4))]]
+    ids, inputs = _batch(rng, rows)
+    got, _ = features_with_prefix(bb, ids, ids.shape[1] - 3, (0, 1, 2), **inputs)
+    want, _ = hf.reference_head_features(model, ids, mm_token_type_ids=_types(ids), **inputs)
+    assert rel_err(got["heads"], want) <= TOL
+    px, grid = inputs.pop("pixel_values"), inputs.pop("image_grid_thw")
+
+    def heads(px):
+        return hh.head_features(bb, ids, px, image_grid_thw=grid, **inputs)
+
+    eager = np.asarray(heads(px))
+    assert rel_err(np.asarray(jax.jit(heads)(px)), eager) <= 1e-5
+    objective = lambda px: jnp.sum(heads(px)[:, 1:] ** 2)  # noqa: E731
+    grad = jax.grad(objective)(jnp.asarray(px))
+    direction = rng.standard_normal(px.shape).astype(np.float32)
+    eps = 1e-3
+    fd = (objective(px + eps * direction) - objective(px - eps * direction)) / (2 * eps)
+    np.testing.assert_allclose(float(jnp.vdot(grad, direction)), float(fd), rtol=2e-3)
+
+
 def _torch_generate(model, ids, mask, new, **inputs):
     kwargs = {k: torch.as_tensor(np.asarray(v)) for k, v in inputs.items()}
     with torch.no_grad():

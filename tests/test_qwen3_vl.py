@@ -143,6 +143,7 @@ def test_vision_tower_matches_transformers(qwen, case):
     for level, (g, w) in enumerate(zip((merged, *deep), want, strict=True)):
         g = np.asarray(g).reshape(b, -1, g.shape[-1])
         g = np.concatenate([g[r, lay["restore"][r, : counts[r]]] for r in range(b)])
+        print(f"qwen3-vl tower {case} level {level}: {rel_err(g, w):.2e}")
         assert g.shape == w.shape and rel_err(g, w) <= TOL, (level, rel_err(g, w))
 
 

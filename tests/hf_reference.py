@@ -91,6 +91,43 @@ def tiny_qwen2_5_vl_config(text=None, vision=None, **kw):
     )
 
 
+def tiny_qwen3_vl_config(text=None, vision=None, **kw):
+    """Qwen3-VL: a 3-block tower (patch 2, a 4 x 4 learned position table, DeepStack from blocks
+    0 and 2) and a GQA Qwen3 decoder (head_dim 16 != 64 / 4, q/k norms) with interleaved M-RoPE
+    sections (2, 3, 3)."""
+    text_cfg = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rms_norm_eps=1e-6,
+        rope_parameters={
+            "rope_type": "default",
+            "mrope_section": [2, 3, 3],
+            "mrope_interleaved": True,
+            "rope_theta": 1e4,
+        },
+    )
+    text_cfg.update(text or {})
+    vision_cfg = dict(
+        depth=3,
+        hidden_size=32,
+        intermediate_size=40,
+        num_heads=4,
+        patch_size=2,
+        out_hidden_size=text_cfg["hidden_size"],
+        num_position_embeddings=16,
+        deepstack_visual_indexes=[0, 2],
+    )
+    vision_cfg.update(vision or {})
+    return transformers.Qwen3VLConfig(
+        text_config=text_cfg, vision_config=vision_cfg, **{**QWEN_VL_TOKENS, **kw}
+    )
+
+
 def build(config, seed=0):
     """A model from config with all parameters random (incl. norms, Qwen3's q/k norms and layer
     scales)."""
@@ -100,6 +137,8 @@ def build(config, seed=0):
         model = transformers.InternVLForConditionalGeneration(config)
     elif isinstance(config, transformers.Qwen2_5_VLConfig):
         model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+    elif isinstance(config, transformers.Qwen3VLConfig):
+        model = transformers.Qwen3VLForConditionalGeneration(config)
     elif isinstance(config, transformers.LlamaConfig):
         model = transformers.LlamaForCausalLM(config)
     elif isinstance(config, transformers.Qwen3Config):

@@ -118,7 +118,13 @@ def table_problems(table: weights.KeyTable, configs) -> list[str]:
 
 
 def test_every_family_has_examples():
-    assert {f.name for f in FAMILIES} == {"internvl", "llava_onevision", "qwen2_5_vl", "text"}
+    assert {f.name for f in FAMILIES} == {
+        "internvl",
+        "llava_onevision",
+        "qwen2_5_vl",
+        "qwen3_vl",
+        "text",
+    }
     for family in FAMILIES:
         assert examples(family, presets=False), family.name
 

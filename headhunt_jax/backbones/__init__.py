@@ -51,7 +51,7 @@ The contract a family keeps (``Family``, in ``registry``):
 """
 
 # One line a family.
-from headhunt_jax.backbones import internvl, llava_onevision, qwen2_5_vl, text  # noqa: F401
+from headhunt_jax.backbones import internvl, llava_onevision, qwen2_5_vl, qwen3_vl, text  # noqa: F401
 from headhunt_jax.backbones.registry import (
     FAMILIES,
     Family,

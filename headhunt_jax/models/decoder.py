@@ -206,6 +206,15 @@ def cached_attention(q, keys, values, key_mask):
     return jnp.einsum("BKGS,BKSH->BKGH", probs, values).reshape(b, 1, n, h)
 
 
+def _residual(residuals, i, x):
+    """What joins the hidden states x [B, T, E] after layer i (an int or traced): residuals[i]
+    [B, T, E] (its last T positions: a last-position pass) for i < R, else zeros."""
+    r = residuals.shape[0]
+    row = jax.lax.dynamic_index_in_dim(residuals, jnp.minimum(i, r - 1), keepdims=False)
+    row = row[:, row.shape[1] - x.shape[1] :]
+    return jnp.where(i < r, row, 0).astype(x.dtype)
+
+
 class Attention(nn.Module):
     """Causal GQA self-attention: x [B, T, E] -> (output [B, T, E], aux).
 
@@ -388,10 +397,14 @@ class Decoder(nn.Module):
             return jnp.einsum("BTE,VE->BTV", x, self.embed_tokens)
         return self.lm_head(x)
 
-    def _layers(self, x, positions, stop, keep, cache=None, key_mask=None, **deepest):
+    def _layers(
+        self, x, positions, stop, keep, cache=None, key_mask=None, residuals=None, **deepest
+    ):
         """Layers [0, stop) over hidden states x: (x, {name: [stop, ...]}), the ``keep``ed parts
         of each layer's aux stacked by layer. Layers [0, stop - 1) run as one scan; with
-        ``deepest`` options (``DecoderLayer``'s), layer stop - 1 runs on its own with them."""
+        ``deepest`` options (``DecoderLayer``'s), layer stop - 1 runs on its own with them.
+        ``residuals`` [R, B, T, E] (or None): added to the hidden states after layers 0 .. R-1
+        (DeepStack: vision features joining the first layers at their tokens)."""
         if positions is None:
             start = 0 if cache is None else cache[0].shape[3]
             positions = jnp.broadcast_to(start + jnp.arange(x.shape[1]), x.shape[:2])
@@ -400,6 +413,8 @@ class Decoder(nn.Module):
         def run(params, i, x, **options):
             layer_cache = None if cache is None else stack.layer(cache, i)
             x, aux = block.apply({"params": params}, x, positions, layer_cache, key_mask, **options)
+            if residuals is not None:
+                x = x + _residual(residuals, i, x)
             return x, {name: aux[name] for name in keep}  # a scan stacks only what leaves it
 
         x = x.astype(self.dtype)
@@ -409,7 +424,9 @@ class Decoder(nn.Module):
         x, out = run(stack.layer(self.layers, stop - 1), stop - 1, x, **deepest)
         return x, stack.append(outs, out)
 
-    def features(self, embeds, positions=None, depth=None, cache=None, kinds=("heads",)):
+    def features(
+        self, embeds, positions=None, depth=None, cache=None, kinds=("heads",), residuals=None
+    ):
         """Features at the last position of layers < ``depth`` (static; default all), by kind
         (``kinds``, static): {"heads": each head's output before ``o_proj``, [B, depth, N, H];
         "hidden": each layer's output, [B, depth, E], as transformers'
@@ -418,29 +435,36 @@ class Decoder(nn.Module):
         The deepest layer runs the last position only. ``positions`` [B, T] (or [B, T, 3] with
         ``cfg.mrope_section``): each token's rotary position; default consecutive, after the
         cache. ``cache``: a ``prefill``'s keys and values of the positions before these (of
-        layers < depth at least)."""
+        layers < depth at least). ``residuals``: see ``_layers``."""
         depth = depth or self.cfg.num_layers
-        _, out = self._layers(embeds, positions, depth, kinds, cache, last_only=True)
+        _, out = self._layers(
+            embeds, positions, depth, kinds, cache, residuals=residuals, last_only=True
+        )
         out = {kind: jnp.swapaxes(out[kind], 0, 1) for kind in kinds}
         if "hidden" in out and depth == self.cfg.num_layers:
             last = self.norm(out["hidden"][:, -1:])
             out["hidden"] = jnp.concatenate([out["hidden"][:, :-1], last], axis=1)
         return out
 
-    def prefill(self, embeds, positions=None, depth=None, cache=None, key_mask=None):
+    def prefill(
+        self, embeds, positions=None, depth=None, cache=None, key_mask=None, residuals=None
+    ):
         """The key/value cache of embeds [B, T, E]: keys and values of layers < ``depth`` (static;
         default all), each [depth, B, K, T, H]; the deepest layer computes nothing else.
         ``cache``: the keys and values of earlier positions, attended to; ``key_mask`` bool
         [B, P + T]: False for keys no query may see (left padding), as transformers'
-        ``attention_mask``."""
+        ``attention_mask``. ``residuals``: see ``_layers``."""
         depth = depth or self.cfg.num_layers
         keep = ("keys", "values")
-        _, out = self._layers(embeds, positions, depth, keep, cache, key_mask, kv_only=True)
+        _, out = self._layers(
+            embeds, positions, depth, keep, cache, key_mask, residuals, kv_only=True
+        )
         return out["keys"], out["values"]
 
-    def logits(self, embeds, positions=None, key_mask=None):
-        """Logits [B, T, V] of embeds [B, T, E] through every layer."""
-        x, _ = self._layers(embeds, positions, self.cfg.num_layers, (), None, key_mask)
+    def logits(self, embeds, positions=None, key_mask=None, residuals=None):
+        """Logits [B, T, V] of embeds [B, T, E] through every layer (``residuals``: see
+        ``_layers``)."""
+        x, _ = self._layers(embeds, positions, self.cfg.num_layers, (), None, key_mask, residuals)
         return self.unembed(x)
 
     def step(self, input_ids, positions, layers, caches, slot, key_mask):

@@ -471,14 +471,7 @@ def extract_features(
         clip=clip,
         thumbnail_height=thumbnail_height,
     )
-    prompt_ids = functools.cache(  # each prompt's ids [batch_size, T] for a frame size
-        lambda size, seconds: [  # (and spacing, for a timed processor)
-            np.tile(
-                processor.prompt_ids(p, frames_per_segment, size, seconds)[None], (batch_size, 1)
-            )
-            for p in prompts
-        ]
-    )
+    prompt_ids = _prompt_ids(processor, prompts, frames_per_segment, batch_size)
     run = _Extraction(bb, processor, prompt_ids, specs[0], stores, todo, labels, explainer)
     run.compute(batch_size, reader_kw, progress)
     return ExtractionReport(
@@ -489,6 +482,17 @@ def extract_features(
         failures=tuple(run.failures),
         segments=run.segments,
         batches=run.batches,
+    )
+
+
+def _prompt_ids(processor, prompts, frames: int, batch_size: int) -> Callable:
+    """(frame size, seconds between frames or None) -> each prompt's ids [batch_size, T]
+    (cached; the seconds matter to a ``timed`` processor only)."""
+    return functools.cache(
+        lambda size, seconds: [
+            np.tile(processor.prompt_ids(p, frames, size, seconds)[None], (batch_size, 1))
+            for p in prompts
+        ]
     )
 
 

@@ -9,6 +9,7 @@ import types
 import numpy as np
 import pytest
 from numerics import rel_err
+from test_qwen2_5_vl import _clips, _decoded
 
 transformers = pytest.importorskip("transformers")
 
@@ -99,21 +100,6 @@ def tiny_qwen3(tmp_path_factory):
     return hh.load_backbone(path)
 
 
-def _decoded(name, count, stride=7):
-    import av
-
-    from headhunt_jax.synthetic import footage_dir
-
-    frames = []
-    with av.open(str(footage_dir() / name)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i % stride == 0:
-                frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == count:
-                break
-    return np.stack(frames)
-
-
 def _hf_video_processor(cap=True):
     return Qwen3VLVideoProcessor(size=VIDEO_SIZE, cap_pixels_per_frame=cap)
 
@@ -160,6 +146,9 @@ def test_timestamps_follow_the_processor_formula():
     assert pp.timestamps(5, 1 / 3) == ["<0.2 seconds>", "<0.8 seconds>", "<1.3 seconds>"]
     # 4 frames 0.5 s apart: 0.25 and 1.25 exactly, which format rounds half to even
     assert pp.timestamps(4, 0.5) == ["<0.2 seconds>", "<1.2 seconds>"]
+    # the README's: 16 of 48 frames at 30 fps
+    seconds = [0.1, 0.2, 0.5, 0.6, 0.9, 1.1, 1.2, 1.4]
+    assert pp.timestamps(16, 3 / 30) == [f"<{t} seconds>" for t in seconds]
     calc = Qwen3VLProcessor._calculate_timestamps
     for frames, seconds in [(16, 0.1), (16, 3 / 30), (16, 3 / 24), (7, 2.5), (16, 1.001)]:
         want = [f"<{t:.1f} seconds>" for t in calc(None, list(range(frames)), 1 / seconds, 2)]
@@ -333,26 +322,6 @@ def test_processor_configs_are_read_and_checked(tiny_qwen3, tmp_path):
 
 
 # --- extraction and detection -----------------------------------------------------------------
-
-
-def _clips(tmp_path, rates=(24, 24)):
-    """Two clips of other sizes, 100 frames each (two 48-frame segments)."""
-    import av
-
-    paths = []
-    for (name, (w, h)), rate in zip(
-        (("small.mp4", (96, 64)), ("wide.mp4", (160, 90))), rates, strict=True
-    ):
-        paths.append(tmp_path / name)
-        with av.open(str(paths[-1]), "w") as out:
-            stream = out.add_stream("mpeg4", rate=rate)
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            for i in range(100):
-                img = np.full((h, w, 3), (i * 5) % 255, np.uint8)
-                img[: h // 2, : w // 3] = 200 - i
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-            out.mux(stream.encode())
-    return paths
 
 
 @pytest.mark.parametrize("mode", ["images", "video"])

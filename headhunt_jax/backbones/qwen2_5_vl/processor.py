@@ -213,19 +213,23 @@ class QwenProcessor:
         }
 
 
-def processor(cfg: Qwen25VLConfig, checkpoint_dir, image_size=None, mode="images", **options):
-    """The processor of a checkpoint directory; ``mode``: 'images' or 'video'."""
+def check_options(name: str, image_size, mode: str, options: dict) -> None:
+    """Refuses what a Qwen processor (``name``) does not take: options besides ``mode``, another
+    mode, an ``image_size`` (each video keeps its own resolution)."""
     if options:
-        raise InputError(f"Qwen2.5-VL's processor takes mode only, not {', '.join(options)}")
+        raise InputError(f"{name}'s processor takes mode only, not {', '.join(options)}")
     if mode not in MODES:
-        raise InputError(
-            f"Qwen2.5-VL's processor mode must be one of {', '.join(MODES)}, got {mode!r}"
-        )
+        raise InputError(f"{name}'s processor mode must be one of {', '.join(MODES)}, got {mode!r}")
     if image_size is not None:
         raise ValueError(
-            "Qwen2.5-VL sizes each video by its own resolution (min_pixels / max_pixels in the "
+            f"{name} sizes each video by its own resolution (min_pixels / max_pixels in the "
             "checkpoint's preprocessor_config.json), not by image_size"
         )
+
+
+def processor(cfg: Qwen25VLConfig, checkpoint_dir, image_size=None, mode="images", **options):
+    """The processor of a checkpoint directory; ``mode``: 'images' or 'video'."""
+    check_options("Qwen2.5-VL", image_size, mode, options)
     if mode == "images":
         limits = pixel_limits(
             checkpoint_dir, "preprocessor_config.json", (pp.MIN_PIXELS, pp.MAX_PIXELS)

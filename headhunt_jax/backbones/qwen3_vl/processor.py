@@ -31,12 +31,15 @@ import numpy as np
 import headhunt_jax.backbones.qwen2_5_vl.processor_pixels as qpp
 import headhunt_jax.backbones.qwen3_vl.processor_pixels as pp
 from headhunt_jax import files
-from headhunt_jax.backbones.qwen2_5_vl.processor import check_tokenizer, pixel_limits
+from headhunt_jax.backbones.qwen2_5_vl.processor import (
+    MODES,
+    check_options,
+    check_tokenizer,
+    pixel_limits,
+)
 from headhunt_jax.backbones.qwen3_vl.config import Qwen3VLConfig
-from headhunt_jax.errors import InputError
 from headhunt_jax.models.tokenizer import load_tokenizer
 
-MODES = ("images", "video")
 TEMPLATE_NAME = "qwen3-vl"
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
@@ -183,17 +186,7 @@ class Qwen3VLProcessor:
 
 def processor(cfg: Qwen3VLConfig, checkpoint_dir, image_size=None, mode="images", **options):
     """The processor of a checkpoint directory; ``mode``: 'images' or 'video'."""
-    if options:
-        raise InputError(f"Qwen3-VL's processor takes mode only, not {', '.join(options)}")
-    if mode not in MODES:
-        raise InputError(
-            f"Qwen3-VL's processor mode must be one of {', '.join(MODES)}, got {mode!r}"
-        )
-    if image_size is not None:
-        raise ValueError(
-            "Qwen3-VL sizes each video by its own resolution (the pixel limits of the "
-            "checkpoint's preprocessor_config.json), not by image_size"
-        )
+    check_options("Qwen3-VL", image_size, mode, options)
     norm = {"patch_size": cfg.vision.patch_size, "mean": pp.MEAN, "std": pp.STD}
     tokenizer = load_tokenizer(checkpoint_dir)
     if mode == "images":

@@ -387,3 +387,17 @@ def test_detector_extracts_with_the_mode_it_was_fitted_on(tmp_path, tiny_qwen3):
     assert len(results) == 2 and not failures
     work = FeatureStore(next(p for p in (tmp_path / "work").rglob("store.json")).parent)
     assert dict(work.spec.processor)["mode"] == "video"
+    # streaming: segments of two frame rates in one call are scored as each alone
+    from headhunt_jax.stream import SegmentScorer
+    from headhunt_jax.video import Segment
+
+    scorer = SegmentScorer(tiny_qwen3, detector, batch_size=2)
+    rng = np.random.default_rng(0)
+    pixels = rng.standard_normal((2, 16, 3, 32, 64)).astype(np.float32)
+    segments = [
+        (Segment(0, 0, 48, np.arange(1, 48, 3), p), fps)
+        for p, fps in zip(pixels, (10, 30), strict=True)
+    ]
+    together = scorer(segments)
+    alone = [scorer([s])[0] for s in segments]
+    np.testing.assert_allclose(together, alone, rtol=1e-5)

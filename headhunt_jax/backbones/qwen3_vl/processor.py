@@ -32,7 +32,9 @@ import headhunt_jax.backbones.qwen2_5_vl.processor_pixels as qpp
 import headhunt_jax.backbones.qwen3_vl.processor_pixels as pp
 from headhunt_jax import files
 from headhunt_jax.backbones.qwen2_5_vl.processor import (
+    IMAGE_PAD,
     MODES,
+    VIDEO_PAD,
     check_options,
     check_tokenizer,
     pixel_limits,
@@ -41,7 +43,6 @@ from headhunt_jax.backbones.qwen3_vl.config import Qwen3VLConfig
 from headhunt_jax.models.tokenizer import load_tokenizer
 
 TEMPLATE_NAME = "qwen3-vl"
-IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 # The frames a segment (the method's F) for the video processor's limits on a whole video;
 # with the per-frame cap a frame's size is the same for any even count from 4 to 32.

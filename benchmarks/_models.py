@@ -9,6 +9,11 @@ import numpy as np
 from headhunt_jax.backbones.internvl.config import InternVLConfig, VisionConfig
 from headhunt_jax.backbones.llava_onevision.config import LlavaOnevisionConfig, SiglipConfig
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VisionConfig, Qwen25VLConfig
+from headhunt_jax.backbones.qwen3_vl.config import (
+    Qwen3VLConfig,
+    Qwen3VLVisionConfig,
+    interleaved_sections,
+)
 from headhunt_jax.models.decoder import DecoderConfig
 
 # A mid-size model that a 2-core CPU runs in seconds: 224 px frames (64 image tokens each).
@@ -60,6 +65,64 @@ MID_QWEN = Qwen25VLConfig(
 )
 
 
+# The same decoder with q/k norms and interleaved M-RoPE behind a Qwen3-VL tower (patch 16):
+# 256 x 256 frames are 16 x 16 patches, 64 merged tokens each (as MID's); a 16 x 16 learned
+# position table, DeepStack from blocks 1 and 2.
+MID_QWEN3_SECTION = (12, 10, 10)  # transformers' mrope_section: head_dim 64 / 2
+MID_QWEN3 = Qwen3VLConfig(
+    vision=Qwen3VLVisionConfig(
+        depth=4,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_heads=4,
+        out_hidden_size=MID.text.hidden_size,
+        num_position_embeddings=256,
+        deepstack_visual_indexes=(1, 2),
+    ),
+    text=dataclasses.replace(
+        MID.text,
+        qk_norm=True,
+        rope_theta=5_000_000.0,
+        mrope_section=interleaved_sections(MID_QWEN3_SECTION, MID.text.head_dim // 2),
+    ),
+    image_token_id=8000,
+    video_token_id=8001,
+    vision_start_token_id=8002,
+    vision_end_token_id=8003,
+)
+
+
+def hf_qwen3_config(cfg: Qwen3VLConfig, attn: str):
+    """transformers' Qwen3VLConfig with MID_QWEN3's shapes."""
+    import transformers
+
+    v, t = cfg.vision, cfg.text
+    text = _hf_text(t)
+    del text["model_type"]
+    text.update(head_dim=t.head_dim, attention_bias=False)
+    text["rope_parameters"].update(mrope_section=list(MID_QWEN3_SECTION), mrope_interleaved=True)
+    config = transformers.Qwen3VLConfig(
+        vision_config=dict(
+            depth=v.depth,
+            hidden_size=v.hidden_size,
+            intermediate_size=v.intermediate_size,
+            num_heads=v.num_heads,
+            patch_size=v.patch_size,
+            out_hidden_size=v.out_hidden_size,
+            num_position_embeddings=v.num_position_embeddings,
+            deepstack_visual_indexes=list(v.deepstack_visual_indexes),
+        ),
+        text_config=text,
+        image_token_id=cfg.image_token_id,
+        video_token_id=cfg.video_token_id,
+        vision_start_token_id=cfg.vision_start_token_id,
+        vision_end_token_id=cfg.vision_end_token_id,
+        tie_word_embeddings=t.tie_word_embeddings,
+    )
+    config._attn_implementation = attn
+    return config
+
+
 def hf_qwen_config(cfg: Qwen25VLConfig, attn: str):
     """transformers' Qwen2_5_VLConfig with the same shapes."""
     import transformers
@@ -90,9 +153,9 @@ def hf_qwen_config(cfg: Qwen25VLConfig, attn: str):
     return config
 
 
-def qwen_inputs(cfg: Qwen25VLConfig, frames: int, batch: int, size=(224, 224), seed: int = 0):
+def qwen_inputs(cfg, frames: int, batch: int, size=(224, 224), seed: int = 0):
     """(input_ids [batch, T], the HF keyword inputs) of segments of ``frames`` images of
-    ``size`` px, shaped like the Qwen2.5-VL prompt: a system turn, the images, a prompt."""
+    ``size`` px, shaped like the Qwen2.5-VL or Qwen3-VL prompt: text, the images, a prompt."""
     rng = np.random.default_rng(seed)
     v = cfg.vision
     vocab = min(cfg.text.vocab_size, cfg.image_token_id)
@@ -277,6 +340,8 @@ def hf_model(cfg, attn: str):
 
     if isinstance(cfg, Qwen25VLConfig):
         return transformers.Qwen2_5_VLForConditionalGeneration(hf_qwen_config(cfg, attn))
+    if isinstance(cfg, Qwen3VLConfig):
+        return transformers.Qwen3VLForConditionalGeneration(hf_qwen3_config(cfg, attn))
     if isinstance(cfg, LlavaOnevisionConfig):
         return transformers.LlavaOnevisionForConditionalGeneration(hf_llava_config(cfg, attn))
     return transformers.InternVLForConditionalGeneration(hf_config(cfg, attn))
@@ -287,8 +352,9 @@ def segments(cfg, frames: int, batch: int, seed: int = 0):
     inputs transformers needs) of ``batch`` synthetic segments of ``frames`` frames, shaped like
     each family's prompt."""
     rng = np.random.default_rng(seed + 1)
-    if isinstance(cfg, Qwen25VLConfig):
-        ids, inputs = qwen_inputs(cfg, frames, batch, seed=seed)
+    if isinstance(cfg, Qwen25VLConfig | Qwen3VLConfig):
+        size = QWEN_SIZES[type(cfg)][0]
+        ids, inputs = qwen_inputs(cfg, frames, batch, size, seed=seed)
         # without them transformers gives 1-D positions
         return ids, inputs, {"mm_token_type_ids": (ids == cfg.image_token_id).astype(np.int64)}
     if isinstance(cfg, LlavaOnevisionConfig):
@@ -300,4 +366,6 @@ def segments(cfg, frames: int, batch: int, seed: int = 0):
     return segment_ids(cfg, frames, batch, seed), {"pixel_values": pixels}, {}
 
 
-MIDS = {"mid": MID, "mid-llava": MID_LLAVA, "mid-qwen": MID_QWEN}
+MIDS = {"mid": MID, "mid-llava": MID_LLAVA, "mid-qwen": MID_QWEN, "mid-qwen3": MID_QWEN3}
+# Two frame sizes of each Qwen family (multiples of its patch x merge): 64 tokens, then 66.
+QWEN_SIZES = {Qwen25VLConfig: [(224, 224), (168, 308)], Qwen3VLConfig: [(256, 256), (192, 352)]}

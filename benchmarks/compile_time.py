@@ -5,8 +5,8 @@ every layer's heads) is lowered ahead of time from abstract parameters and input
 (``jax.jit(...).trace(...).lower().compile()``), so only the compiler's own memory is used. Each
 preset runs in a fresh process, so none reuses another's caches. A segment is its vision tokens
 plus 132 text tokens (InternVL3's prompt over 16 frames of 448 px: 4,228 tokens); Qwen2.5-VL's
-frames are 16 images of 320 x 240 video (252 x 308 px, 99 tokens each: what one new video
-resolution costs to compile).
+and Qwen3-VL's frames are 16 images of 320 x 240 video (252 x 308 px, 99 tokens each; 256 x 320
+px, 80 tokens each: what one new video resolution costs to compile).
 
     python benchmarks/compile_time.py [--presets InternVL3-1B,...] [--frames 16]
         [--against DIR]
@@ -29,6 +29,7 @@ PRESETS = (
     "InternVL3.5-8B",
     "llava-onevision-qwen2-7b-ov",
     "Qwen2.5-VL-7B",
+    "Qwen3-VL-8B",
 )
 TEXT_TOKENS = 132
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,11 +45,11 @@ def segment_inputs(cfg, frames: int):
     from headhunt_jax import backbones
 
     family = backbones.for_config(cfg)
-    if family.prepare is not None:  # Qwen2.5-VL: 16 images of 320 x 240 video, prepared
+    if family.prepare is not None:  # Qwen2.5-VL, Qwen3-VL: 16 images of 320 x 240, prepared
         from headhunt_jax.backbones.qwen2_5_vl import processor_pixels as pp
 
         v = cfg.vision
-        grid = pp.image_grid(v, 240, 320)
+        grid = pp.image_grid(v, 240, 320)  # within both families' pixel limits
         row = [cfg.vision_start_token_id] + [cfg.image_token_id] * pp.image_tokens(v, 240, 320)
         ids = np.asarray([[0] * TEXT_TOKENS + row * frames], np.int32)
         hf = {

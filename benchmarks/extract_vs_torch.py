@@ -3,10 +3,10 @@
 The same mid-size model of a family (random weights, saved once with ``save_pretrained`` and
 loaded by both), 16 frames a segment, batch >= 2. Runs alternate between the two; prints the
 first-call compile time and the warm torch/jax time ratio (> 1 means headhunt_jax is faster).
-Qwen2.5-VL also runs segments of a second resolution and prints how many compilations the two
-resolutions took (one each: segments of one size share a compilation).
+Qwen2.5-VL and Qwen3-VL also run segments of a second resolution and print how many compilations
+the two resolutions took (one each: segments of one size share a compilation).
 
-    python benchmarks/extract_vs_torch.py [--family internvl|llava-onevision|qwen2.5-vl]
+    python benchmarks/extract_vs_torch.py [--family internvl|llava-onevision|qwen2.5-vl|qwen3-vl]
         [--batch 2] [--frames 16] [--repeats 5]
 """
 
@@ -29,7 +29,12 @@ import _models  # noqa: E402
 
 import headhunt_jax as hh  # noqa: E402
 
-FAMILIES = {"internvl": "mid", "llava-onevision": "mid-llava", "qwen2.5-vl": "mid-qwen"}
+FAMILIES = {
+    "internvl": "mid",
+    "llava-onevision": "mid-llava",
+    "qwen2.5-vl": "mid-qwen",
+    "qwen3-vl": "mid-qwen3",
+}
 
 
 def main():
@@ -85,7 +90,7 @@ def main():
     print(f"jax warm:   {j * 1e3:8.1f} ms/batch  ({args.batch / j:.2f} segments/s)")
     print(f"torch warm: {t * 1e3:8.1f} ms/batch  ({args.batch / t:.2f} segments/s)")
     print(f"ratio torch/jax (warm, median of {args.repeats}): {t / j:.2f}")
-    if args.family == "qwen2.5-vl":
+    if args.family.startswith("qwen"):
         retraces(bb, cfg, args)
 
 
@@ -94,13 +99,12 @@ def retraces(bb, cfg, args):
     from headhunt_jax import features
 
     features.forward.clear_cache()
-    for size in [(224, 224), (168, 308), (224, 224), (168, 308)]:
+    sizes = _models.QWEN_SIZES[type(cfg)] * 2
+    for size in sizes:
         ids, inputs = _models.qwen_inputs(cfg, args.frames, args.batch, size, seed=sum(size))
         hh.head_features(bb, ids, **inputs).block_until_ready()
-    print(
-        f"compilations for 4 batches at 224x224, 168x308, 224x224, 168x308: "
-        f"{features.forward._cache_size()}"
-    )
+    names = ", ".join(f"{h}x{w}" for h, w in sizes)
+    print(f"compilations for 4 batches at {names}: {features.forward._cache_size()}")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def segment_attribution(bb, detector, processor, pixels, seconds, cells=CELLS) -
     """The cell means [F, h, w] (``block_means``) of one segment's heatmaps (pixels [F, 3, H, W]
     as the reader gives them), under the detector's prompt, with its scorer's logit on its
     expert heads as the objective."""
-    ids = processor.prompt_ids(detector.prompt, pixels.shape[0], tuple(pixels.shape[-2:]))
+    ids = processor.prompt_ids(detector.prompt, pixels.shape[0], tuple(pixels.shape[-2:]), seconds)
     vision = processor.vision_inputs(pixels[None], np.asarray([seconds], np.float32))
     maps = frame_attribution(bb, ids[None], vision, detector.expert_heads, detector.scorer)
     return block_means(maps, cells)

@@ -23,7 +23,7 @@ from headhunt_jax.watch import add_watch_command
 DATASETS = ("ucf_crime", "xd_violence")
 # The families' tiny demo checkpoints (``backbones.demo_backbone``; listed here so that the
 # parser does not import the families, and checked against the registry by the tests).
-DEMO_BACKBONES = ("internvl3", "internvl3.5", "llava-onevision", "qwen2.5-vl")
+DEMO_BACKBONES = ("internvl3", "internvl3.5", "llava-onevision", "qwen2.5-vl", "qwen3-vl")
 
 
 class CliError(UserError):

@@ -125,7 +125,8 @@ class Explainer:
         ...]}), keeping each real row's prefix and scoring it."""
         (ids,) = input_ids
         frames, size = batch.pixels.shape[1], tuple(batch.pixels.shape[-2:])
-        questions = self._question_ids(processor, frames, size)
+        seconds = batch.rows[0].frame_seconds if processor.timed else None  # one a batch
+        questions = self._question_ids(processor, frames, size, seconds)
         n = text_prefix_length(self.bb, [ids[:1]] + [q[None] for q in questions])
         seconds = [r.frame_seconds for r in batch.rows]
         seconds += seconds[-1:] * (len(batch.pixels) - len(seconds))  # padding rows
@@ -146,13 +147,15 @@ class Explainer:
             self._advance(row.video, video.smoother.push(float(scores[i])))
         return feats
 
-    def _question_ids(self, processor, frames: int, size: tuple[int, int]) -> list[np.ndarray]:
-        """Each question's prompt ids for segments of ``frames`` frames of ``size`` (cached)."""
-        if (frames, size) not in self._ids:
-            self._ids[frames, size] = [
-                processor.prompt_ids(q, frames, size) for q in self.questions
+    def _question_ids(self, processor, frames: int, size, seconds) -> list[np.ndarray]:
+        """Each question's prompt ids for segments of ``frames`` frames of ``size``,
+        ``seconds`` apart (None: a prompt without times) (cached)."""
+        key = (frames, size, seconds)
+        if key not in self._ids:
+            self._ids[key] = [
+                processor.prompt_ids(q, frames, size, seconds) for q in self.questions
             ]
-        return self._ids[frames, size]
+        return self._ids[key]
 
     def _advance(self, n: int, due) -> None:
         """Runs the smoothed scores now out through the events; a closed event's peak is
@@ -259,7 +262,9 @@ def segment_answers(
     """The backbone's answers to ``questions`` about one segment (pixels [F, 3, H, W]): the
     frames' prefix runs once, each question after it."""
     frames, size = pixels.shape[0], pixels.shape[-2:]
-    ids = [processor.prompt_ids(q, frames, size)[None] for q in _questions(questions)]
+    ids = [
+        processor.prompt_ids(q, frames, size, frame_seconds)[None] for q in _questions(questions)
+    ]
     vision = processor.vision_inputs(pixels[None], np.asarray([frame_seconds], np.float32))
     tokenizer = tokenizer or load_tokenizer(bb.path)
     n = text_prefix_length(bb, ids)

@@ -236,21 +236,27 @@ def frame_seconds(indices: np.ndarray, fps: float) -> float:
     return float(max(span, 1) / fps)
 
 
-def _batches(videos: Sequence[Path], batch_size: int, dtype, reader_kw: dict) -> Iterator[Batch]:
+def _batches(
+    videos: Sequence[Path], batch_size: int, dtype, reader_kw: dict, timed: bool = False
+) -> Iterator[Batch]:
     """Batches of segments in reading order; a segment of another frame size than the batch
-    being filled (a processor that keeps each video's size) starts a new batch."""
+    being filled (a processor that keeps each video's size) starts a new batch, and so does one
+    of another frame spacing when ``timed`` (a processor whose prompt writes the times)."""
     pixels, rows, closed = None, [], []
     for n, path in enumerate(videos):
         try:
             with VideoReader(path, **reader_kw) as reader:
                 for seg in reader:
-                    if pixels is not None and rows and pixels.shape[1:] != seg.pixels.shape:
+                    seconds = frame_seconds(seg.frame_indices, reader.fps)
+                    if rows and (
+                        pixels.shape[1:] != seg.pixels.shape
+                        or (timed and rows[0].frame_seconds != seconds)
+                    ):
                         yield Batch(pixels, rows, closed)
                         pixels, rows, closed = None, [], []
                     if pixels is None:
                         pixels = np.zeros((batch_size, *seg.pixels.shape), dtype)
                     pixels[len(rows)] = seg.pixels
-                    seconds = frame_seconds(seg.frame_indices, reader.fps)
                     rows.append(
                         Row(
                             n,
@@ -477,12 +483,7 @@ def extract_features(
         clip=clip,
         thumbnail_height=thumbnail_height,
     )
-    prompt_ids = functools.cache(  # each prompt's ids [batch_size, T] for a frame size
-        lambda size: [
-            np.tile(processor.prompt_ids(p, frames_per_segment, size)[None], (batch_size, 1))
-            for p in prompts
-        ]
-    )
+    prompt_ids = _prompt_ids(processor, prompts, frames_per_segment, batch_size)
     run = _Extraction(bb, processor, prompt_ids, specs[0], stores, todo, labels, explainer)
     run.compute(batch_size, reader_kw, progress)
     return ExtractionReport(
@@ -493,6 +494,17 @@ def extract_features(
         failures=tuple(run.failures),
         segments=run.segments,
         batches=run.batches,
+    )
+
+
+def _prompt_ids(processor, prompts, frames: int, batch_size: int) -> Callable:
+    """(frame size, seconds between frames or None) -> each prompt's ids [batch_size, T]
+    (cached; the seconds matter to a ``timed`` processor only)."""
+    return functools.cache(
+        lambda size, seconds: [
+            np.tile(processor.prompt_ids(p, frames, size, seconds)[None], (batch_size, 1))
+            for p in prompts
+        ]
     )
 
 
@@ -516,7 +528,7 @@ class _Extraction:
 
     bb: Backbone
     processor: Any
-    prompt_ids: Callable  # frame size -> each prompt's ids [batch_size, T]
+    prompt_ids: Callable  # (frame size, seconds) -> each prompt's ids [batch_size, T]
     spec: StoreSpec
     stores: list[FeatureStore]
     todo: list[tuple[str, Path]]
@@ -534,7 +546,8 @@ class _Extraction:
         """Decodes (in a thread, one batch ahead), computes and writes every video of ``todo``."""
         videos = [p for _, p in self.todo]
         total = _expected_segments(videos, reader_kw) if progress else None
-        make = lambda: _batches(videos, batch_size, np.dtype(self.bb.dtype), reader_kw)
+        dtype, timed = np.dtype(self.bb.dtype), self.processor.timed
+        make = lambda: _batches(videos, batch_size, dtype, reader_kw, timed)
         with (
             tqdm(total=total, unit="segment", desc="extract", disable=not progress) as bar,
             contextlib.closing(_prefetch(make)) as stream,
@@ -548,7 +561,8 @@ class _Extraction:
 
     def add(self, batch: Batch) -> None:
         """Computes the features of a batch's segments and keeps them with their videos."""
-        input_ids = self.prompt_ids(batch.pixels.shape[-2:])
+        seconds = batch.rows[0].frame_seconds if self.processor.timed else None
+        input_ids = self.prompt_ids(batch.pixels.shape[-2:], seconds)
         if self.explainer is None:
             feats = batch_features(self.bb, self.processor, input_ids, batch, self.spec)
         else:

@@ -518,8 +518,8 @@ class SegmentScorer:
         self._prompt_ids = functools.cache(self._batch_ids)
         self._compiled = False
 
-    def _batch_ids(self, size) -> list[np.ndarray]:
-        ids = self.processor.prompt_ids(self.detector.prompt, FRAMES_PER_SEGMENT, size)
+    def _batch_ids(self, size, seconds) -> list[np.ndarray]:
+        ids = self.processor.prompt_ids(self.detector.prompt, FRAMES_PER_SEGMENT, size, seconds)
         return [np.tile(ids[None], (self.batch_size, 1))]
 
     def compile(self) -> bool:
@@ -536,14 +536,20 @@ class SegmentScorer:
     def __call__(self, segments: Sequence[tuple[Segment, float]]) -> np.ndarray:
         """float32 [n]: the scores of n <= batch_size segments of one frame size, each given with
         its stream's fps."""
+        times = [frame_seconds(seg.frame_indices, fps) for seg, fps in segments]
+        if self.processor.timed and len(set(times)) > 1:  # a prompt for each frame spacing
+            scores = np.zeros(len(segments), np.float32)
+            for t in set(times):
+                same = [i for i, u in enumerate(times) if u == t]
+                scores[same] = self([segments[i] for i in same])
+            return scores
         shape = segments[0][0].pixels.shape
         pixels = np.zeros((self.batch_size, *shape), np.dtype(self.bb.dtype))
         rows = []
-        for i, (seg, fps) in enumerate(segments):
+        for i, (seg, _) in enumerate(segments):
             pixels[i] = seg.pixels
-            times = frame_seconds(seg.frame_indices, fps)
-            rows.append(Row(i, seg.start_frame, seg.end_frame, seg.frame_indices, times))
-        ids = self._prompt_ids(shape[-2:])
+            rows.append(Row(i, seg.start_frame, seg.end_frame, seg.frame_indices, times[i]))
+        ids = self._prompt_ids(shape[-2:], times[0] if self.processor.timed else None)
         feats = batch_features(self.bb, self.processor, ids, Batch(pixels, rows, []), self.spec)
         # the padding rows too: one shape
         x = self.detector.features_of({k: v[0] for k, v in feats.items()}, self.spec)

@@ -95,10 +95,10 @@ def test_detect_needs_no_model_and_names_a_moved_backbone(demo):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["internvl3.5", "llava-onevision", "qwen2.5-vl"])
+@pytest.mark.parametrize("backbone", ["internvl3.5", "llava-onevision", "qwen2.5-vl", "qwen3-vl"])
 def test_demo_on_every_family(tmp_path, backbone):
     """The same demo on another family's tiny random backbone (seed 0: internvl3.5 AUC 0.85,
-    llava-onevision 0.77, qwen2.5-vl 0.86)."""
+    llava-onevision 0.77, qwen2.5-vl 0.86, qwen3-vl 0.84)."""
     args = [SCRIPT, "demo", "--backbone", backbone, "--out", tmp_path, "--quiet"]
     run = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr

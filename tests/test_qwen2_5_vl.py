@@ -600,15 +600,16 @@ def test_video_mode_pairs_frames_into_temporal_patches(tiny_qwen):
     np.testing.assert_array_equal(odd["pixel_values_videos"], images["pixel_values"])
 
 
-def _clips(tmp_path):
-    """Two clips of other sizes, 100 frames each (two 48-frame segments)."""
+def _clips(tmp_path, rates=(24, 24)):
+    """Two clips of other sizes, 100 frames each (two 48-frame segments), at ``rates`` fps."""
     import av
 
     paths = []
-    for name, (w, h) in (("small.mp4", (96, 64)), ("wide.mp4", (160, 90))):
+    sizes = (("small.mp4", (96, 64)), ("wide.mp4", (160, 90)))
+    for (name, (w, h)), rate in zip(sizes, rates, strict=True):
         paths.append(tmp_path / name)
         with av.open(str(paths[-1]), "w") as out:
-            stream = out.add_stream("mpeg4", rate=24)
+            stream = out.add_stream("mpeg4", rate=rate)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             for i in range(100):
                 img = np.full((h, w, 3), (i * 5) % 255, np.uint8)

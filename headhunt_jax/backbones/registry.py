@@ -17,7 +17,10 @@ class Processor(Protocol):
     ``frames``: how the video reader prepares each sampled frame (``VideoReader`` keyword
     arguments: ``image_size``, an int for a square or a rule (height, width) -> (height, width)
     for each video's own size, ``mean``, ``std``), giving float32 [F, 3, H, W] a segment;
-    ``prompt_ids(prompt, num_frames, size)``: input_ids [T] int32 for frames of ``size`` (H, W);
+    ``prompt_ids(prompt, num_frames, size, frame_seconds)``: input_ids [T] int32 for frames of
+    ``size`` (H, W), ``frame_seconds`` apart; ``timed``: whether these ids depend on
+    ``frame_seconds`` (Qwen3-VL's video timestamps are text), so that segments of other frame
+    spacings need ids of their own (callers batch them apart; others ignore the seconds);
     ``vision_inputs(pixels, frame_seconds)``: segments' pixels [B, F, 3, H, W] (and the seconds
     between their sampled frames [B], for families that place frames in time) -> the module's
     keyword inputs; ``spec``: what to record with features.
@@ -25,8 +28,11 @@ class Processor(Protocol):
 
     frames: Mapping[str, Any]
     spec: Mapping[str, Any]
+    timed: bool
 
-    def prompt_ids(self, prompt: str, num_frames: int, size=None) -> np.ndarray: ...
+    def prompt_ids(
+        self, prompt: str, num_frames: int, size=None, frame_seconds=None
+    ) -> np.ndarray: ...
 
     def vision_inputs(self, pixels: np.ndarray, frame_seconds=None) -> dict[str, np.ndarray]: ...
 

@@ -18,6 +18,7 @@ class InternVLProcessor:
     cfg: InternVLConfig
     tokenizer: Any
     image_size: int
+    timed = False  # the prompt does not write the frames' times
 
     @property
     def tokens_per_frame(self) -> int:
@@ -31,7 +32,7 @@ class InternVLProcessor:
     def spec(self) -> dict:
         return {**self.frames, "tokens_per_frame": self.tokens_per_frame, "template": "internvl2_5"}
 
-    def prompt_ids(self, prompt: str, num_frames: int, size=None) -> np.ndarray:
+    def prompt_ids(self, prompt: str, num_frames: int, size=None, frame_seconds=None) -> np.ndarray:
         return build_prompt_ids(
             self.tokenizer, prompt, num_frames, self.tokens_per_frame, self.cfg.image_token_id
         )

@@ -173,6 +173,8 @@ class OnevisionProcessor:
     mean: tuple = MEAN
     std: tuple = STD
 
+    timed = False  # the prompt does not write the frames' times
+
     @property
     def frames(self) -> dict:
         return {"image_size": self.cfg.image_size, "mean": self.mean, "std": self.std}
@@ -181,7 +183,7 @@ class OnevisionProcessor:
     def spec(self) -> dict:
         return _spec(self.cfg, self.mean, self.std)
 
-    def prompt_ids(self, prompt: str, num_frames: int, size=None) -> np.ndarray:
+    def prompt_ids(self, prompt: str, num_frames: int, size=None, frame_seconds=None) -> np.ndarray:
         return prompt_ids(self.tokenizer, prompt, num_frames, self.cfg)
 
     def vision_inputs(self, pixels: np.ndarray, frame_seconds=None) -> dict[str, np.ndarray]:

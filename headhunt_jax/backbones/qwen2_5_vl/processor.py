@@ -69,9 +69,17 @@ def chat_text(prompt: str, num_frames: int, mode: str = "images") -> str:
     )
 
 
-def _pixel_limits(checkpoint_dir, name: str, default: tuple[int, int]) -> tuple[int, int]:
+def pixel_limits(
+    checkpoint_dir,
+    name: str,
+    default: tuple[int, int],
+    patch_size: int = 14,
+    mean=pp.OPENAI_CLIP_MEAN,
+    std=pp.OPENAI_CLIP_STD,
+) -> tuple[int, int]:
     """(min_pixels, max_pixels) of a processor config file (either spelling), defaults when the
-    checkpoint has none; refuses one that resizes otherwise."""
+    checkpoint has none; refuses one that resizes or normalises otherwise (bicubic, 1/255,
+    ``patch_size``, merge 2, temporal patch 2, ``mean`` and ``std``)."""
     file = Path(checkpoint_dir) / name
     if checkpoint_dir is None or not file.exists():
         return default
@@ -84,15 +92,30 @@ def _pixel_limits(checkpoint_dir, name: str, default: tuple[int, int]) -> tuple[
         problems.append(f"resample {d['resample']} (expected 3, bicubic)")
     if abs(d.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
         problems.append(f"rescale_factor {d['rescale_factor']} (expected 1/255)")
-    for key, want in (("patch_size", 14), ("merge_size", 2), ("temporal_patch_size", 2)):
+    for key, want in (("patch_size", patch_size), ("merge_size", 2), ("temporal_patch_size", 2)):
         if key in d and d[key] != want:
             problems.append(f"{key} {d[key]} (expected {want})")
-    for key, want in (("image_mean", pp.OPENAI_CLIP_MEAN), ("image_std", pp.OPENAI_CLIP_STD)):
+    for key, want in (("image_mean", mean), ("image_std", std)):
         if key in d and not np.allclose(d[key], want, atol=1e-7):
             problems.append(f"{key} {d[key]}")
     if problems:
         raise ValueError(f"{file}: unsupported preprocessing: {', '.join(problems)}")
     return int(low), int(high)
+
+
+def check_tokenizer(tokenizer, cfg) -> None:
+    """Refuses a tokenizer whose vision tokens are not the config's (another checkpoint's)."""
+    for token, want in (
+        (IMAGE_PAD, cfg.image_token_id),
+        (VIDEO_PAD, cfg.video_token_id),
+        ("<|vision_start|>", cfg.vision_start_token_id),
+    ):
+        got = tokenizer.token_to_id(token)
+        if got != want:
+            raise ValueError(
+                f"the tokenizer maps {token} to {got}, the backbone expects {want}: not this "
+                "checkpoint's tokenizer"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,24 +131,15 @@ class QwenProcessor:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"Qwen2.5-VL mode must be one of {MODES}, got {self.mode!r}")
-        tok = self.tokenizer
-        for token, want in (
-            (IMAGE_PAD, self.cfg.image_token_id),
-            (VIDEO_PAD, self.cfg.video_token_id),
-            ("<|vision_start|>", self.cfg.vision_start_token_id),
-        ):
-            got = tok.token_to_id(token)
-            if got != want:
-                raise ValueError(
-                    f"the tokenizer maps {token} to {got}, the backbone expects {want}: not this "
-                    "checkpoint's tokenizer"
-                )
+        check_tokenizer(self.tokenizer, self.cfg)
 
     def frame_size(self, height: int, width: int) -> tuple[int, int]:
         """The size every frame of a ``height`` x ``width`` video is resized to."""
         return pp.smart_resize(
             height, width, self.cfg.vision.factor, self.min_pixels, self.max_pixels
         )
+
+    timed = False  # the prompt does not write the frames' times
 
     @property
     def frames(self) -> dict:
@@ -155,7 +169,7 @@ class QwenProcessor:
         t = 1 if self.mode == "images" else -(-num_frames // v.temporal_patch_size)
         return t, h // v.patch_size, w // v.patch_size
 
-    def prompt_ids(self, prompt: str, num_frames: int, size=None) -> np.ndarray:
+    def prompt_ids(self, prompt: str, num_frames: int, size=None, frame_seconds=None) -> np.ndarray:
         """input_ids [T] int32 of ``chat_text`` with each pad expanded to its grid's tokens;
         ``size``: the processed frames' (height, width)."""
         if num_frames < 1:
@@ -199,25 +213,29 @@ class QwenProcessor:
         }
 
 
-def processor(cfg: Qwen25VLConfig, checkpoint_dir, image_size=None, mode="images", **options):
-    """The processor of a checkpoint directory; ``mode``: 'images' or 'video'."""
+def check_options(name: str, image_size, mode: str, options: dict) -> None:
+    """Refuses what a Qwen processor (``name``) does not take: options besides ``mode``, another
+    mode, an ``image_size`` (each video keeps its own resolution)."""
     if options:
-        raise InputError(f"Qwen2.5-VL's processor takes mode only, not {', '.join(options)}")
+        raise InputError(f"{name}'s processor takes mode only, not {', '.join(options)}")
     if mode not in MODES:
-        raise InputError(
-            f"Qwen2.5-VL's processor mode must be one of {', '.join(MODES)}, got {mode!r}"
-        )
+        raise InputError(f"{name}'s processor mode must be one of {', '.join(MODES)}, got {mode!r}")
     if image_size is not None:
         raise ValueError(
-            "Qwen2.5-VL sizes each video by its own resolution (min_pixels / max_pixels in the "
+            f"{name} sizes each video by its own resolution (min_pixels / max_pixels in the "
             "checkpoint's preprocessor_config.json), not by image_size"
         )
+
+
+def processor(cfg: Qwen25VLConfig, checkpoint_dir, image_size=None, mode="images", **options):
+    """The processor of a checkpoint directory; ``mode``: 'images' or 'video'."""
+    check_options("Qwen2.5-VL", image_size, mode, options)
     if mode == "images":
-        limits = _pixel_limits(
+        limits = pixel_limits(
             checkpoint_dir, "preprocessor_config.json", (pp.MIN_PIXELS, pp.MAX_PIXELS)
         )
     else:
-        limits = _pixel_limits(
+        limits = pixel_limits(
             checkpoint_dir, "video_preprocessor_config.json", (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
         )
     return QwenProcessor(cfg, load_tokenizer(checkpoint_dir), mode, *limits)

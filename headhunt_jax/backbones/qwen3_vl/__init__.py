@@ -7,6 +7,7 @@ from headhunt_jax.backbones.qwen3_vl.config import PRESETS, Qwen3VLConfig
 from headhunt_jax.backbones.qwen3_vl.inputs import check_inputs, init_inputs, prepare
 from headhunt_jax.backbones.qwen3_vl.modeling import Qwen3VL
 from headhunt_jax.backbones.qwen3_vl.params import KEYS
+from headhunt_jax.backbones.qwen3_vl.processor import processor as make_processor
 from headhunt_jax.backbones.qwen3_vl.tiny import tiny_backbone
 from headhunt_jax.backbones.registry import Family, register
 
@@ -21,7 +22,7 @@ FAMILY = register(
         check_inputs=check_inputs,
         prepare=prepare,
         traceable_inputs=("pixel_values", "pixel_values_videos"),
-        processor=None,
+        processor=make_processor,
         presets=PRESETS,
         demo_backbones={"qwen3-vl": tiny_backbone},
     )

@@ -474,7 +474,10 @@ def extract_features(
     for store in stores:
         store.record_backbone(bb.origin or bb.path, bb.hub_ref)
 
-    stored = {v for v in ids if all(v in store for store in stores)}
+    listed = [
+        set(store.video_ids()) for store in stores
+    ]  # one listing a store, not a query a video
+    stored = {v for v in ids if all(v in done for done in listed)}
     todo = [(v, p) for v, p in zip(ids, videos, strict=True) if v not in stored]
     reader_kw = dict(
         **processor.frames,

@@ -401,3 +401,43 @@ def test_detector_extracts_with_the_mode_it_was_fitted_on(tmp_path, tiny_qwen3):
     together = scorer(segments)
     alone = [scorer([s])[0] for s in segments]
     np.testing.assert_allclose(together, alone, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_detect_explains_video_mode_events_as_explaining_afterwards(tmp_path, tiny_qwen3):
+    """detect --explain in video mode: the timestamped prompt of each segment's frame spacing,
+    the scores of plain detection, and the answers of explaining afterwards."""
+    from headhunt_jax import detection, explain
+    from headhunt_jax.detector import Detector
+    from headhunt_jax.scorer import fit_scorer
+    from headhunt_jax.store import FeatureStore
+
+    clip = _clips(tmp_path, rates=(24, 12))[1]  # wide.mp4, 12 fps
+    rng = np.random.default_rng(1)
+    heads = np.asarray([[1, 0], [2, 1]])
+    x = rng.standard_normal((40, 2 * tiny_qwen3.head_dim)).astype(np.float32)
+    detector = Detector(
+        heads,
+        fit_scorer(x, (x[:, 0] > 0).astype(int)),
+        sigma=1.0,
+        tau=0.0,  # every segment in one event
+        backbone=tiny_qwen3.name,
+        prompt=PROMPT,
+        processor_options={"mode": "video"},
+    )
+    kw = dict(progress=False)
+    plain, _ = detection.detect(tiny_qwen3, detector, [clip], tmp_path / "plain", **kw)
+    explainer = explain.Explainer(tiny_qwen3, detector, ["What happens?"], 4)
+    got, _ = detection.detect(
+        tiny_qwen3, detector, [clip], tmp_path / "explained", explainer=explainer, **kw
+    )
+    np.testing.assert_allclose(got[0]["segment_scores"], plain[0]["segment_scores"], atol=1e-5)
+    (event,) = got[0]["events"]
+    again = explain.explain_events(
+        tiny_qwen3, detector, plain, ["What happens?"], 4, progress=False
+    )
+    assert event["explanation"] == again[0]["events"][0]["explanation"]
+    work = tmp_path / "explained"
+    assert (
+        dict(FeatureStore(next(work.rglob("store.json")).parent).spec.processor)["mode"] == "video"
+    )

@@ -115,7 +115,7 @@ def test_error_unsupported_model_type_lists_the_supported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(
         ValueError,
-        match=r"supported: internvl, internvl_chat, llava_onevision, qwen2_5_vl, qwen2, qwen3, llama\)",
+        match=r"supported: internvl, internvl_chat, llava_onevision, qwen2_5_vl, qwen3_vl, qwen2, qwen3, llama\)",
     ):
         hh.load_backbone(tmp_path)
 

@@ -101,7 +101,7 @@ def test_unlabelled_videos_are_an_error_not_normal(model, ucf, tmp_path):
     assert "has no label" in run.stderr and "Burglary001_x264.mp4" in run.stderr
 
 
-def test_reproduce_on_xd_violence_twice(model, xd, prompts, tmp_path):
+def test_reproduce_on_xd_violence_twice_and_from_a_bucket(model, xd, prompts, tmp_path, bucket):
     out = tmp_path / "run"
     args = [
         "reproduce", "xd_violence", "--root", xd, "--model", model, "--out", out,
@@ -137,6 +137,7 @@ def test_reproduce_on_xd_violence_twice(model, xd, prompts, tmp_path):
     assert again["frame_level"] == frame and all(s["reused"] for s in again["stages"].values())
     run = cli(*args[:-2], "--k", 4, check=False)
     assert run.returncode == 1 and "other settings" in run.stderr and "Traceback" not in run.stderr
+    _from_and_into_a_bucket(args, out, model, xd, bucket)
 
 
 def test_reproduce_on_ucf_crime(model, ucf, prompts, tmp_path):
@@ -196,25 +197,16 @@ def test_reproduce_both_probes_on_one_extraction(model, xd, prompts, tmp_path):
     assert np.asarray(Image.open(shot).convert("L")).std() > 10  # not a blank page
 
 
-def test_hidden_probe_step_by_step(model, xd, tmp_path):
+def test_hidden_probe_flags_that_do_not_fit(model, xd, tmp_path):
+    """The hidden probe's steps run as the README's block (test_demo's README test); what the
+    commands refuse is one line."""
+    from test_store import SPEC
+
+    from headhunt_jax.store import FeatureStore
+
+    FeatureStore.create(tmp_path / "p1", SPEC)
     data = ["--dataset", "xd_violence", "--root", xd]
-    stores = [tmp_path / "p1", tmp_path / "p2"]
-    cli(
-        "extract", "--model", model, *data, "--split", "train", "--features", "heads,hidden",
-        "--prompt", PROMPTS[0], "--out", stores[0], "--prompt", PROMPTS[1], "--out", stores[1],
-        "--quiet",
-    )  # fmt: skip
-    run = cli("hunt", *stores, *data, "--probe", "hidden", "--out", tmp_path / "layers.json")
-    layer = json.loads((tmp_path / "layers.json").read_text())["layer"]
-    assert f"layer {layer}" in run.stdout and (tmp_path / "layers.png").exists()
-    cli("hunt", *stores, *data, "--k", 3, "--out", tmp_path / "heads.json")  # the same stores
-    cli("fit", "--store", stores[0], "--layers", tmp_path / "layers.json", *data,
-        "--out", tmp_path / "detector")  # fmt: skip
-    test = sorted((xd / "test").glob("*label_B*.mp4"))[:2]
-    run = cli("detect", "--detector", tmp_path / "detector", *test, "--out", tmp_path / "d.json")
-    record = json.loads((tmp_path / "d.json").read_text())
-    assert record["summary"]["videos"] == 2 and record["videos"][0]["segment_scores"]
-    bad = cli("fit", "--store", stores[0], "--heads", tmp_path / "heads.json", "--layer", "1",
+    bad = cli("fit", "--store", tmp_path / "p1", "--heads", tmp_path / "heads.json", "--layer", "1",
               "--out", tmp_path / "x", check=False)  # fmt: skip
     assert bad.returncode == 1 and "give one of --heads" in bad.stderr
     assert "Traceback" not in bad.stderr
@@ -230,20 +222,16 @@ def _stored_meta(store):
     return [json.loads(str(np.load(p)["meta"])) for p in sorted(Path(store).glob("*.npz"))]
 
 
-def test_reproduce_from_and_into_a_bucket_equals_a_local_run(model, xd, prompts, tmp_path, bucket):
-    """The dataset, the backbone and the run folder on a bucket (a real S3-compatible server):
-    the same heads, scores and metrics as the same run on local paths."""
+def _from_and_into_a_bucket(args, local, model, xd, bucket):
+    """The same run with the dataset, the backbone and the run folder on a bucket (a real
+    S3-compatible server): the same heads, scores and metrics as the run on local paths."""
     import s3fs
 
     s3fs.S3FileSystem().put(str(xd), f"{bucket}/XD", recursive=True)
     s3fs.S3FileSystem().put(str(model), f"{bucket}/backbone", recursive=True)
-    common = ["--prompts", prompts, "--calibration-fraction", 0.5, "--k", 3, "--quiet"]
-    local, remote = tmp_path / "run", f"{bucket}/run"
-    cli("reproduce", "xd_violence", "--root", xd, "--model", model, "--out", local, *common)
-    run = cli(
-        "reproduce", "xd_violence", "--root", f"{bucket}/XD", "--model", f"{bucket}/backbone",
-        "--out", remote, *common,
-    )  # fmt: skip
+    remote = f"{bucket}/run"
+    places = {"--root": f"{bucket}/XD", "--model": f"{bucket}/backbone", "--out": remote}
+    run = cli(*[places.get(a, x) for a, x in zip([None, *args], args, strict=False)], "--quiet")
     assert f"{remote}/report.json" in run.stdout
     fs = s3fs.S3FileSystem()
     read = lambda name: json.loads(fs.cat(f"{remote}/{name}"))

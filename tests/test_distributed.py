@@ -326,6 +326,7 @@ def test_two_processes_extract_one_store_on_a_bucket_killed_and_rerun(
         assert status == 0, err[-4000:]
     got, want = FeatureStore(store), FeatureStore(cluster_inputs["single"])
     assert got.spec == want.spec and got.video_ids() == want.video_ids()
+    assert got.backbone_path == model  # the bucket's URL, not the local copy
     got_arrays, want_arrays = got.load(), want.load()
     err = np.abs(got_arrays.features - want_arrays.features).max()
     assert err <= TOL * np.abs(want_arrays.features).max()

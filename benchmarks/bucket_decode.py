@@ -28,14 +28,10 @@ own file reads, not a network.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -45,40 +41,12 @@ import numpy as np
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from buckets import ENV, _free_port  # noqa: E402
+from buckets import s3_serving  # noqa: E402
 
 from headhunt_jax import paths  # noqa: E402
 from headhunt_jax.video import URL_BUFFER_SIZE, VideoReader  # noqa: E402
 
 BATCH = 8
-
-
-@contextlib.contextmanager
-def moto_server():
-    """A moto S3 server on localhost for the run; the environment points s3fs at it."""
-    port = _free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    server = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.2)
-        os.environ.update(ENV, AWS_ENDPOINT_URL=endpoint)
-        yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def write_clip(path: Path, minutes: float, width: int, height: int, fps: int, mbps: float) -> None:
@@ -205,7 +173,7 @@ def main() -> None:
     parser.add_argument("--no-extract", dest="extract", action="store_false")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as scratch, moto_server():
+    with tempfile.TemporaryDirectory() as scratch, s3_serving():
         import s3fs
 
         local = Path(scratch) / "clip.mp4"

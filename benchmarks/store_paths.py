@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from buckets import ENV, _free_port  # noqa: E402
+from buckets import s3_serving  # noqa: E402
 
 from headhunt_jax import store as new_store  # noqa: E402
 from headhunt_jax.video import VideoMetadata  # noqa: E402
@@ -99,28 +99,6 @@ def timed(module, where, n: int) -> dict:
     return t
 
 
-def moto():
-    import os
-
-    port = _free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    server = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.environ.update(ENV, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
-    import s3fs
-
-    for _ in range(100):
-        try:
-            s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench")
-            return server
-        except Exception:
-            time.sleep(0.2)
-    raise RuntimeError("moto_server did not start")
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--videos", type=int, default=1000)
@@ -132,11 +110,11 @@ def main():
         for rep in range(2):  # new, base, new, base: the disk's cache warms for both
             rows[f"local, base {args.base}"] = timed(base, Path(tmp) / f"base{rep}", args.videos)
             rows["local, this tree"] = timed(new_store, Path(tmp) / f"new{rep}", args.videos)
-    server = moto()
-    try:
+    with s3_serving():
+        import s3fs
+
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench")
         rows["s3 (moto on localhost)"] = timed(new_store, "s3://bench/store", args.videos)
-    finally:
-        server.terminate()
     ops = list(next(iter(rows.values())))
     print(f"{args.videos} videos, seconds | " + " | ".join(ops))
     for name, t in rows.items():

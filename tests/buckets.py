@@ -2,6 +2,7 @@
 server mode (``moto_server``), one for the test session, reached through s3fs as a user reaches
 S3, by the standard environment (``AWS_ENDPOINT_URL`` and keys), which subprocesses inherit."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -26,27 +27,59 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(**env) -> tuple[subprocess.Popen, str]:
-    """A moto server on a free port (``env``: moto's settings) -> (process, endpoint URL)."""
-    port = _free_port()
-    exe = Path(sys.executable).with_name("moto_server")
+def _started(command: list[str], probe: str, env: dict | None = None) -> subprocess.Popen:
+    """Starts a local server and waits (30 s at most) until ``probe`` (a URL) answers."""
     server = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, **env},
+        env={**os.environ, **(env or {})},
     )
-    endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
-            return server, endpoint
+            urllib.request.urlopen(probe, timeout=1)
+            return server
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                raise RuntimeError("moto_server did not start") from None
+                raise RuntimeError(f"{command[0]} did not start") from None
             time.sleep(0.2)
+
+
+def start_server(**env) -> tuple[subprocess.Popen, str]:
+    """A moto server on a free port (``env``: moto's settings) -> (process, endpoint URL)."""
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    exe = str(Path(sys.executable).with_name("moto_server"))
+    port = endpoint.rsplit(":", 1)[1]
+    return _started([exe, "-H", "127.0.0.1", "-p", port], endpoint + "/moto-api/", env), endpoint
+
+
+@contextlib.contextmanager
+def pointed_at(env: dict):
+    """The process environment with ``env`` set, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def s3_serving():
+    """A moto S3 server, the environment pointing s3fs at it: its endpoint URL."""
+    server, endpoint = start_server()
+    try:
+        with pointed_at({**ENV, "AWS_ENDPOINT_URL": endpoint}):
+            yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -54,19 +87,8 @@ def s3_server():
     """The endpoint URL of a moto server, stopped at the end of the session; the process
     environment points at it while it runs."""
     pytest.importorskip("s3fs")
-    server, endpoint = start_server()
-    saved = {k: os.environ.get(k) for k in [*ENV, "AWS_ENDPOINT_URL"]}
-    os.environ.update(ENV, AWS_ENDPOINT_URL=endpoint)
-    try:
+    with s3_serving() as endpoint:
         yield endpoint
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture
@@ -90,34 +112,14 @@ def gcs_server():
     exe = Path(sys.executable).with_name("gcp-storage-emulator")
     if not exe.exists():
         pytest.skip("gcp-storage-emulator is not installed")
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(exe), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    command = [str(exe), "start", "--host=127.0.0.1", f"--port={endpoint.rsplit(':', 1)[1]}"]
+    server = _started([*command, "--in-memory"], endpoint + "/storage/v1/b?project=test")
     env = {"STORAGE_EMULATOR_HOST": endpoint, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint + "/storage/v1/b?project=test", timeout=1)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError("gcp-storage-emulator did not start") from None
-            time.sleep(0.2)
     try:
-        yield endpoint
+        with pointed_at(env):
+            yield endpoint
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.terminate()
         server.wait(timeout=10)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+# gcsfs's own setting: no gRPC probe of a bucket's type (the emulator leaves it unanswered).
+GCSFS_SETTINGS = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -105,19 +107,16 @@ def bucket(s3_server) -> str:
 def gcs_server():
     """A Google Cloud Storage emulator (``gcp-storage-emulator``, in memory) for the session,
     reached by gcsfs through ``STORAGE_EMULATOR_HOST``; gcsfs's probe of a bucket's type (a gRPC
-    call the emulator does not answer) is turned off with its own setting, read when gcsfs is
-    imported."""
-    if "gcsfs" in sys.modules:
-        pytest.skip("gcsfs was imported before its settings could be given")
+    call the emulator does not answer) is turned off with its own setting, which it reads when
+    imported (``GCSFS_SETTINGS``, set by conftest.py before any test runs)."""
     exe = Path(sys.executable).with_name("gcp-storage-emulator")
     if not exe.exists():
         pytest.skip("gcp-storage-emulator is not installed")
     endpoint = f"http://127.0.0.1:{_free_port()}"
     command = [str(exe), "start", "--host=127.0.0.1", f"--port={endpoint.rsplit(':', 1)[1]}"]
     server = _started([*command, "--in-memory"], endpoint + "/storage/v1/b?project=test")
-    env = {"STORAGE_EMULATOR_HOST": endpoint, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
     try:
-        with pointed_at(env):
+        with pointed_at({"STORAGE_EMULATOR_HOST": endpoint}):
             yield endpoint
     finally:
         server.terminate()

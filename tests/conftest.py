@@ -1,8 +1,12 @@
 """Fixtures the test modules share."""
 
+import os
+
 import numpy as np
 import pytest
-from buckets import bucket, gcs_bucket, gcs_server, s3_server  # noqa: F401  (fixtures)
+from buckets import GCSFS_SETTINGS, bucket, gcs_bucket, gcs_server, s3_server  # noqa: F401
+
+os.environ.update(GCSFS_SETTINGS)  # before gcsfs is imported anywhere
 
 
 @pytest.fixture(scope="module")

@@ -84,12 +84,6 @@ def of(p) -> Path:
         raise RemoteError(f"{text}: no file system for {scheme}:// here{hint}: {err}") from None
 
 
-def url_of(p) -> str:
-    """The string form: a local path as it is, a URL with its scheme."""
-    p = of(p)
-    return str(p)
-
-
 def bucket(p) -> str:
     """``scheme://bucket`` of a URL."""
     scheme, rest = str(p).split("://", 1)

@@ -250,11 +250,16 @@ def test_rope_index_matches_transformers(case):
     want_pos, want_deltas = _hf_rope(ids, mask_arg, **grids)
     cfg = Qwen25VisionConfig.from_hf(tiny_vision())
     pos, deltas = rope_index(
-        ids, grids["image_grid"], grids["video_grid"], grids["seconds"], mask_arg, cfg
+        ids, grids["image_grid"], grids["video_grid"], grids["seconds"], mask_arg, **_merge(cfg)
     )
     np.testing.assert_array_equal(pos, want_pos)
     np.testing.assert_array_equal(deltas, want_deltas)
     assert pos.shape == (3, *ids.shape) and deltas.shape == (ids.shape[0], 1)
+
+
+def _merge(cfg) -> dict:
+    """What ``rope_index`` reads of a vision config."""
+    return dict(spatial_merge_size=cfg.spatial_merge_size, tokens_per_second=cfg.tokens_per_second)
 
 
 def test_rope_index_next_text_max_follows_the_largest_position():
@@ -267,14 +272,16 @@ def test_rope_index_next_text_max_follows_the_largest_position():
     cfg = Qwen25VisionConfig.from_hf(tiny_vision())
     c = CASES["video_seconds"]
     ids = np.asarray(c["rows"])
-    pos, _ = rope_index(ids, None, c["video_grid"], c["seconds"], None, cfg, next_text="max")
+    pos, _ = rope_index(
+        ids, None, c["video_grid"], c["seconds"], None, **_merge(cfg), next_text="max"
+    )
     assert pos[:, 0, -4:].tolist() == [[9, 10, 11, 12]] * 3
-    spatial, _ = rope_index(ids, None, c["video_grid"], c["seconds"], None, cfg)
+    spatial, _ = rope_index(ids, None, c["video_grid"], c["seconds"], None, **_merge(cfg))
     assert spatial[:, 0, -4:].tolist() == [[7, 8, 9, 10]] * 3
     c = CASES["two_images"]
     ids = np.asarray(c["rows"])
-    a, _ = rope_index(ids, c["image_grid"], None, None, None, cfg, next_text="max")
-    b, _ = rope_index(ids, c["image_grid"], None, None, None, cfg)
+    a, _ = rope_index(ids, c["image_grid"], None, None, None, **_merge(cfg), next_text="max")
+    b, _ = rope_index(ids, c["image_grid"], None, None, None, **_merge(cfg))
     np.testing.assert_array_equal(a, b)
 
 

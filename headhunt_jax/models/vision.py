@@ -3,8 +3,10 @@ features at their placeholder tokens in the language model's input.
 
 InternViT (InternVL) and SigLIP (LLaVA-OneVision) are configurations of ``ViTBlock``: InternViT's
 has layer scale, a LayerNorm or an RMSNorm, optional qk-norm and exact GELU; SigLIP's has none of
-these and a tanh GELU. Qwen2.5-VL's windowed tower (RMSNorm, rotary q/k, gated MLP) has blocks of
-its own and shares the patch kernel and the placement.
+these and a tanh GELU. Qwen2.5-VL's windowed tower (RMSNorm, rotary q/k, gated MLP) and Qwen3-VL's
+(LayerNorm, rotary q/k) have blocks of their own and share the patch kernel, the placement, and
+the patches' grids, positions and 2-D rotary embedding (``grids``, ``patch_positions``,
+``rotary``, ``rotate``).
 """
 
 import dataclasses
@@ -12,6 +14,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from headhunt_jax.models.layers import (
     Einsum,
@@ -169,3 +172,46 @@ class ViTBlock(nn.Module):
         h = ACTIVATIONS[cfg.act](h)
         h = Einsum("BTM,ME->BTE", (m, e), ("mlp", "embed"), ("embed",), self.dtype, name="fc2")(h)
         return x + scaled("lambda_2", h)
+
+
+# --- flat patches at their own resolution (the Qwen-VL towers) -----------------------------
+
+
+def grids(grid_thw) -> list[tuple[int, int, int]]:
+    """The (t, h, w) patch grids of ``grid_thw`` [num, 3] as ints."""
+    grid = np.asarray(grid_thw, np.int64).reshape(-1, 3)
+    return [(int(t), int(h), int(w)) for t, h, w in grid]
+
+
+def patch_positions(cfg, grid) -> np.ndarray:
+    """transformers' ``get_vision_position_ids`` for one grid: (row, col) of every patch in the
+    processor's order (merge blocks of m x m neighbours, repeated for every frame) [t*h*w, 2]."""
+    t, h, w = grid
+    m = cfg.spatial_merge_size
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    shape = (h // m, m, w // m, m)
+    rows = rows.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+    cols = cols.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+    return np.tile(np.stack([rows, cols], -1), (t, 1)).astype(np.int32)
+
+
+def rotary(cfg, positions):
+    """(cos, sin) [..., head_dim] of the Qwen-VL towers' 2-D rotary embedding (``cfg.head_dim``,
+    ``cfg.rope_theta``) at positions [..., 2]: head_dim/4 frequencies of base ``rope_theta`` for
+    rows, the same for columns, the pair concatenated and repeated for the two halves
+    ``rotate_half`` pairs up."""
+    quarter = cfg.head_dim // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq.astype(np.float32))
+    freqs = freqs.reshape(*freqs.shape[:-2], -1)  # rows' then columns' frequencies
+    freqs = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(freqs), jnp.sin(freqs)
+
+
+def rotate(x, cos, sin):
+    """q or k [G, L, heads, H] rotated in float32 (``apply_rotary_pos_emb_vision``)."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    cos, sin = cos[:, :, None], sin[:, :, None]
+    return (x32 * cos + rotated * sin).astype(x.dtype)

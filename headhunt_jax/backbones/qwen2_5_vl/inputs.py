@@ -131,7 +131,8 @@ def prepare(cfg: Qwen25VLConfig, prompt_ids, inputs: dict, attention_mask=None):
             inputs.get("video_grid_thw"),
             inputs.get("second_per_grid_ts"),
             attention_mask,
-            cfg=cfg.vision,
+            spatial_merge_size=cfg.vision.spatial_merge_size,
+            tokens_per_second=cfg.vision.tokens_per_second,
             image_token_id=cfg.image_token_id,
             video_token_id=cfg.video_token_id,
         )

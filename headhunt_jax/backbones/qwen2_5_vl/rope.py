@@ -14,11 +14,7 @@ import itertools
 
 import numpy as np
 
-from headhunt_jax.backbones.qwen2_5_vl.config import (
-    IMAGE_TOKEN_ID,
-    VIDEO_TOKEN_ID,
-    Qwen25VisionConfig,
-)
+from headhunt_jax.backbones.qwen2_5_vl.config import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 
 
 def rope_index(
@@ -27,8 +23,9 @@ def rope_index(
     video_grid_thw=None,
     second_per_grid_ts=None,
     attention_mask=None,
-    cfg: Qwen25VisionConfig | None = None,
     *,
+    spatial_merge_size: int = 2,
+    tokens_per_second: float = 2,
     image_token_id: int = IMAGE_TOKEN_ID,
     video_token_id: int = VIDEO_TOKEN_ID,
     next_text: str = "spatial",
@@ -37,10 +34,10 @@ def rope_index(
     is skipped and keeps position 0), the grids [num, 3] of the images and videos in prompt order
     (over the whole batch), ``second_per_grid_ts`` [num_videos] (default 1) -> (position_ids
     int64 [3, B, T], deltas int64 [B, 1]: max position + 1 - tokens, what later positions add).
+    ``spatial_merge_size`` and ``tokens_per_second``: the vision config's.
     """
     if next_text not in ("spatial", "max"):
         raise ValueError(f"next_text must be 'spatial' or 'max', got {next_text!r}")
-    cfg = cfg or Qwen25VisionConfig()
     ids = np.asarray(input_ids)
     if ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, tokens], got shape {ids.shape}")
@@ -60,7 +57,7 @@ def rope_index(
         if second_per_grid_ts is not None
         else [1] * t
     )
-    m = cfg.spatial_merge_size
+    m = spatial_merge_size
     positions = np.zeros((3, b, t), np.int64)
     deltas = []
     for row in range(b):
@@ -81,7 +78,7 @@ def rope_index(
                 raise ValueError("more placeholder runs than grids") from None
             lt, lh, lw = gt, gh // m, gw // m
             if kind == 2:
-                interval = np.float32(cfg.tokens_per_second) * np.float32(next(seconds))
+                interval = np.float32(tokens_per_second) * np.float32(next(seconds))
                 temporal = (np.arange(lt, dtype=np.float32) * interval).astype(np.int64)
             else:
                 temporal = np.arange(lt, dtype=np.int64)

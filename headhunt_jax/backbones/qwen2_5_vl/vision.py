@@ -27,12 +27,15 @@ import numpy as np
 from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VisionConfig
 from headhunt_jax.models import stack
 from headhunt_jax.models.layers import Einsum, RMSNorm, attention, output_projection
-from headhunt_jax.models.vision import ACTIVATIONS, embed_patches, patch_kernel
-
-
-def grids(grid_thw) -> list[tuple[int, int, int]]:
-    grid = np.asarray(grid_thw, np.int64).reshape(-1, 3)
-    return [(int(t), int(h), int(w)) for t, h, w in grid]
+from headhunt_jax.models.vision import (
+    ACTIVATIONS,
+    embed_patches,
+    grids,  # noqa: F401  (the family's inputs take it from here)
+    patch_kernel,
+    patch_positions,
+    rotary,
+    rotate,
+)
 
 
 def merged_tokens(cfg: Qwen25VisionConfig, grid) -> int:
@@ -63,18 +66,6 @@ def window_index(cfg: Qwen25VisionConfig, grid) -> np.ndarray:
     padded = np.pad(index, ((0, 0), (0, ph), (0, pw)), constant_values=-1)
     windows = padded.reshape(t, nh, ws, nw, ws).transpose(0, 1, 3, 2, 4).reshape(-1, ws * ws)
     return windows[(windows >= 0).any(axis=1)]
-
-
-def patch_positions(cfg: Qwen25VisionConfig, grid) -> np.ndarray:
-    """transformers' ``get_vision_position_ids`` for one grid: (row, col) of every patch in the
-    processor's order (merge blocks of m x m neighbours, repeated for every frame) [t*h*w, 2]."""
-    t, h, w = grid
-    m = cfg.spatial_merge_size
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    shape = (h // m, m, w // m, m)
-    rows = rows.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
-    cols = cols.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
-    return np.tile(np.stack([rows, cols], -1), (t, 1)).astype(np.int32)
 
 
 def item_layout(cfg: Qwen25VisionConfig, grid) -> dict[str, np.ndarray]:
@@ -150,27 +141,6 @@ def batch_layout(cfg: Qwen25VisionConfig, rows: list[list[tuple[tuple, np.ndarra
     return out
 
 
-def rotary(cfg: Qwen25VisionConfig, positions):
-    """(cos, sin) [..., head_dim] of the 2-D rotary embedding (``Qwen2_5_VLVisionRotaryEmbedding``)
-    of positions [..., 2]: head_dim/4 frequencies of base ``rope_theta`` for rows, the same for
-    columns, the pair concatenated and repeated for the two halves ``rotate_half`` pairs up."""
-    quarter = cfg.head_dim // 2
-    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq.astype(np.float32))
-    freqs = freqs.reshape(*freqs.shape[:-2], -1)  # rows' then columns' frequencies
-    freqs = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(freqs), jnp.sin(freqs)
-
-
-def _rotate(x, cos, sin):
-    """q or k [G, L, heads, H] rotated in float32 (``apply_rotary_pos_emb_vision``)."""
-    x32 = x.astype(jnp.float32)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    cos, sin = cos[:, :, None], sin[:, :, None]
-    return (x32 * cos + rotated * sin).astype(x.dtype)
-
-
 class VisionAttention(nn.Module):
     """Attention within each window of ``slots`` slots or, where ``full``, within each frame."""
 
@@ -190,7 +160,7 @@ class VisionAttention(nn.Module):
             self.dtype,
             name="qkv",
         )(x)
-        q, k, v = _rotate(qkv[:, :, 0], cos, sin), _rotate(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
+        q, k, v = rotate(qkv[:, :, 0], cos, sin), rotate(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
         impl, s = self.attention_impl, window_slots(cfg)
 
         def over(groups):  # attention within blocks of ``groups`` slots

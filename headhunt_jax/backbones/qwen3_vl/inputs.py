@@ -14,7 +14,8 @@ import numpy as np
 
 from headhunt_jax.backbones.qwen3_vl.config import Qwen3VLConfig
 from headhunt_jax.backbones.qwen3_vl.rope import rope_index
-from headhunt_jax.backbones.qwen3_vl.vision import frame_layout, grids
+from headhunt_jax.backbones.qwen3_vl.vision import frame_layout
+from headhunt_jax.models.vision import grids
 
 HF_INPUTS = (
     "pixel_values",

@@ -11,7 +11,6 @@ the temporal positions.
 
 import numpy as np
 
-from headhunt_jax.backbones.qwen2_5_vl.config import Qwen25VisionConfig
 from headhunt_jax.backbones.qwen2_5_vl.rope import rope_index as _rope_index
 from headhunt_jax.backbones.qwen3_vl.config import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 
@@ -40,14 +39,13 @@ def rope_index(
     1 - tokens, what later positions add)."""
     videos = None if video_grid_thw is None else split_video_grids(video_grid_thw)
     # Qwen2.5-VL's scaled video times multiply the temporal index, 0 for grids of one patch
-    merge = Qwen25VisionConfig(spatial_merge_size=spatial_merge_size)
     return _rope_index(
         input_ids,
         image_grid_thw,
         videos,
         None,
         attention_mask,
-        cfg=merge,
+        spatial_merge_size=spatial_merge_size,
         image_token_id=image_token_id,
         video_token_id=video_token_id,
     )

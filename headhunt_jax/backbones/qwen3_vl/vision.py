@@ -25,13 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from headhunt_jax.backbones.qwen2_5_vl.vision import grids, patch_positions, rotary
 from headhunt_jax.backbones.qwen3_vl.config import Qwen3VLVisionConfig
 from headhunt_jax.models import stack
 from headhunt_jax.models.layers import Einsum, LayerNorm, attention, output_projection
-from headhunt_jax.models.vision import ACTIVATIONS, embed_patches, patch_kernel
+from headhunt_jax.models.vision import (
+    ACTIVATIONS,
+    embed_patches,
+    patch_kernel,
+    patch_positions,
+    rotary,
+    rotate,
+)
 
-__all__ = ["grids", "interpolation", "frame_layout", "Qwen3VLVisionTower"]
+__all__ = ["interpolation", "frame_layout", "Qwen3VLVisionTower"]
 
 
 def _axis_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,14 +113,6 @@ def frame_layout(cfg: Qwen3VLVisionConfig, rows: list[list[tuple[int, int, Any]]
     return out
 
 
-def _rotate(x, cos, sin):
-    """q or k [G, L, N, H] rotated in float32 (``apply_rotary_pos_emb_vision``)."""
-    x32 = x.astype(jnp.float32)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    return (x32 * cos[:, :, None] + rotated * sin[:, :, None]).astype(x.dtype)
-
-
 class VisionAttention(nn.Module):
     """Attention within each frame: fused ``qkv`` [D, 3, N, H] (bias), 2-D rotary q and k,
     ``o_proj`` (bias)."""
@@ -135,7 +133,7 @@ class VisionAttention(nn.Module):
             self.dtype,
             name="qkv",
         )(x)
-        q, k, v = _rotate(qkv[:, :, 0], cos, sin), _rotate(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
+        q, k, v = rotate(qkv[:, :, 0], cos, sin), rotate(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
         seg = (segments, segments)
         out = attention(q, k, v, causal=False, impl=self.attention_impl, segment_ids=seg)
         return output_projection(out, d, self.dtype)
